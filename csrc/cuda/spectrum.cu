@@ -1,0 +1,109 @@
+// Temporal spectrum loss on CUDA: one thread per group, twiddles in shared memory,
+// math from common/spectrum.h. Reductions are per-block partials (deterministic);
+// the caller sums them.
+#include <cuda_runtime.h>
+#include <stdexcept>
+#include <string>
+#include "../kernels.h"
+
+namespace vkd {
+using namespace spectrum;
+
+namespace {
+
+constexpr int kThreads = 128;
+
+template <typename acc_t>
+__device__ void load_twiddles(const Problem& pr, double scale, acc_t* c, acc_t* s) {
+  for (int64_t i = threadIdx.x; i < pr.T * pr.K(); i += blockDim.x) twiddle(pr.T, pr.K(), scale, i, c, s);
+  __syncthreads();
+}
+
+template <typename scalar_t>
+__global__ void forward_kernel(SpectrumForwardArgs a) {
+  using acc_t = typename Element<scalar_t>::acc_t;
+  extern __shared__ unsigned char shared[];
+  const Problem& pr = a.problem;
+  acc_t* c = reinterpret_cast<acc_t*>(shared);
+  acc_t* s = c + pr.T * pr.K();
+  acc_t* block_sums = s + pr.T * pr.K();
+  load_twiddles(pr, a.scale, c, s);
+  const auto* xs = static_cast<const scalar_t*>(a.student);
+  const auto* xt = static_cast<const scalar_t*>(a.teacher);
+  auto* d = static_cast<scalar_t*>(a.d);
+  const int64_t G = pr.S / pr.P;
+  acc_t total = acc_t(0);
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < pr.groups();
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t b = i / G, g = i % G;
+    scalar_t* d_group = d ? d + b * a.d_strides.b + g * a.d_strides.s : nullptr;
+    total += group_forward(pr, xs, a.student_strides, xt, a.teacher_strides, b, g, c, s, d_group,
+                           a.d_strides.t);
+  }
+  if (d) return;
+  block_sums[threadIdx.x] = total;
+  __syncthreads();
+  for (int half = blockDim.x / 2; half > 0; half /= 2) {
+    if (threadIdx.x < half) block_sums[threadIdx.x] += block_sums[threadIdx.x + half];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) static_cast<acc_t*>(a.partials)[blockIdx.x] = block_sums[0];
+}
+
+template <typename scalar_t>
+__global__ void backward_kernel(SpectrumBackwardArgs a) {
+  using acc_t = typename Element<scalar_t>::acc_t;
+  extern __shared__ unsigned char shared[];
+  const Problem& pr = a.problem;
+  acc_t* c = reinterpret_cast<acc_t*>(shared);
+  acc_t* s = c + pr.T * pr.K();
+  load_twiddles(pr, a.scale, c, s);
+  const auto* grad = static_cast<const scalar_t*>(a.grad_d);
+  const int64_t G = pr.S / pr.P;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < pr.groups();
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t b = i / G, g = i % G;
+    group_backward(pr, static_cast<const scalar_t*>(a.student), a.student_strides,
+                   static_cast<const scalar_t*>(a.teacher), a.teacher_strides,
+                   grad + b * a.grad_strides.b + g * a.grad_strides.s, a.grad_strides.t,
+                   acc_t(a.grad_scale), static_cast<scalar_t*>(a.grad_student),
+                   a.grad_student_strides, static_cast<scalar_t*>(a.grad_teacher),
+                   a.grad_teacher_strides, b, g, c, s);
+  }
+}
+
+void check_launch(const char* what) {
+  const cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(err));
+}
+
+int64_t grid_for(int64_t groups) {
+  const int64_t blocks = (groups + kThreads - 1) / kThreads;
+  return blocks < 65535 ? (blocks > 0 ? blocks : 1) : 65535;
+}
+
+}  // namespace
+
+void spectrum_forward_cuda(const SpectrumForwardArgs& args) {
+  const int64_t grid = args.d ? grid_for(args.problem.groups()) : args.num_partials;
+  VKD_DISPATCH_DTYPE(args.dtype, [&] {
+    using acc_t = typename Element<scalar_t>::acc_t;
+    const size_t shared = (2 * args.problem.T * args.problem.K() + kThreads) * sizeof(acc_t);
+    forward_kernel<scalar_t><<<grid, kThreads, shared, reinterpret_cast<cudaStream_t>(args.stream)>>>(args);
+  });
+  check_launch("vkd spectrum forward");
+}
+
+void spectrum_backward_cuda(const SpectrumBackwardArgs& args) {
+  VKD_DISPATCH_DTYPE(args.dtype, [&] {
+    using acc_t = typename Element<scalar_t>::acc_t;
+    const size_t shared = 2 * args.problem.T * args.problem.K() * sizeof(acc_t);
+    backward_kernel<scalar_t><<<grid_for(args.problem.groups()), kThreads, shared,
+                                reinterpret_cast<cudaStream_t>(args.stream)>>>(args);
+  });
+  check_launch("vkd spectrum backward");
+}
+
+int64_t spectrum_num_partials_cuda(int64_t groups) { return grid_for(groups); }
+
+}  // namespace vkd

@@ -1,0 +1,12 @@
+"""vkd-kernels: fused loss kernels for knowledge distillation of video models.
+
+Every op has a Triton kernel (the default on CUDA), a CUDA C++ and a CPU C++ kernel
+(``vkd_kernels._C``) and an eager reference; pick one with ``backend=`` or the
+``VKD_BACKEND`` environment variable.
+"""
+from ._backend import BACKENDS
+from ._ext import EXT_ERROR
+from .spectrum import TemporalSpectrumLoss, temporal_spectrum_loss
+
+__version__ = "0.1.0"
+__all__ = ["BACKENDS", "EXT_ERROR", "TemporalSpectrumLoss", "temporal_spectrum_loss"]

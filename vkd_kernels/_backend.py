@@ -1,0 +1,95 @@
+"""Backend choice for every op, in one place.
+
+``backend="auto"`` (or the ``VKD_BACKEND`` environment variable) picks, for CUDA
+tensors, Triton, then the CUDA C++ kernel, then the eager reference; for CPU tensors
+the CPU C++ kernel, then the reference. A fallback warns once with the reasons. An
+explicitly requested backend that cannot serve the call raises a ValueError saying
+why. ``TRITON_INTERPRET=1`` lets the Triton backend run on CPU tensors (tests).
+"""
+from __future__ import annotations
+
+import functools
+import os
+import warnings
+from typing import Callable, Optional
+
+import torch
+
+from . import _ext
+
+BACKENDS = ("auto", "triton", "cuda", "cpu", "reference")
+_AUTO_ORDER = {"cuda": ("triton", "cuda", "reference"), "cpu": ("cpu", "reference")}
+
+
+@functools.lru_cache(maxsize=None)
+def triton_unavailable() -> Optional[str]:
+    """Why Triton cannot be imported, or None."""
+    try:
+        import triton  # noqa: F401
+    except ImportError as error:
+        return f"triton is not installed ({error})"
+    return None
+
+
+def triton_interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def device_unsupported(backend: str, device: torch.device) -> Optional[str]:
+    """Why ``backend`` cannot run on ``device`` at all (independent of the op)."""
+    if backend == "reference":
+        return None
+    if backend == "triton":
+        if triton_unavailable():
+            return triton_unavailable()
+        if device.type == "cuda" or (device.type == "cpu" and triton_interpreting()):
+            return None
+        return f"Triton runs on CUDA tensors (or CPU tensors under TRITON_INTERPRET=1), got {device.type}"
+    if _ext.EXT is None:
+        return _ext.EXT_ERROR
+    if backend == "cpu":
+        return None if device.type == "cpu" else f"the cpu backend takes CPU tensors, got {device.type}"
+    if backend == "cuda":
+        if not _ext.has_cuda_kernels():
+            return "vkd_kernels._C was built without CUDA kernels (no nvcc at build time)"
+        return None if device.type == "cuda" else f"the cuda backend takes CUDA tensors, got {device.type}"
+    return f"unknown backend {backend!r}"
+
+
+@functools.lru_cache(maxsize=None)
+def _warn_once(message: str) -> None:
+    warnings.warn(message, RuntimeWarning, stacklevel=4)
+
+
+def resolve(op: str, backend: str, device: torch.device,
+            op_unsupported: Callable[[str], Optional[str]] = lambda backend: None) -> str:
+    """The concrete backend that runs ``op`` on ``device``.
+
+    ``op_unsupported(backend)`` returns why the op cannot use that backend for this
+    call (a shape or dtype limit), or None.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        backend = os.environ.get("VKD_BACKEND", "auto") or "auto"
+        if backend not in BACKENDS:
+            raise ValueError(f"VKD_BACKEND must be one of {BACKENDS}, got {backend!r}")
+
+    def reason(name: str) -> Optional[str]:
+        return device_unsupported(name, device) or op_unsupported(name)
+
+    if backend != "auto":
+        why = reason(backend)
+        if why:
+            raise ValueError(f"backend={backend!r} cannot run {op}: {why}")
+        return backend
+    order = _AUTO_ORDER.get(device.type, ("reference",))
+    reasons = []
+    for name in order:
+        why = reason(name)
+        if why is None:
+            if reasons:
+                _warn_once(f"vkd_kernels.{op}: using the {name!r} backend because " + "; ".join(reasons))
+            return name
+        reasons.append(f"{name}: {why}")
+    raise AssertionError("the reference backend always serves")  # pragma: no cover

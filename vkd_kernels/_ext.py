@@ -1,0 +1,47 @@
+"""Loading of the compiled extension ``vkd_kernels._C`` and the glue to call it.
+
+The extension is torch-free: it takes data pointers, shapes, strides and a stream
+handle. If it could not be built or imported, ``EXT`` is None, ``EXT_ERROR`` says
+why, and a one-time warning is emitted; every op then still works through the
+reference (and, on CUDA, Triton) backends.
+"""
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+try:
+    from . import _C as EXT
+
+    EXT_ERROR: str | None = None
+except ImportError as error:  # pragma: no cover - exercised by the fallback test
+    EXT = None
+    EXT_ERROR = f"vkd_kernels._C could not be imported ({error})"
+    warnings.warn(
+        f"{EXT_ERROR}; the 'cpu' and 'cuda' backends are unavailable and CPU tensors "
+        "use the eager reference. Reinstall with a C++17 compiler (and nvcc for CUDA).",
+        RuntimeWarning,
+        stacklevel=2,
+    )
+
+_DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
+
+
+def dtype_code(dtype: torch.dtype) -> int:
+    """The csrc/common/dtypes.h code of a floating dtype."""
+    return _DTYPE_CODES[dtype]
+
+
+def ptr(tensor: torch.Tensor | None) -> int:
+    """Data pointer of a tensor, 0 for None."""
+    return 0 if tensor is None else tensor.data_ptr()
+
+
+def stream(device: torch.device) -> int:
+    """The current CUDA stream handle for ``device`` (0 on the CPU)."""
+    return torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
+
+
+def has_cuda_kernels() -> bool:
+    return EXT is not None and bool(EXT.build_info()["cuda"])

@@ -1,0 +1,5 @@
+"""Temporal spectrum loss (ops.md section 1)."""
+from .loss import TemporalSpectrumLoss
+from .op import temporal_spectrum_loss
+
+__all__ = ["temporal_spectrum_loss", "TemporalSpectrumLoss"]

@@ -1,0 +1,45 @@
+"""The CPU C++ and CUDA C++ backends of the temporal spectrum loss: calls into
+vkd_kernels._C with pointers and strides (same interface as triton_kernels)."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .. import _ext
+from .layout import SpectrumProblem
+
+
+def _problem(pr: SpectrumProblem, w: torch.Tensor) -> dict:
+    return dict(B=pr.B, T=pr.T, S=pr.S, P=pr.P, mode=pr.mode, eps=pr.eps, weights=_ext.ptr(w))
+
+
+def _strides(x: Optional[torch.Tensor]) -> tuple:
+    return tuple(x.stride()) if x is not None else (0, 0, 0)
+
+
+def forward(pr: SpectrumProblem, xs: torch.Tensor, xt: torch.Tensor, w: torch.Tensor,
+            d: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """Writes d (B, K, G) if given; else returns the partial sums of d."""
+    device = xs.device
+    partials = None
+    if d is None:
+        count = _ext.EXT.spectrum_num_partials(device.type, pr.B * pr.G)
+        acc = torch.float64 if xs.dtype == torch.float64 else torch.float32
+        partials = torch.empty(count, dtype=acc, device=device)
+    _ext.EXT.spectrum_forward(
+        device.type, _problem(pr, w), _ext.dtype_code(xs.dtype), pr.scale, _ext.ptr(xs), _strides(xs),
+        _ext.ptr(xt), _strides(xt), _ext.ptr(d), _strides(d), _ext.ptr(partials),
+        0 if partials is None else partials.numel(), _ext.stream(device))
+    return partials
+
+
+def backward(pr: SpectrumProblem, xs: torch.Tensor, xt: torch.Tensor, w: torch.Tensor,
+             grad: torch.Tensor, grad_scale: float, dxs: Optional[torch.Tensor],
+             dxt: Optional[torch.Tensor]) -> None:
+    """Writes the gradients dxs, dxt (B, T, S) where not None."""
+    device = xs.device
+    _ext.EXT.spectrum_backward(
+        device.type, _problem(pr, w), _ext.dtype_code(xs.dtype), pr.scale, _ext.ptr(xs), _strides(xs),
+        _ext.ptr(xt), _strides(xt), _ext.ptr(grad), _strides(grad), grad_scale, _ext.ptr(dxs),
+        _strides(dxs), _ext.ptr(dxt), _strides(dxt), _ext.stream(device))
