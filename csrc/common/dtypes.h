@@ -13,6 +13,13 @@
 #define VKD_HD inline
 #endif
 
+// Marks a loop over the lanes of a tile for vectorization by the host compiler.
+#if defined(__CUDA_ARCH__) || !defined(_OPENMP)
+#define VKD_LANES
+#else
+#define VKD_LANES _Pragma("omp simd")
+#endif
+
 namespace vkd {
 
 // Codes the Python side passes for a tensor's dtype (vkd_kernels/_ext.py).

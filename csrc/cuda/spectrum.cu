@@ -1,4 +1,4 @@
-// Temporal spectrum loss on CUDA: one thread per group, twiddles in shared memory,
+// Temporal spectrum loss on CUDA: one thread per group (a tile of L = 1 line), twiddles in shared memory,
 // math from common/spectrum.h. Reductions are per-block partials (deterministic);
 // the caller sums them.
 #include <cuda_runtime.h>
@@ -32,13 +32,15 @@ __global__ void forward_kernel(SpectrumForwardArgs a) {
   const auto* xt = static_cast<const scalar_t*>(a.teacher);
   auto* d = static_cast<scalar_t*>(a.d);
   const int64_t G = pr.S / pr.P;
+  Tile<1, acc_t> ts, tt;
   acc_t total = acc_t(0);
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < pr.groups();
        i += int64_t(gridDim.x) * blockDim.x) {
     const int64_t b = i / G, g = i % G;
-    scalar_t* d_group = d ? d + b * a.d_strides.b + g * a.d_strides.s : nullptr;
-    total += group_forward(pr, xs, a.student_strides, xt, a.teacher_strides, b, g, c, s, d_group,
-                           a.d_strides.t);
+    total += pr.P == 1 ? pixel_forward<1>(pr, xs, a.student_strides, xt, a.teacher_strides, b, g, 1, c, s, d,
+                                          a.d_strides, ts, tt)
+                       : group_forward<1>(pr, xs, a.student_strides, xt, a.teacher_strides, b, g, c, s, d,
+                                          a.d_strides, ts);
   }
   if (d) return;
   block_sums[threadIdx.x] = total;
@@ -59,16 +61,23 @@ __global__ void backward_kernel(SpectrumBackwardArgs a) {
   acc_t* s = c + pr.T * pr.K();
   load_twiddles(pr, a.scale, c, s);
   const auto* grad = static_cast<const scalar_t*>(a.grad_d);
+  const auto* xs = static_cast<const scalar_t*>(a.student);
+  const auto* xt = static_cast<const scalar_t*>(a.teacher);
+  auto* ds = static_cast<scalar_t*>(a.grad_student);
+  auto* dt = static_cast<scalar_t*>(a.grad_teacher);
   const int64_t G = pr.S / pr.P;
+  Tile<1, acc_t> ts, tt;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < pr.groups();
        i += int64_t(gridDim.x) * blockDim.x) {
     const int64_t b = i / G, g = i % G;
-    group_backward(pr, static_cast<const scalar_t*>(a.student), a.student_strides,
-                   static_cast<const scalar_t*>(a.teacher), a.teacher_strides,
-                   grad + b * a.grad_strides.b + g * a.grad_strides.s, a.grad_strides.t,
-                   acc_t(a.grad_scale), static_cast<scalar_t*>(a.grad_student),
-                   a.grad_student_strides, static_cast<scalar_t*>(a.grad_teacher),
-                   a.grad_teacher_strides, b, g, c, s);
+    if (pr.P == 1)
+      pixel_backward<1>(pr, xs, a.student_strides, xt, a.teacher_strides, grad, a.grad_strides,
+                        acc_t(a.grad_scale), ds, a.grad_student_strides, dt, a.grad_teacher_strides, b, g, 1,
+                        c, s, ts, tt);
+    else
+      group_backward<1>(pr, xs, a.student_strides, xt, a.teacher_strides, grad, a.grad_strides,
+                        acc_t(a.grad_scale), ds, a.grad_student_strides, dt, a.grad_teacher_strides, b, g,
+                        c, s, ts);
   }
 }
 
