@@ -7,6 +7,7 @@ from typing import Optional
 import torch
 
 from .. import _ext
+from .._checks import new_output
 from .layout import SpectrumProblem
 
 
@@ -26,7 +27,7 @@ def forward(pr: SpectrumProblem, xs: torch.Tensor, xt: torch.Tensor, w: torch.Te
     if d is None:
         count = _ext.EXT.spectrum_num_partials(device.type, pr.B * pr.G)
         acc = torch.float64 if xs.dtype == torch.float64 else torch.float32
-        partials = torch.empty(count, dtype=acc, device=device)
+        partials = new_output(count, acc, device)
     _ext.EXT.spectrum_forward(
         device.type, _problem(pr, w), _ext.dtype_code(xs.dtype), pr.scale, _ext.ptr(xs), _strides(xs),
         _ext.ptr(xt), _strides(xt), _ext.ptr(d), _strides(d), _ext.ptr(partials),

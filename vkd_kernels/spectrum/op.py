@@ -11,7 +11,7 @@ from typing import Optional, Sequence, Union
 import torch
 
 from .. import _backend
-from .._checks import finite_check_enabled, raise_if_not_finite
+from .._checks import finite_check_enabled, new_output, raise_if_not_finite
 from . import native
 from .layout import MAX_FUSED_T, SpectrumProblem, effective_weights, make_problem
 from .reference import temporal_spectrum_loss_reference
@@ -39,7 +39,7 @@ def _forward_op(student: torch.Tensor, teacher: torch.Tensor, weights: torch.Ten
     pr = _problem(student, teacher, time_dim, num_segments, spectrum, norm, spatial, reduction, eps)
     xs, xt = pr.view(student), pr.view(teacher)
     if reduction == "none":
-        d = torch.empty((pr.B, pr.K, pr.G), dtype=student.dtype, device=student.device)
+        d = new_output((pr.B, pr.K, pr.G), student.dtype, student.device)
         _impl(backend).forward(pr, xs, xt, weights, d)
         out = d.view(pr.out_shape)
     else:
@@ -71,7 +71,7 @@ def _backward_op(grad: torch.Tensor, student: torch.Tensor, teacher: torch.Tenso
     grad_scale = 1.0 / pr.count if reduction == "mean" else 1.0
 
     def new_grad(needed: bool) -> Optional[torch.Tensor]:
-        return torch.empty((pr.B, pr.T, pr.S), dtype=student.dtype, device=student.device) if needed else None
+        return new_output((pr.B, pr.T, pr.S), student.dtype, student.device) if needed else None
 
     ds, dt = new_grad(need_student), new_grad(need_teacher)
     _impl(backend).backward(pr, pr.view(student), pr.view(teacher), weights, grad3, grad_scale, ds, dt)

@@ -17,13 +17,15 @@ for sm_80 and sm_90 in the test suite.
 """
 from __future__ import annotations
 
+import inspect
 from typing import Iterator, Optional
 
 import torch
 import triton
 import triton.language as tl
 
-from .layout import MAX_FUSED_T, SPECTRA, SpectrumProblem
+from .._checks import new_output
+from .layout import MAX_FUSED_T, SpectrumProblem
 
 
 @triton.jit
@@ -40,17 +42,20 @@ def _twiddles(T, K, scale, T_PAD: tl.constexpr, K_PAD: tl.constexpr, IS_FP64: tl
 
 
 @triton.jit
-def _spectrum(x, cos, sin, eps, MODE: tl.constexpr, PRECISION: tl.constexpr):
-    """Re, Im, A and the factor r (dA/dRe = r Re) of every line of x [BLOCK_L, T_PAD]."""
+def _spectrum(x, cos, sin, mode, eps, PRECISION: tl.constexpr):
+    """Re, Im, A and the factor r (dA/dRe = r Re) of every line of x [BLOCK_L, T_PAD].
+
+    mode (0 magnitude, 1 power, 2 log_magnitude) is a runtime scalar: a uniform select
+    costs nothing here and keeps the number of compiled variants down."""
     re = tl.dot(x, cos, input_precision=PRECISION)
     im = -tl.dot(x, sin, input_precision=PRECISION)
     power = re * re + im * im
-    if MODE == 1:  # power
-        return re, im, power, tl.full(power.shape, 2.0, power.dtype)
     magnitude = tl.sqrt(power + eps)
-    if MODE == 0:  # magnitude
-        return re, im, magnitude, tl.where(magnitude > 0, 1.0 / magnitude, 0.0)
-    return re, im, tl.log(magnitude + eps), tl.where(magnitude > 0, 1.0 / (magnitude * (magnitude + eps)), 0.0)
+    safe = tl.where(magnitude > 0, magnitude, 1.0)
+    a = tl.where(mode == 1, power, tl.where(mode == 0, magnitude, tl.log(magnitude + eps)))
+    factor = tl.where(mode == 1, 2.0,
+                      tl.where(magnitude > 0, tl.where(mode == 0, 1.0 / safe, 1.0 / (safe * (safe + eps))), 0.0))
+    return re, im, a, factor
 
 
 @triton.jit
@@ -83,11 +88,11 @@ def _pixel_forward(
     w_ptr,                     # (K,) float32 bin weights
     out_ptr,                   # STORE_D: d (B, K, S) strided; else partial sums, one per program
     B, T, S, K,                # problem sizes
-    scale, eps,                # norm scale (folded into twiddles), spectrum eps
+    mode, scale, eps,          # spectrum (0 magnitude, 1 power, 2 log), norm scale, eps
     xs_sb, xs_st, xs_ss,       # student strides
     xt_sb, xt_st, xt_ss,       # teacher strides
     d_sb, d_sk, d_ss,          # d strides (STORE_D)
-    MODE: tl.constexpr, STORE_D: tl.constexpr, T_PAD: tl.constexpr,
+    STORE_D: tl.constexpr, T_PAD: tl.constexpr,
     K_PAD: tl.constexpr, BLOCK_L: tl.constexpr, PRECISION: tl.constexpr, IS_FP64: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -98,8 +103,8 @@ def _pixel_forward(
     cos, sin = _twiddles(T, K, scale, T_PAD, K_PAD, IS_FP64)
     xs = _load_lines(xs_ptr, b, s, xs_sb, xs_st, xs_ss, line_mask, T, T_PAD, IS_FP64)
     xt = _load_lines(xt_ptr, b, s, xt_sb, xt_st, xt_ss, line_mask, T, T_PAD, IS_FP64)
-    _, _, a_s, _ = _spectrum(xs, cos, sin, eps, MODE, PRECISION)
-    _, _, a_t, _ = _spectrum(xt, cos, sin, eps, MODE, PRECISION)
+    _, _, a_s, _ = _spectrum(xs, cos, sin, mode, eps, PRECISION)
+    _, _, a_t, _ = _spectrum(xt, cos, sin, mode, eps, PRECISION)
     w = _bin_weights(w_ptr, K, K_PAD)
     diff = a_s - a_t
     d = tl.where(line_mask[:, None], w[None, :] * diff * diff, 0.0)
@@ -118,11 +123,11 @@ def _pixel_backward(
     g_ptr,                     # dL/dd as (B, K, S) strided (strides 0 for a scalar loss)
     dxs_ptr, dxt_ptr,          # gradients (B, T, S) strided (unused unless NEED_S / NEED_T)
     B, T, S, K,
-    scale, eps, grad_scale,    # grad_scale: 1/count for reduction="mean", else 1
+    mode, scale, eps, grad_scale,  # grad_scale: 1/count for reduction="mean", else 1
     xs_sb, xs_st, xs_ss, xt_sb, xt_st, xt_ss,
     g_sb, g_sk, g_ss,
     dxs_sb, dxs_st, dxs_ss, dxt_sb, dxt_st, dxt_ss,
-    MODE: tl.constexpr, NEED_S: tl.constexpr, NEED_T: tl.constexpr,
+    NEED_S: tl.constexpr, NEED_T: tl.constexpr,
     T_PAD: tl.constexpr, K_PAD: tl.constexpr, BLOCK_L: tl.constexpr, PRECISION: tl.constexpr,
     IS_FP64: tl.constexpr,
 ):
@@ -135,8 +140,8 @@ def _pixel_backward(
     cos, sin = _twiddles(T, K, scale, T_PAD, K_PAD, IS_FP64)
     xs = _load_lines(xs_ptr, b, s, xs_sb, xs_st, xs_ss, line_mask, T, T_PAD, IS_FP64)
     xt = _load_lines(xt_ptr, b, s, xt_sb, xt_st, xt_ss, line_mask, T, T_PAD, IS_FP64)
-    re_s, im_s, a_s, r_s = _spectrum(xs, cos, sin, eps, MODE, PRECISION)
-    re_t, im_t, a_t, r_t = _spectrum(xt, cos, sin, eps, MODE, PRECISION)
+    re_s, im_s, a_s, r_s = _spectrum(xs, cos, sin, mode, eps, PRECISION)
+    re_t, im_t, a_t, r_t = _spectrum(xt, cos, sin, mode, eps, PRECISION)
     g_mask = line_mask[:, None] & (k[None, :] < K)
     g_offsets = (b * g_sb + s * g_ss)[:, None] + k[None, :].to(tl.int64) * g_sk
     go = tl.load(g_ptr + g_offsets, mask=g_mask, other=0.0).to(a_s.dtype) * grad_scale
@@ -155,8 +160,8 @@ def _pixel_backward(
 
 
 @triton.jit
-def _group_mean_spectrum(x_ptr, b, g, P, T, K, stride_b, stride_t, stride_s, cos, sin, eps,
-                         MODE: tl.constexpr, T_PAD: tl.constexpr, K_PAD: tl.constexpr,
+def _group_mean_spectrum(x_ptr, b, g, P, T, K, stride_b, stride_t, stride_s, cos, sin, mode, eps,
+                         T_PAD: tl.constexpr, K_PAD: tl.constexpr,
                          BLOCK_L: tl.constexpr, PRECISION: tl.constexpr, IS_FP64: tl.constexpr):
     """Mean of A over the P lines of group (b, g) as [K_PAD]."""
     total = tl.zeros((K_PAD,), tl.float64 if IS_FP64 else tl.float32)
@@ -164,14 +169,14 @@ def _group_mean_spectrum(x_ptr, b, g, P, T, K, stride_b, stride_t, stride_s, cos
         p = p0 + tl.arange(0, BLOCK_L)
         line_mask = p < P
         x = _load_lines(x_ptr, b, g * P + p, stride_b, stride_t, stride_s, line_mask, T, T_PAD, IS_FP64)
-        _, _, a, _ = _spectrum(x, cos, sin, eps, MODE, PRECISION)
+        _, _, a, _ = _spectrum(x, cos, sin, mode, eps, PRECISION)
         total += tl.sum(tl.where(line_mask[:, None], a, 0.0), axis=0)
     return total / P
 
 
 @triton.jit
 def _group_input_grad(x_ptr, dx_ptr, b, g, P, T, K, stride_b, stride_t, stride_s, dstride_b,
-                      dstride_t, dstride_s, grad_a, cos, sin, eps, MODE: tl.constexpr,
+                      dstride_t, dstride_s, grad_a, cos, sin, mode, eps,
                       T_PAD: tl.constexpr, K_PAD: tl.constexpr, BLOCK_L: tl.constexpr,
                       PRECISION: tl.constexpr, IS_FP64: tl.constexpr):
     """Writes dx for the P lines of group (b, g) given dL/dA [K_PAD] (already / P)."""
@@ -181,7 +186,7 @@ def _group_input_grad(x_ptr, dx_ptr, b, g, P, T, K, stride_b, stride_t, stride_s
         line_mask = p < P
         s = g * P + p
         x = _load_lines(x_ptr, b, s, stride_b, stride_t, stride_s, line_mask, T, T_PAD, IS_FP64)
-        re, im, _, r = _spectrum(x, cos, sin, eps, MODE, PRECISION)
+        re, im, _, r = _spectrum(x, cos, sin, mode, eps, PRECISION)
         dx = _input_grad(tl.where(line_mask[:, None], grad_a[None, :], 0.0), re, im, r, cos, sin, PRECISION)
         offsets = (b * dstride_b + s * dstride_s)[:, None] + t[None, :].to(tl.int64) * dstride_t
         tl.store(dx_ptr + offsets, dx.to(dx_ptr.dtype.element_ty), mask=line_mask[:, None] & (t[None, :] < T))
@@ -193,10 +198,10 @@ def _group_forward(
     w_ptr,                     # (K,) float32 bin weights
     out_ptr,                   # STORE_D: d (B, K, G) strided; else partial sums, one per group
     B, T, S, K, P,             # problem sizes; groups of P consecutive s
-    scale, eps,
+    mode, scale, eps,
     xs_sb, xs_st, xs_ss, xt_sb, xt_st, xt_ss,
     d_sb, d_sk, d_sg,
-    MODE: tl.constexpr, STORE_D: tl.constexpr, T_PAD: tl.constexpr,
+    STORE_D: tl.constexpr, T_PAD: tl.constexpr,
     K_PAD: tl.constexpr, BLOCK_L: tl.constexpr, PRECISION: tl.constexpr, IS_FP64: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -204,9 +209,9 @@ def _group_forward(
     b = pid.to(tl.int64) // G
     g = pid.to(tl.int64) % G
     cos, sin = _twiddles(T, K, scale, T_PAD, K_PAD, IS_FP64)
-    a_s = _group_mean_spectrum(xs_ptr, b, g, P, T, K, xs_sb, xs_st, xs_ss, cos, sin, eps, MODE, T_PAD,
+    a_s = _group_mean_spectrum(xs_ptr, b, g, P, T, K, xs_sb, xs_st, xs_ss, cos, sin, mode, eps, T_PAD,
                                K_PAD, BLOCK_L, PRECISION, IS_FP64)
-    a_t = _group_mean_spectrum(xt_ptr, b, g, P, T, K, xt_sb, xt_st, xt_ss, cos, sin, eps, MODE, T_PAD,
+    a_t = _group_mean_spectrum(xt_ptr, b, g, P, T, K, xt_sb, xt_st, xt_ss, cos, sin, mode, eps, T_PAD,
                                K_PAD, BLOCK_L, PRECISION, IS_FP64)
     w = _bin_weights(w_ptr, K, K_PAD)
     d = w * (a_s - a_t) * (a_s - a_t)
@@ -223,11 +228,11 @@ def _group_backward(
     g_ptr,                     # dL/dd as (B, K, G) strided (strides 0 for a scalar loss)
     dxs_ptr, dxt_ptr,          # gradients (B, T, S) strided (unused unless NEED_S / NEED_T)
     B, T, S, K, P,
-    scale, eps, grad_scale,
+    mode, scale, eps, grad_scale,
     xs_sb, xs_st, xs_ss, xt_sb, xt_st, xt_ss,
     g_sb, g_sk, g_sg,
     dxs_sb, dxs_st, dxs_ss, dxt_sb, dxt_st, dxt_ss,
-    MODE: tl.constexpr, NEED_S: tl.constexpr, NEED_T: tl.constexpr,
+    NEED_S: tl.constexpr, NEED_T: tl.constexpr,
     T_PAD: tl.constexpr, K_PAD: tl.constexpr, BLOCK_L: tl.constexpr, PRECISION: tl.constexpr,
     IS_FP64: tl.constexpr,
 ):
@@ -237,20 +242,22 @@ def _group_backward(
     g = pid.to(tl.int64) % G
     k = tl.arange(0, K_PAD)
     cos, sin = _twiddles(T, K, scale, T_PAD, K_PAD, IS_FP64)
-    a_s = _group_mean_spectrum(xs_ptr, b, g, P, T, K, xs_sb, xs_st, xs_ss, cos, sin, eps, MODE, T_PAD,
+    a_s = _group_mean_spectrum(xs_ptr, b, g, P, T, K, xs_sb, xs_st, xs_ss, cos, sin, mode, eps, T_PAD,
                                K_PAD, BLOCK_L, PRECISION, IS_FP64)
-    a_t = _group_mean_spectrum(xt_ptr, b, g, P, T, K, xt_sb, xt_st, xt_ss, cos, sin, eps, MODE, T_PAD,
+    a_t = _group_mean_spectrum(xt_ptr, b, g, P, T, K, xt_sb, xt_st, xt_ss, cos, sin, mode, eps, T_PAD,
                                K_PAD, BLOCK_L, PRECISION, IS_FP64)
     go = tl.load(g_ptr + b * g_sb + g * g_sg + k * g_sk, mask=k < K, other=0.0).to(a_s.dtype) * grad_scale
     w = _bin_weights(w_ptr, K, K_PAD)
     grad_a = 2.0 * w * (a_s - a_t) * go / P
     if NEED_S:
         _group_input_grad(xs_ptr, dxs_ptr, b, g, P, T, K, xs_sb, xs_st, xs_ss, dxs_sb, dxs_st, dxs_ss,
-                          grad_a, cos, sin, eps, MODE, T_PAD, K_PAD, BLOCK_L, PRECISION, IS_FP64)
+                          grad_a, cos, sin, mode, eps, T_PAD, K_PAD, BLOCK_L, PRECISION, IS_FP64)
     if NEED_T:
         _group_input_grad(xt_ptr, dxt_ptr, b, g, P, T, K, xt_sb, xt_st, xt_ss, dxt_sb, dxt_st, dxt_ss,
-                          -grad_a, cos, sin, eps, MODE, T_PAD, K_PAD, BLOCK_L, PRECISION, IS_FP64)
+                          -grad_a, cos, sin, mode, eps, T_PAD, K_PAD, BLOCK_L, PRECISION, IS_FP64)
 
+
+KERNELS = (_pixel_forward, _pixel_backward, _group_forward, _group_backward)
 
 _PRECISION = {torch.float32: "tf32x3", torch.float64: "ieee", torch.float16: "tf32", torch.bfloat16: "tf32"}
 
@@ -259,11 +266,11 @@ def _pad(n: int) -> int:
     return max(16, triton.next_power_of_2(n))
 
 
-def launch_constexprs(T: int, dtype: torch.dtype, mode: int) -> dict:
+def launch_constexprs(T: int, dtype: torch.dtype) -> dict:
     """The constexprs every kernel of a call shares: the one place configs are chosen."""
     T_PAD = _pad(T)
     block = max(16, min(128, 2048 // T_PAD)) // (2 if dtype == torch.float64 else 1)
-    return dict(MODE=mode, T_PAD=T_PAD, K_PAD=_pad(T_PAD // 2 + 1), BLOCK_L=max(16, block),
+    return dict(T_PAD=T_PAD, K_PAD=_pad(T_PAD // 2 + 1), BLOCK_L=max(16, block),
                 PRECISION=_PRECISION[dtype], IS_FP64=dtype == torch.float64)
 
 
@@ -278,15 +285,15 @@ def _strides(x: torch.Tensor) -> tuple:
 def forward(pr: SpectrumProblem, xs: torch.Tensor, xt: torch.Tensor, w: torch.Tensor,
             d: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
     """Writes d (B, K, G) if given; else returns the partial sums of d."""
-    c = launch_constexprs(pr.T, xs.dtype, pr.mode)
+    c = launch_constexprs(pr.T, xs.dtype)
     acc = torch.float64 if xs.dtype == torch.float64 else torch.float32
     grouped = pr.P > 1
     programs = pr.B * pr.G if grouped else triton.cdiv(pr.B * pr.S, c["BLOCK_L"])
-    out = d if d is not None else torch.empty(programs, dtype=acc, device=xs.device)
+    out = d if d is not None else new_output(programs, acc, xs.device)
     kernel = _group_forward if grouped else _pixel_forward
     sizes = (pr.B, pr.T, pr.S, pr.K, pr.P) if grouped else (pr.B, pr.T, pr.S, pr.K)
     d_strides = _strides(d) if d is not None else (0, 0, 0)
-    kernel[(programs,)](xs, xt, w, out, *sizes, pr.scale, pr.eps,
+    kernel[(programs,)](xs, xt, w, out, *sizes, pr.mode, pr.scale, pr.eps,
                         *_strides(xs), *_strides(xt), *d_strides, STORE_D=d is not None, **c, **_launch_options(pr.T))
     return None if d is not None else out
 
@@ -295,13 +302,13 @@ def backward(pr: SpectrumProblem, xs: torch.Tensor, xt: torch.Tensor, w: torch.T
              grad: torch.Tensor, grad_scale: float, dxs: Optional[torch.Tensor],
              dxt: Optional[torch.Tensor]) -> None:
     """Writes the gradients dxs, dxt (B, T, S) where not None."""
-    c = launch_constexprs(pr.T, xs.dtype, pr.mode)
+    c = launch_constexprs(pr.T, xs.dtype)
     grouped = pr.P > 1
     programs = pr.B * pr.G if grouped else triton.cdiv(pr.B * pr.S, c["BLOCK_L"])
     kernel = _group_backward if grouped else _pixel_backward
     sizes = (pr.B, pr.T, pr.S, pr.K, pr.P) if grouped else (pr.B, pr.T, pr.S, pr.K)
     kernel[(programs,)](xs, xt, w, grad, dxs if dxs is not None else xs,
-                        dxt if dxt is not None else xt, *sizes, pr.scale, pr.eps, grad_scale,
+                        dxt if dxt is not None else xt, *sizes, pr.mode, pr.scale, pr.eps, grad_scale,
                         *_strides(xs), *_strides(xt), *_strides(grad),
                         *(_strides(dxs) if dxs is not None else (0, 0, 0)),
                         *(_strides(dxt) if dxt is not None else (0, 0, 0)),
@@ -319,35 +326,34 @@ def aot_specs(int_type: str = "i32") -> Iterator[tuple]:
     seen = set()
     for T in range(2, MAX_FUSED_T + 1):
         for dtype, ty in _TRITON_TYPES.items():
-            for mode in range(len(SPECTRA)):
-                c = launch_constexprs(T, dtype, mode)
-                key = (tuple(sorted(c.items())), tuple(sorted(_launch_options(T).items())))
-                if key in seen:
-                    continue
-                seen.add(key)
-                acc = "fp64" if dtype == torch.float64 else "fp32"
-                for kernel in (_pixel_forward, _group_forward):
-                    for store_d in (False, True):
-                        pointers = {"xs_ptr": f"*{ty}", "xt_ptr": f"*{ty}", "w_ptr": "*fp32",
-                                    "out_ptr": f"*{ty}" if store_d else f"*{acc}"}
-                        yield kernel, _signature(kernel, pointers, int_type), dict(c, STORE_D=store_d), \
-                            _launch_options(T)
-                for kernel in (_pixel_backward, _group_backward):
-                    pointers = {"xs_ptr": f"*{ty}", "xt_ptr": f"*{ty}", "w_ptr": "*fp32", "g_ptr": f"*{ty}",
-                                "dxs_ptr": f"*{ty}", "dxt_ptr": f"*{ty}"}
-                    yield kernel, _signature(kernel, pointers, int_type), dict(c, NEED_S=True, NEED_T=True), \
+            c = launch_constexprs(T, dtype)
+            key = (tuple(sorted(c.items())), tuple(sorted(_launch_options(T).items())))
+            if key in seen:
+                continue
+            seen.add(key)
+            acc = "fp64" if dtype == torch.float64 else "fp32"
+            for kernel in (_pixel_forward, _group_forward):
+                for store_d in (False, True):
+                    pointers = {"xs_ptr": f"*{ty}", "xt_ptr": f"*{ty}", "w_ptr": "*fp32",
+                                "out_ptr": f"*{ty}" if store_d else f"*{acc}"}
+                    yield kernel, _signature(kernel, pointers, int_type), dict(c, STORE_D=store_d), \
                         _launch_options(T)
+            for kernel in (_pixel_backward, _group_backward):
+                pointers = {"xs_ptr": f"*{ty}", "xt_ptr": f"*{ty}", "w_ptr": "*fp32", "g_ptr": f"*{ty}",
+                            "dxs_ptr": f"*{ty}", "dxt_ptr": f"*{ty}"}
+                yield kernel, _signature(kernel, pointers, int_type), dict(c, NEED_S=True, NEED_T=True), \
+                    _launch_options(T)
 
 
-_FLOAT_ARGS = ("scale", "eps", "grad_scale")
+_FLOAT_ARGS = ("scale", "eps", "grad_scale")  # mode is an int
 
 
 def _signature(kernel, pointers: dict, int_type: str) -> dict:
     """Triton signature of a launch: Python floats are fp32, ints int_type."""
+    fn = getattr(kernel, "fn", kernel)  # the Python function, also under TRITON_INTERPRET=1
     sig = {}
-    for param in kernel.params:
-        name = param.name
-        if param.is_constexpr:
+    for name, param in inspect.signature(fn).parameters.items():
+        if "constexpr" in str(param.annotation):
             sig[name] = "constexpr"
         elif name in pointers:
             sig[name] = pointers[name]
