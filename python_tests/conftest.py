@@ -23,15 +23,21 @@ FUSED_BACKENDS = [name for name in ("cpu", "cuda", "triton") if _backend.device_
 TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 1e-2}
 
 
-def assert_close(got: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype, what: str = "") -> None:
-    """Relative-to-the-largest-element comparison that fails on NaN and on all-zero output."""
-    assert got.shape == expected.shape, f"{what}: shape {tuple(got.shape)} != {tuple(expected.shape)}"
+def relative_error(got: torch.Tensor, expected: torch.Tensor) -> float:
+    """max |got - expected| / max |expected|."""
     got, expected = got.double(), expected.double()
+    return (got - expected).abs().max().item() / expected.abs().max().item()
+
+
+def assert_close(got: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype, what: str = "",
+                 floor: float = 0.0) -> None:
+    """Fails on a shape mismatch, NaN (an unwritten output), an all-zero expectation (a
+    test that cannot fail) and a relative error above max(TOLERANCE[dtype], floor)."""
+    assert got.shape == expected.shape, f"{what}: shape {tuple(got.shape)} != {tuple(expected.shape)}"
     assert torch.isfinite(got).all(), f"{what}: non-finite values (unwritten output?)"
-    scale = expected.abs().max().item()
-    assert scale > 0, f"{what}: the expected value is all zeros; the test cannot fail"
-    error = (got - expected).abs().max().item() / scale
-    assert error <= TOLERANCE[dtype], f"{what}: relative error {error:.3g} > {TOLERANCE[dtype]:.0e} ({dtype})"
+    assert expected.abs().max().item() > 0, f"{what}: the expected value is all zeros; the test cannot fail"
+    error, tolerance = relative_error(got, expected), max(TOLERANCE[dtype], floor)
+    assert error <= tolerance, f"{what}: relative error {error:.3g} > {tolerance:.3g} ({dtype})"
 
 
 @pytest.fixture(autouse=True)

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 import torch
-from conftest import DEVICE, FUSED_BACKENDS, assert_close
+from conftest import DEVICE, FUSED_BACKENDS, assert_close, relative_error
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -34,18 +34,27 @@ def inputs(shape, dtype=torch.float32, teacher_grad=True, device=DEVICE):
 
 
 def check_backend(backend, student, teacher, **options):
-    """The backend on (student, teacher) against the reference in float64 on the same values."""
+    """The backend against the reference in float64 on the same values.
+
+    Where the loss is ill-conditioned in the input dtype (gradients Re/|X| of bins with
+    |X| near 0, logs of small magnitudes) no float32 code reaches 1e-5: the tolerance is
+    then 4x the error of eager torch.fft in that dtype on the same input, never less
+    than the per-dtype bound."""
     out, grads = run(backend, student, teacher, **options)
     grad_out = torch.randn_like(out) if out.dim() else None
     if grad_out is not None:
         out, grads = run(backend, student, teacher, grad=grad_out, **options)
-    s64, t64 = (x.detach().double().requires_grad_(x.requires_grad) for x in (student, teacher))
-    exp_out, exp_grads = run("reference", s64, t64, grad=None if grad_out is None else grad_out.double(), **options)
+    expected = run("reference", *(x.detach().double().requires_grad_(x.requires_grad) for x in (student, teacher)),
+                   grad=None if grad_out is None else grad_out.double(), **options)
+    same_dtype = run("reference", *(x.detach().requires_grad_(x.requires_grad) for x in (student, teacher)),
+                     grad=grad_out, **options)
     assert out.dtype == student.dtype
-    assert_close(out, exp_out, student.dtype, f"{backend} loss")
-    for name, got, exp in zip(("dstudent", "dteacher"), grads, exp_grads):
-        assert got.dtype == student.dtype and got.shape == student.shape
-        assert_close(got, exp, student.dtype, f"{backend} {name}")
+    names = ("loss", "dstudent", "dteacher")
+    for name, got, eager, exp in zip(names, (out, *grads), (same_dtype[0], *same_dtype[1]),
+                                      (expected[0], *expected[1])):
+        assert got.dtype == student.dtype and (name == "loss" or got.shape == student.shape)
+        floor = 0.0 if student.dtype == torch.float64 else 4 * relative_error(eager, exp)
+        assert_close(got, exp, student.dtype, f"{backend} {name}", floor=floor)
 
 
 # ---- the reference against an independent float64 DFT ------------------------------
@@ -126,6 +135,7 @@ def test_bin_weights(backend, weights):
 LAYOUTS = {
     "NCTHW": lambda: (inputs((2, 3, 7, 4, 5)), {}),
     "N=1": lambda: (inputs((1, 3, 7, 4, 5)), {}),
+    "1x1 spatial": lambda: (inputs((2, 3, 7, 1, 1)), {}),
     "NTC time_dim=1": lambda: (inputs((3, 7, 6)), dict(time_dim=1)),
     "time last, negative time_dim": lambda: (inputs((3, 4, 7)), dict(time_dim=-1)),
     "rank 2 (B, T)": lambda: (inputs((5, 9)), dict(time_dim=1)),
@@ -338,9 +348,11 @@ def test_import_without_the_extension_falls_back_with_one_warning():
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(N=st.integers(1, 3), C=st.integers(1, 5), T=st.integers(2, 40), H=st.integers(1, 6), W=st.integers(1, 6),
        spectrum=st.sampled_from(SPECTRA), spatial=st.sampled_from(("pixel", "mean")),
-       reduction=st.sampled_from(("mean", "sum", "none")))
-def test_fuzz_cpu_backend(N, C, T, H, W, spectrum, spatial, reduction):
+       reduction=st.sampled_from(("mean", "sum", "none")), seed=st.integers(0, 2**31 - 1))
+def test_fuzz_cpu_backend(N, C, T, H, W, spectrum, spatial, reduction, seed):
+    torch.manual_seed(seed)  # the inputs are part of the example, so a failure replays
     # log of a near-zero magnitude is ill-conditioned in float32 (torch.fft's own float32
-    # result is off by ~6e-5 there); a conditioning eps keeps the comparison meaningful.
+    # result is off by ~6e-5 there, and the direct DFT's gradients by up to 4x more);
+    # a conditioning eps keeps the comparison meaningful (README: log_magnitude).
     check_backend("cpu", *inputs((N, C, T, H, W), device="cpu"), spectrum=spectrum, spatial=spatial,
-                  reduction=reduction, eps=1e-3 if spectrum == "log_magnitude" else 1e-6)
+                  reduction=reduction, eps=1e-2 if spectrum == "log_magnitude" else 1e-6)

@@ -37,9 +37,9 @@ def temporal_spectrum_loss_reference(student: torch.Tensor, teacher: torch.Tenso
     td = problem.time_dim
     a_s, a_t = (spectrum_of(x.reshape(problem.unfolded_shape), td, norm, spectrum, problem.eps)
                 for x in (student, teacher))
-    if spatial == "mean" and problem.P > 1:
-        dims = tuple(range(len(problem.out_shape), a_s.dim()))
-        a_s, a_t = a_s.mean(dim=dims), a_t.mean(dim=dims)
+    spatial_dims = tuple(range(len(problem.out_shape), a_s.dim()))  # empty for spatial="pixel"
+    if spatial_dims:
+        a_s, a_t = a_s.mean(dim=spatial_dims), a_t.mean(dim=spatial_dims)
     d = (a_s - a_t).square()
     if weights is not None:
         d = d * weights.to(d.dtype).view((-1,) + (1,) * (d.dim() - td - 1))
