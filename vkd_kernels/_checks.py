@@ -73,6 +73,5 @@ def new_output(shape, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """Allocation of every buffer a kernel writes. With ``VKD_POISON_OUTPUTS=1``
     (tests) it is filled with NaN, so an element a kernel forgets to write fails."""
     if os.environ.get("VKD_POISON_OUTPUTS") == "1":
-        return torch.full(torch.Size([shape] if isinstance(shape, int) else shape), float("nan"), dtype=dtype,
-                          device=device)
+        return torch.full(shape, float("nan"), dtype=dtype, device=device)
     return torch.empty(shape, dtype=dtype, device=device)

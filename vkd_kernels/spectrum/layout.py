@@ -59,6 +59,16 @@ class SpectrumProblem:
         return x.reshape(self.unfolded_shape).reshape(self.B, self.T, self.S)
 
 
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype kernels accumulate (and write partial sums) in."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def view_strides(x: Optional[torch.Tensor]) -> tuple:
+    """Strides of a (B, T, S) or (B, K, G) view; zeros for an absent tensor."""
+    return tuple(x.stride()) if x is not None else (0, 0, 0)
+
+
 def norm_scale(norm: str, T: int) -> float:
     return {"backward": 1.0, "ortho": 1.0 / math.sqrt(T), "forward": 1.0 / T}[norm]
 

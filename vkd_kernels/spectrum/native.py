@@ -8,15 +8,11 @@ import torch
 
 from .. import _ext
 from .._checks import new_output
-from .layout import SpectrumProblem
+from .layout import SpectrumProblem, accumulation_dtype, view_strides
 
 
 def _problem(pr: SpectrumProblem, w: torch.Tensor) -> dict:
     return dict(B=pr.B, T=pr.T, S=pr.S, P=pr.P, mode=pr.mode, eps=pr.eps, weights=_ext.ptr(w))
-
-
-def _strides(x: Optional[torch.Tensor]) -> tuple:
-    return tuple(x.stride()) if x is not None else (0, 0, 0)
 
 
 def forward(pr: SpectrumProblem, xs: torch.Tensor, xt: torch.Tensor, w: torch.Tensor,
@@ -26,11 +22,10 @@ def forward(pr: SpectrumProblem, xs: torch.Tensor, xt: torch.Tensor, w: torch.Te
     partials = None
     if d is None:
         count = _ext.EXT.spectrum_num_partials(device.type, pr.B * pr.G)
-        acc = torch.float64 if xs.dtype == torch.float64 else torch.float32
-        partials = new_output(count, acc, device)
+        partials = new_output((count,), accumulation_dtype(xs.dtype), device)
     _ext.EXT.spectrum_forward(
-        device.type, _problem(pr, w), _ext.dtype_code(xs.dtype), pr.scale, _ext.ptr(xs), _strides(xs),
-        _ext.ptr(xt), _strides(xt), _ext.ptr(d), _strides(d), _ext.ptr(partials),
+        device.type, _problem(pr, w), _ext.dtype_code(xs.dtype), pr.scale, _ext.ptr(xs), view_strides(xs),
+        _ext.ptr(xt), view_strides(xt), _ext.ptr(d), view_strides(d), _ext.ptr(partials),
         0 if partials is None else partials.numel(), _ext.stream(device))
     return partials
 
@@ -41,6 +36,6 @@ def backward(pr: SpectrumProblem, xs: torch.Tensor, xt: torch.Tensor, w: torch.T
     """Writes the gradients dxs, dxt (B, T, S) where not None."""
     device = xs.device
     _ext.EXT.spectrum_backward(
-        device.type, _problem(pr, w), _ext.dtype_code(xs.dtype), pr.scale, _ext.ptr(xs), _strides(xs),
-        _ext.ptr(xt), _strides(xt), _ext.ptr(grad), _strides(grad), grad_scale, _ext.ptr(dxs),
-        _strides(dxs), _ext.ptr(dxt), _strides(dxt), _ext.stream(device))
+        device.type, _problem(pr, w), _ext.dtype_code(xs.dtype), pr.scale, _ext.ptr(xs), view_strides(xs),
+        _ext.ptr(xt), view_strides(xt), _ext.ptr(grad), view_strides(grad), grad_scale, _ext.ptr(dxs),
+        view_strides(dxs), _ext.ptr(dxt), view_strides(dxt), _ext.stream(device))

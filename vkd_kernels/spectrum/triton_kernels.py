@@ -25,7 +25,7 @@ import triton
 import triton.language as tl
 
 from .._checks import new_output
-from .layout import MAX_FUSED_T, SpectrumProblem
+from .layout import MAX_FUSED_T, SpectrumProblem, accumulation_dtype, view_strides
 
 
 @triton.jit
@@ -278,23 +278,24 @@ def _launch_options(T: int) -> dict:
     return dict(num_warps=4 if T <= 32 else 8)
 
 
-def _strides(x: torch.Tensor) -> tuple:
-    return tuple(x.stride())
+def _grid(pr: SpectrumProblem, constexprs: dict) -> tuple:
+    """(programs, size arguments, grouped) of a call: a program per group of P > 1 lines
+    (the group kernels), else per BLOCK_L lines (the pixel kernels)."""
+    if pr.P > 1:
+        return pr.B * pr.G, (pr.B, pr.T, pr.S, pr.K, pr.P), True
+    return triton.cdiv(pr.B * pr.S, constexprs["BLOCK_L"]), (pr.B, pr.T, pr.S, pr.K), False
 
 
 def forward(pr: SpectrumProblem, xs: torch.Tensor, xt: torch.Tensor, w: torch.Tensor,
             d: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
     """Writes d (B, K, G) if given; else returns the partial sums of d."""
     c = launch_constexprs(pr.T, xs.dtype)
-    acc = torch.float64 if xs.dtype == torch.float64 else torch.float32
-    grouped = pr.P > 1
-    programs = pr.B * pr.G if grouped else triton.cdiv(pr.B * pr.S, c["BLOCK_L"])
-    out = d if d is not None else new_output(programs, acc, xs.device)
+    programs, sizes, grouped = _grid(pr, c)
+    out = d if d is not None else new_output((programs,), accumulation_dtype(xs.dtype), xs.device)
     kernel = _group_forward if grouped else _pixel_forward
-    sizes = (pr.B, pr.T, pr.S, pr.K, pr.P) if grouped else (pr.B, pr.T, pr.S, pr.K)
-    d_strides = _strides(d) if d is not None else (0, 0, 0)
     kernel[(programs,)](xs, xt, w, out, *sizes, pr.mode, pr.scale, pr.eps,
-                        *_strides(xs), *_strides(xt), *d_strides, STORE_D=d is not None, **c, **_launch_options(pr.T))
+                        *view_strides(xs), *view_strides(xt), *view_strides(d), STORE_D=d is not None,
+                        **c, **_launch_options(pr.T))
     return None if d is not None else out
 
 
@@ -303,15 +304,12 @@ def backward(pr: SpectrumProblem, xs: torch.Tensor, xt: torch.Tensor, w: torch.T
              dxt: Optional[torch.Tensor]) -> None:
     """Writes the gradients dxs, dxt (B, T, S) where not None."""
     c = launch_constexprs(pr.T, xs.dtype)
-    grouped = pr.P > 1
-    programs = pr.B * pr.G if grouped else triton.cdiv(pr.B * pr.S, c["BLOCK_L"])
+    programs, sizes, grouped = _grid(pr, c)
     kernel = _group_backward if grouped else _pixel_backward
-    sizes = (pr.B, pr.T, pr.S, pr.K, pr.P) if grouped else (pr.B, pr.T, pr.S, pr.K)
     kernel[(programs,)](xs, xt, w, grad, dxs if dxs is not None else xs,
                         dxt if dxt is not None else xt, *sizes, pr.mode, pr.scale, pr.eps, grad_scale,
-                        *_strides(xs), *_strides(xt), *_strides(grad),
-                        *(_strides(dxs) if dxs is not None else (0, 0, 0)),
-                        *(_strides(dxt) if dxt is not None else (0, 0, 0)),
+                        *view_strides(xs), *view_strides(xt), *view_strides(grad),
+                        *view_strides(dxs), *view_strides(dxt),
                         NEED_S=dxs is not None, NEED_T=dxt is not None,
                         **c, **_launch_options(pr.T))
 
