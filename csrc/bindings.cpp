@@ -45,6 +45,12 @@ bool on_cuda(const std::string& device) {
   throw std::invalid_argument("vkd: device must be 'cpu' or 'cuda', got '" + device + "'");
 }
 
+vkd::attention::MapProblem attention_problem(int64_t N, int64_t C, int64_t P, double q) {
+  if (N < 1 || C < 1 || P < 1) throw std::invalid_argument("vkd: attention map sizes must be >= 1");
+  if (!(q > 0) || !std::isfinite(q)) throw std::invalid_argument("vkd: the exponent p must be > 0 and finite");
+  return {N, C, P, q};
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -125,4 +131,42 @@ PYBIND11_MODULE(_C, m) {
         py::arg("teacher_strides"), py::arg("grad_d"), py::arg("grad_strides"),
         py::arg("grad_scale"), py::arg("grad_student"), py::arg("grad_student_strides"),
         py::arg("grad_teacher"), py::arg("grad_teacher_strides"), py::arg("stream"));
+
+  // Attention-transfer raw map: x (N, C, P) with strides (n, c, p), map (N, P) with strides (n, p).
+  m.def("attention_map_forward",
+        [](const std::string& device, int64_t N, int64_t C, int64_t P, double q, int dtype, uintptr_t x,
+           std::array<int64_t, 3> x_strides, uintptr_t map, std::array<int64_t, 2> map_strides, uintptr_t stream) {
+          vkd::AttentionMapArgs a{attention_problem(N, C, P, q), vkd::DType(dtype), ptr<const void>(x),
+                                  {x_strides[0], x_strides[1], x_strides[2]}, ptr<void>(map),
+                                  {map_strides[0], map_strides[1]}, nullptr, {0, 0, 0}, stream};
+          const bool cuda = on_cuda(device);
+          py::gil_scoped_release release;
+#ifdef VKD_WITH_CUDA
+          if (cuda) return vkd::attention_map_forward_cuda(a);
+#endif
+          (void)cuda;
+          vkd::attention_map_forward_cpu(a);
+        },
+        py::arg("device"), py::arg("N"), py::arg("C"), py::arg("P"), py::arg("q"), py::arg("dtype"), py::arg("x"),
+        py::arg("x_strides"), py::arg("map"), py::arg("map_strides"), py::arg("stream"));
+
+  m.def("attention_map_backward",
+        [](const std::string& device, int64_t N, int64_t C, int64_t P, double q, int dtype, uintptr_t x,
+           std::array<int64_t, 3> x_strides, uintptr_t grad_map, std::array<int64_t, 2> grad_map_strides,
+           uintptr_t grad_x, std::array<int64_t, 3> grad_x_strides, uintptr_t stream) {
+          vkd::AttentionMapArgs a{attention_problem(N, C, P, q), vkd::DType(dtype), ptr<const void>(x),
+                                  {x_strides[0], x_strides[1], x_strides[2]}, ptr<void>(grad_map),
+                                  {grad_map_strides[0], grad_map_strides[1]}, ptr<void>(grad_x),
+                                  {grad_x_strides[0], grad_x_strides[1], grad_x_strides[2]}, stream};
+          const bool cuda = on_cuda(device);
+          py::gil_scoped_release release;
+#ifdef VKD_WITH_CUDA
+          if (cuda) return vkd::attention_map_backward_cuda(a);
+#endif
+          (void)cuda;
+          vkd::attention_map_backward_cpu(a);
+        },
+        py::arg("device"), py::arg("N"), py::arg("C"), py::arg("P"), py::arg("q"), py::arg("dtype"), py::arg("x"),
+        py::arg("x_strides"), py::arg("grad_map"), py::arg("grad_map_strides"), py::arg("grad_x"),
+        py::arg("grad_x_strides"), py::arg("stream"));
 }

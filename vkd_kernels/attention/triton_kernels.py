@@ -1,0 +1,142 @@
+"""Triton kernels of the attention-transfer raw map (spec: ops.md 3a).
+
+x is read as (N, C, P) strided. Each program takes BLOCK_P positions of one sample
+and loops over the channels in [BLOCK_C, BLOCK_P] tiles: the forward sums |x|^q over
+C (one read of x), the backward writes dx = q |x|^(q-1) sign(x) dL/da / C (one read,
+one write). POWER selects the exponent case: 0 q = 2, 1 q = 1, 2 any q > 0 (via
+exp2/log2). No tl.dot, so any power-of-two block compiles; ``launch_constexprs`` is
+the one place configs are chosen and ``aot_specs`` enumerates all of them.
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Iterator
+
+import torch
+import triton
+import triton.language as tl
+
+POWERS = {2.0: 0, 1.0: 1}  # exponent -> POWER; anything else -> 2
+
+
+@triton.jit
+def _power(v, q, POWER: tl.constexpr):
+    """|v|^q."""
+    if POWER == 0:
+        return v * v
+    m = tl.abs(v)
+    if POWER == 1:
+        return m
+    return tl.where(m > 0, tl.exp2(q * tl.log2(tl.where(m > 0, m, 1.0))), 0.0)
+
+
+@triton.jit
+def _power_grad(v, q, POWER: tl.constexpr):
+    """q |v|^(q-1) sign(v), 0 at v = 0 (no inf/NaN for q <= 1)."""
+    if POWER == 0:
+        return 2.0 * v
+    sign = tl.where(v > 0, 1.0, tl.where(v < 0, -1.0, 0.0))
+    if POWER == 1:
+        return sign
+    m = tl.abs(v)
+    return tl.where(m > 0, q * tl.exp2((q - 1.0) * tl.log2(tl.where(m > 0, m, 1.0))), 0.0) * sign
+
+
+@triton.jit
+def _map_forward(
+    x_ptr,                     # feature (N, C, P) strided
+    a_ptr,                     # map (N, P) strided, accumulation dtype
+    N, C, P,                   # sizes
+    q,                         # exponent (POWER == 2 only)
+    x_sn, x_sc, x_sp,          # feature strides
+    a_sn, a_sp,                # map strides
+    POWER: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, IS_FP64: tl.constexpr,
+):
+    n = tl.program_id(1).to(tl.int64)
+    p = tl.program_id(0).to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
+    acc = tl.zeros((BLOCK_P,), tl.float64 if IS_FP64 else tl.float32)
+    for c0 in range(0, C, BLOCK_C):
+        c = c0 + tl.arange(0, BLOCK_C)
+        mask = (c[:, None] < C) & (p[None, :] < P)
+        x = tl.load(x_ptr + n * x_sn + c[:, None].to(tl.int64) * x_sc + p[None, :] * x_sp, mask=mask, other=0.0)
+        x = x.to(tl.float64) if IS_FP64 else x.to(tl.float32)
+        acc += tl.sum(_power(x, q, POWER), axis=0)
+    tl.store(a_ptr + n * a_sn + p * a_sp, acc / C, mask=p < P)
+
+
+@triton.jit
+def _map_backward(
+    x_ptr,                     # feature (N, C, P) strided
+    g_ptr,                     # dL/da (N, P) strided, accumulation dtype
+    dx_ptr,                    # gradient (N, C, P) strided
+    N, C, P, q,
+    x_sn, x_sc, x_sp,
+    g_sn, g_sp,
+    dx_sn, dx_sc, dx_sp,
+    POWER: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, IS_FP64: tl.constexpr,
+):
+    n = tl.program_id(1).to(tl.int64)
+    p = tl.program_id(0).to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
+    g = tl.load(g_ptr + n * g_sn + p * g_sp, mask=p < P, other=0.0) / C
+    for c0 in range(0, C, BLOCK_C):
+        c = c0 + tl.arange(0, BLOCK_C)
+        mask = (c[:, None] < C) & (p[None, :] < P)
+        x = tl.load(x_ptr + n * x_sn + c[:, None].to(tl.int64) * x_sc + p[None, :] * x_sp, mask=mask, other=0.0)
+        x = x.to(tl.float64) if IS_FP64 else x.to(tl.float32)
+        dx = _power_grad(x, q, POWER) * g[None, :]
+        tl.store(dx_ptr + n * dx_sn + c[:, None].to(tl.int64) * dx_sc + p[None, :] * dx_sp,
+                 dx.to(dx_ptr.dtype.element_ty), mask=mask)
+
+
+KERNELS = (_map_forward, _map_backward)
+
+
+def launch_constexprs(q: float, dtype: torch.dtype) -> dict:
+    """The constexprs of a call: the one place configs are chosen."""
+    return dict(POWER=POWERS.get(float(q), 2), BLOCK_C=16, BLOCK_P=64 if dtype == torch.float64 else 128,
+                IS_FP64=dtype == torch.float64)
+
+
+def _grid(x: torch.Tensor, c: dict) -> tuple:
+    N, _, P = x.shape
+    return (triton.cdiv(P, c["BLOCK_P"]), N)
+
+
+def forward(x: torch.Tensor, p: float, a: torch.Tensor) -> None:
+    """Writes a (N, P) = mean_c |x|^p for x (N, C, P) strided."""
+    c = launch_constexprs(p, x.dtype)
+    _map_forward[_grid(x, c)](x, a, *x.shape, p, *x.stride(), *a.stride(), **c, num_warps=4)
+
+
+def backward(x: torch.Tensor, grad: torch.Tensor, p: float, dx: torch.Tensor) -> None:
+    """Writes dx (N, C, P) = p |x|^(p-1) sign(x) grad[n, p] / C."""
+    c = launch_constexprs(p, x.dtype)
+    _map_backward[_grid(x, c)](x, grad, dx, *x.shape, p, *x.stride(), *grad.stride(), *dx.stride(), **c,
+                               num_warps=4)
+
+
+_TRITON_TYPES = {torch.float32: "fp32", torch.float64: "fp64", torch.float16: "fp16", torch.bfloat16: "bf16"}
+
+
+def aot_specs(int_type: str = "i32") -> Iterator[tuple]:
+    """(kernel, signature, constexprs, options) for every config launch_constexprs can produce."""
+    for dtype, ty in _TRITON_TYPES.items():
+        acc = "fp64" if dtype == torch.float64 else "fp32"
+        for q in (2.0, 1.0, 1.5):
+            c = launch_constexprs(q, dtype)
+            yield _map_forward, _signature(_map_forward, {"x_ptr": f"*{ty}", "a_ptr": f"*{acc}"}, int_type), c, \
+                dict(num_warps=4)
+            yield _map_backward, _signature(_map_backward, {"x_ptr": f"*{ty}", "g_ptr": f"*{acc}",
+                                                            "dx_ptr": f"*{ty}"}, int_type), c, dict(num_warps=4)
+
+
+def _signature(kernel, pointers: dict, int_type: str) -> dict:
+    """Triton signature of a launch: q is fp32, other scalars int_type."""
+    fn = getattr(kernel, "fn", kernel)
+    sig = {}
+    for name, param in inspect.signature(fn).parameters.items():
+        if "constexpr" in str(param.annotation):
+            sig[name] = "constexpr"
+        else:
+            sig[name] = pointers.get(name, "fp32" if name == "q" else int_type)
+    return sig
