@@ -1,0 +1,136 @@
+"""The GKD generative attention head (ops.md 3b): the tail in exact compact form.
+
+Tail: y (N, C1, T) -> nearest upsample to L -> Conv1d(C1 -> C, k=3, zero pad 1)
+-> GroupNorm(G, C) -> ReLU -> Linear(L -> T') over the upsampled axis -> sigmoid.
+
+Compact form. The upsampled U[:, :, l] = y[:, :, src[l]] (src: torch's own nearest
+rule, so any L and T work, L < T included). The conv output column l depends on l
+only through the triple (src[l-1], src[l], src[l+1]) (a padding column where l-1 or
+l+1 falls outside). Runs of equal src give at most three distinct triples per
+source step (interior, left edge, right edge; one when a run has length 1), so the
+L columns fall into J <= 3T classes with counts w_j. Then, exactly:
+
+    Z[:, :, j]  = b + W_0 y[a_j] + W_1 y[b_j] + W_2 y[c_j]     (3 GEMMs on T columns)
+    mean, var   = sum_j w_j Z / (C/G L), sum_j w_j (Z - mean)^2 / (C/G L)  per group
+    Hh_j        = ReLU(GN-affine((Z_j - mean) rstd))
+    Linear(Hh)  = sum_j A[:, j] Hh_j + bias,   A[:, j] = sum_{l in class j} W_lin[:, l]
+
+since ReLU acts columnwise and the Linear is linear in the columns. No (N, C, L)
+tensor is built: about L/T times fewer FLOPs than the plain layers, identical up to
+float rounding. Autograd through these ops is the exact backward in the same
+compact form (dW_lin scatters dA back to the columns of each class: T' L adds).
+
+Why torch ops: the work is three small GEMMs (C x C1 x T) and a (T' x J) GEMM, which
+BLAS/cuBLAS do better than a hand-written kernel, plus O(N C J) elementwise work on
+tensors 3 T columns wide; a custom kernel would not change the FLOP count.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Tuple
+
+import torch
+import torch.nn.functional as F
+
+from .._backend import BACKENDS
+from .._checks import check_choice, check_float_tensor, check_positive_number
+
+
+@functools.lru_cache(maxsize=64)
+def _classes_cpu(T: int, L: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(triples (J, 3) into [zero, y_0 .. y_{T-1}], class of each column (L,), counts (J,))."""
+    src = F.interpolate(torch.arange(T, dtype=torch.float64).view(1, 1, T), size=L, mode="nearest")
+    src = src.view(L).long() + 1  # 0 is the zero padding column
+    padded = F.pad(src, (1, 1))   # zero padding outside [0, L)
+    triples = torch.stack((padded[:-2], padded[1:-1], padded[2:]), dim=1)
+    classes, inverse, counts = torch.unique(triples, dim=0, return_inverse=True, return_counts=True)
+    return classes, inverse, counts
+
+
+def column_classes(T: int, L: int, device: torch.device):
+    """The compact column classes of a nearest upsample T -> L followed by a k=3 conv."""
+    return tuple(t.to(device) for t in _classes_cpu(T, L))
+
+
+def _check_tail(y, conv_weight, conv_bias, gn_weight, gn_bias, gn_groups, linear_weight, linear_bias,
+                upsample_length, eps):
+    check_float_tensor("y", y)
+    if y.dim() != 3:
+        raise ValueError(f"y must be (N, C1, T), got shape {tuple(y.shape)}")
+    N, C1, T = y.shape
+    if isinstance(upsample_length, bool) or not isinstance(upsample_length, int) or upsample_length < 1:
+        raise ValueError(f"upsample_length must be an int >= 1, got {upsample_length!r}")
+    check_float_tensor("conv_weight", conv_weight)
+    if conv_weight.dim() != 3 or conv_weight.shape[1:] != (C1, 3):
+        raise ValueError(f"conv_weight must be (C, {C1}, 3), got {tuple(conv_weight.shape)}")
+    C = conv_weight.shape[0]
+    if isinstance(gn_groups, bool) or not isinstance(gn_groups, int) or gn_groups < 1 or C % gn_groups:
+        raise ValueError(f"gn_groups must be a positive int dividing C={C}, got {gn_groups!r}")
+    check_float_tensor("linear_weight", linear_weight)
+    if linear_weight.dim() != 2 or linear_weight.shape[1] != upsample_length:
+        raise ValueError(f"linear_weight must be (T_out, {upsample_length}), got {tuple(linear_weight.shape)}")
+    for name, value, shape in (("conv_bias", conv_bias, (C,)), ("gn_weight", gn_weight, (C,)),
+                               ("gn_bias", gn_bias, (C,)), ("linear_bias", linear_bias, linear_weight.shape[:1])):
+        if value is None:
+            continue
+        check_float_tensor(name, value)
+        if tuple(value.shape) != tuple(shape):
+            raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(value.shape)}")
+    for name, value in (("conv_weight", conv_weight), ("conv_bias", conv_bias), ("gn_weight", gn_weight),
+                        ("gn_bias", gn_bias), ("linear_weight", linear_weight), ("linear_bias", linear_bias)):
+        if value is not None and (value.device != y.device or value.dtype != y.dtype):
+            raise ValueError(f"{name} ({value.dtype}, {value.device}) must match y ({y.dtype}, {y.device})")
+    check_positive_number("eps", eps, allow_zero=False)
+
+
+def tail_reference(y, conv_weight, conv_bias, gn_weight, gn_bias, gn_groups, linear_weight, linear_bias,
+                   upsample_length, eps):
+    """The plain layers: builds the (N, C, L) tensors (the oracle)."""
+    u = F.interpolate(y, size=upsample_length, mode="nearest")
+    h = F.relu(F.group_norm(F.conv1d(u, conv_weight, conv_bias, padding=1), gn_groups, gn_weight, gn_bias, eps))
+    return torch.sigmoid(F.linear(h, linear_weight, linear_bias))
+
+
+def tail_compact(y, conv_weight, conv_bias, gn_weight, gn_bias, gn_groups, linear_weight, linear_bias,
+                 upsample_length, eps):
+    """The same function in compact form (module docstring); never builds (N, C, L)."""
+    N, C1, T = y.shape
+    C, L = conv_weight.shape[0], upsample_length
+    triples, inverse, counts = column_classes(T, L, y.device)
+    # P[n, k, c, 1 + t] = (W_k y)[n, c, t]; P[..., 0] = 0 is the padding column.
+    P = torch.matmul(conv_weight.permute(2, 0, 1).reshape(3 * C, C1), y).view(N, 3, C, T)
+    P = F.pad(P, (1, 0))
+    Z = P[:, 0, :, triples[:, 0]] + P[:, 1, :, triples[:, 1]] + P[:, 2, :, triples[:, 2]]  # (N, C, J)
+    if conv_bias is not None:
+        Z = Z + conv_bias[:, None]
+    w = counts.to(Z.dtype)
+    Zg = Z.view(N, gn_groups, C // gn_groups, -1)
+    size = (C // gn_groups) * L
+    mean = (Zg * w).sum((2, 3), keepdim=True) / size
+    centered = Zg - mean
+    var = (centered.square() * w).sum((2, 3), keepdim=True) / size
+    H = (centered * torch.rsqrt(var + eps)).view(N, C, -1)
+    if gn_weight is not None:
+        H = H * gn_weight[:, None]
+    if gn_bias is not None:
+        H = H + gn_bias[:, None]
+    H = F.relu(H)
+    A = linear_weight.new_zeros(linear_weight.shape[0], triples.shape[0]).index_add(1, inverse, linear_weight)
+    return torch.sigmoid(F.linear(H, A, linear_bias))
+
+
+def attention_head_tail(y: torch.Tensor, conv_weight: torch.Tensor, conv_bias, gn_weight, gn_bias, gn_groups: int,
+                        linear_weight: torch.Tensor, linear_bias, *, upsample_length: int, eps: float = 1e-5,
+                        backend: str = "auto") -> torch.Tensor:
+    """lambda (N, C, T') = sigmoid(Linear_L->T'(ReLU(GN(Conv1d(upsample_L(y)))))) from y (N, C1, T).
+
+    conv_weight (C, C1, 3) with padding 1, GroupNorm(gn_groups, C) affine (gn_weight,
+    gn_bias, eps), linear_weight (T', L = upsample_length); biases may be None.
+    ``backend="reference"`` runs the plain layers; any other backend the exact
+    compact form (module docstring), about L/T times fewer FLOPs.
+    """
+    check_choice("backend", backend, BACKENDS)
+    args = (y, conv_weight, conv_bias, gn_weight, gn_bias, gn_groups, linear_weight, linear_bias, upsample_length,
+            float(eps) if isinstance(eps, (int, float)) and not isinstance(eps, bool) else eps)
+    _check_tail(*args)
+    return (tail_reference if backend == "reference" else tail_compact)(*args)
