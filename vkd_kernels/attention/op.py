@@ -29,17 +29,17 @@ def _impl(backend: str):
 
 
 @torch.library.custom_op("vkd::attention_raw_map", mutates_args=())
-def _raw_map_op(x: torch.Tensor, p: float, channel_dim: int, backend: str) -> torch.Tensor:
+def _raw_map_op(x: torch.Tensor, p: float, channel_dim: int, backend: str, name: str) -> torch.Tensor:
     x3 = view_ncp(x, channel_dim)
     a = new_output((x3.shape[0], x3.shape[2]), accumulation_dtype(x.dtype), x.device)
     _impl(backend).forward(x3, p, a)
     if finite_check_enabled(x.device):
-        raise_if_not_finite(a, x=x)
+        raise_if_not_finite(a, **{name: x})
     return a.view(map_shape(x, channel_dim))
 
 
 @_raw_map_op.register_fake
-def _(x, p, channel_dim, backend):
+def _(x, p, channel_dim, backend, name):
     return x.new_empty(map_shape(x, channel_dim), dtype=accumulation_dtype(x.dtype))
 
 
@@ -67,18 +67,19 @@ def _setup_context(ctx, inputs, output):
 
 def _autograd_backward(ctx, grad):
     (x,) = ctx.saved_tensors
-    return _raw_map_backward_op(grad, x, *ctx.options), None, None, None
+    return _raw_map_backward_op(grad, x, *ctx.options[:3]), None, None, None, None
 
 
 _raw_map_op.register_autograd(_autograd_backward, setup_context=_setup_context)
 
 
-def raw_map(x: torch.Tensor, p: float, channel_dim: int, backend: str) -> torch.Tensor:
-    """mean_c |x|^p as (N, *map) in the accumulation dtype, on the resolved backend."""
+def raw_map(x: torch.Tensor, p: float, channel_dim: int, backend: str, name: str = "x") -> torch.Tensor:
+    """mean_c |x|^p as (N, *map) in the accumulation dtype, on the resolved backend
+    (``name``: the argument named by a NaN/inf error)."""
     chosen = _backend.resolve("attention_map", backend, x.device)
     if chosen == "reference":
         return raw_map_reference(x, p, channel_dim)
-    return _raw_map_op(x, p, channel_dim, chosen)
+    return _raw_map_op(x, p, channel_dim, chosen, name)
 
 
 def attention_map(x: torch.Tensor, p: float = 2, *, channel_dim: int = 1, mode: str = "spatiotemporal",
@@ -110,5 +111,5 @@ def attention_transfer_loss(fs: torch.Tensor, ft: torch.Tensor, *, p: float = 2,
     """
     cs, ct = check_transfer(fs, ft, channel_dim, mode, distance, reduction)
     p = check_exponent(p)
-    loss = transfer_distance(raw_map(fs, p, cs, backend), raw_map(ft, p, ct, backend), mode, distance, reduction)
+    loss = transfer_distance(raw_map(fs, p, cs, backend, "fs"), raw_map(ft, p, ct, backend, "ft"), mode, distance, reduction)
     return loss.to(fs.dtype)
