@@ -21,25 +21,29 @@ POWERS = {2.0: 0, 1.0: 1}  # exponent -> POWER; anything else -> 2
 
 @triton.jit
 def _power(v, q, POWER: tl.constexpr):
-    """|v|^q."""
-    if POWER == 0:
-        return v * v
+    """|v|^q (v in the accumulation dtype)."""
     m = tl.abs(v)
-    if POWER == 1:
-        return m
-    return tl.where(m > 0, tl.exp2(q * tl.log2(tl.where(m > 0, m, 1.0))), 0.0)
+    if POWER == 0:
+        out = v * v
+    elif POWER == 1:
+        out = m
+    else:
+        out = tl.where(m > 0, tl.exp2(q * tl.log2(tl.where(m > 0, m, 1.0))), 0.0).to(v.dtype)
+    return out
 
 
 @triton.jit
 def _power_grad(v, q, POWER: tl.constexpr):
     """q |v|^(q-1) sign(v), 0 at v = 0 (no inf/NaN for q <= 1)."""
-    if POWER == 0:
-        return 2.0 * v
-    sign = tl.where(v > 0, 1.0, tl.where(v < 0, -1.0, 0.0))
-    if POWER == 1:
-        return sign
+    sign = tl.where(v > 0, 1.0, tl.where(v < 0, -1.0, 0.0)).to(v.dtype)
     m = tl.abs(v)
-    return tl.where(m > 0, q * tl.exp2((q - 1.0) * tl.log2(tl.where(m > 0, m, 1.0))), 0.0) * sign
+    if POWER == 0:
+        out = 2.0 * v
+    elif POWER == 1:
+        out = sign
+    else:
+        out = (tl.where(m > 0, q * tl.exp2((q - 1.0) * tl.log2(tl.where(m > 0, m, 1.0))), 0.0) * sign).to(v.dtype)
+    return out
 
 
 @triton.jit
