@@ -2,7 +2,8 @@
 // kernels: a[n, p] = (1/C) sum_c |x[n, c, p]|^q and its gradient
 // dx[n, c, p] = q |x|^(q-1) sign(x) * dL/da[n, p] / C, for x viewed as (N, C, P).
 // Work is done on tiles of L consecutive positions p of one sample (L = 1 on CUDA):
-// the loops over a tile's lanes vectorize on the host.
+// the loops over a tile's lanes vectorize on the host, and a tile reads contiguous
+// row segments of L elements per channel (long enough to stream, one page each).
 #pragma once
 #include <cmath>
 #include <cstdint>
@@ -55,12 +56,8 @@ VKD_HD void map_tile(const MapProblem& pr, const scalar_t* x, Strides3 xs, void*
   for (int i = 0; i < L; ++i) acc[i] = acc_t(0);
   const scalar_t* row = x + n * xs.n + p0 * xs.p;
   for (int64_t c = 0; c < pr.C; ++c, row += xs.c) {
-    if (lanes == L) {
-      VKD_LANES
-      for (int i = 0; i < L; ++i) acc[i] += power<kPower>(Element<scalar_t>::load(row + i * xs.p), q);
-    } else {
-      for (int i = 0; i < lanes; ++i) acc[i] += power<kPower>(Element<scalar_t>::load(row + i * xs.p), q);
-    }
+    VKD_LANES
+    for (int i = 0; i < lanes; ++i) acc[i] += power<kPower>(Element<scalar_t>::load(row + i * xs.p), q);
   }
   acc_t* a = static_cast<acc_t*>(a_out) + n * as.n + p0 * as.p;
   const acc_t inv_c = acc_t(1) / acc_t(pr.C);
@@ -80,14 +77,9 @@ VKD_HD void map_grad_tile(const MapProblem& pr, const scalar_t* x, Strides3 xs, 
   const scalar_t* row = x + n * xs.n + p0 * xs.p;
   scalar_t* out = dx + n * ds.n + p0 * ds.p;
   for (int64_t c = 0; c < pr.C; ++c, row += xs.c, out += ds.c) {
-    if (lanes == L) {
-      VKD_LANES
-      for (int i = 0; i < L; ++i)
-        Element<scalar_t>::store(out + i * ds.p, power_grad<kPower>(Element<scalar_t>::load(row + i * xs.p), q) * g[i]);
-    } else {
-      for (int i = 0; i < lanes; ++i)
-        Element<scalar_t>::store(out + i * ds.p, power_grad<kPower>(Element<scalar_t>::load(row + i * xs.p), q) * g[i]);
-    }
+    VKD_LANES
+    for (int i = 0; i < lanes; ++i)
+      Element<scalar_t>::store(out + i * ds.p, power_grad<kPower>(Element<scalar_t>::load(row + i * xs.p), q) * g[i]);
   }
 }
 
