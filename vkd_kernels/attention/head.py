@@ -10,7 +10,8 @@ l+1 falls outside). Runs of equal src give at most three distinct triples per
 source step (interior, left edge, right edge; one when a run has length 1), so the
 L columns fall into J <= 3T classes with counts w_j. Then, exactly:
 
-    Z[:, :, j]  = b + W_0 y[a_j] + W_1 y[b_j] + W_2 y[c_j]     (3 GEMMs on T columns)
+    Z[:, :, j]  = b + W_0 y[a_j] + W_1 y[b_j] + W_2 y[c_j]     (GEMMs on T columns, then
+                  a 0/1 selection (J x 3T) GEMM picks the three taps of each class)
     mean, var   = sum_j w_j Z / (C/G L), sum_j w_j (Z - mean)^2 / (C/G L)  per group
     Hh_j        = ReLU(GN-affine((Z_j - mean) rstd))
     Linear(Hh)  = sum_j A[:, j] Hh_j + bias,   A[:, j] = sum_{l in class j} W_lin[:, l]
@@ -50,6 +51,18 @@ def _classes_cpu(T: int, L: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tens
 def column_classes(T: int, L: int, device: torch.device):
     """The compact column classes of a nearest upsample T -> L followed by a k=3 conv."""
     return tuple(t.to(device) for t in _classes_cpu(T, L))
+
+
+@functools.lru_cache(maxsize=64)
+def _selection(T: int, L: int, device: torch.device, dtype: torch.dtype) -> Tuple[torch.Tensor, ...]:
+    """(S (J, 3T), class of each column (L,), counts (J,)): S[j, 3 t + k] = 1 where tap k of
+    class j reads y[:, :, t] (padding taps read nothing)."""
+    triples, inverse, counts = _classes_cpu(T, L)
+    S = torch.zeros(triples.shape[0], T, 3, dtype=torch.float64)
+    for k in range(3):
+        real = triples[:, k] > 0
+        S[real.nonzero()[:, 0], triples[real, k] - 1, k] = 1.0
+    return S.view(-1, 3 * T).to(device, dtype), inverse.to(device), counts.to(device, dtype)
 
 
 def _check_tail(y, conv_weight, conv_bias, gn_weight, gn_bias, gn_groups, linear_weight, linear_bias,
@@ -93,30 +106,31 @@ def tail_reference(y, conv_weight, conv_bias, gn_weight, gn_bias, gn_groups, lin
 
 def tail_compact(y, conv_weight, conv_bias, gn_weight, gn_bias, gn_groups, linear_weight, linear_bias,
                  upsample_length, eps):
-    """The same function in compact form (module docstring); never builds (N, C, L)."""
+    """The same function in compact form (module docstring); never builds (N, C, L).
+    Works channels-last, (N, columns, C), so that every step is a plain GEMM."""
     N, C1, T = y.shape
     C, L = conv_weight.shape[0], upsample_length
-    triples, inverse, counts = column_classes(T, L, y.device)
-    # P[n, k, c, 1 + t] = (W_k y)[n, c, t]; P[..., 0] = 0 is the padding column.
-    P = torch.matmul(conv_weight.permute(2, 0, 1).reshape(3 * C, C1), y).view(N, 3, C, T)
-    P = F.pad(P, (1, 0))
-    Z = P[:, 0, :, triples[:, 0]] + P[:, 1, :, triples[:, 1]] + P[:, 2, :, triples[:, 2]]  # (N, C, J)
+    S, inverse, w = _selection(T, L, y.device, y.dtype)
+    # Pt[n, 3 t + k, c] = (W_k y[n, :, t])[c]: one (T x C1) @ (C1 x 3C) GEMM per sample
+    Pt = torch.matmul(y.transpose(1, 2), conv_weight.permute(1, 2, 0).reshape(C1, 3 * C)).view(N, 3 * T, C)
+    Z = torch.matmul(S, Pt)  # (N, J, C): the distinct conv columns
     if conv_bias is not None:
-        Z = Z + conv_bias[:, None]
-    w = counts.to(Z.dtype)
-    Zg = Z.view(N, gn_groups, C // gn_groups, -1)
+        Z = Z + conv_bias
+    Zg = Z.view(N, -1, gn_groups, C // gn_groups)
     size = (C // gn_groups) * L
-    mean = (Zg * w).sum((2, 3), keepdim=True) / size
+    mean = torch.einsum("njgc,j->ng", Zg, w)[:, None, :, None] / size
     centered = Zg - mean
-    var = (centered.square() * w).sum((2, 3), keepdim=True) / size
-    H = (centered * torch.rsqrt(var + eps)).view(N, C, -1)
+    var = torch.einsum("njgc,j->ng", centered.square(), w)[:, None, :, None] / size
+    H = (centered * torch.rsqrt(var + eps)).view(N, -1, C)
     if gn_weight is not None:
-        H = H * gn_weight[:, None]
+        H = H * gn_weight
     if gn_bias is not None:
-        H = H + gn_bias[:, None]
-    H = F.relu(H)
-    A = linear_weight.new_zeros(linear_weight.shape[0], triples.shape[0]).index_add(1, inverse, linear_weight)
-    return torch.sigmoid(F.linear(H, A, linear_bias))
+        H = H + gn_bias
+    A = linear_weight.new_zeros(linear_weight.shape[0], S.shape[0]).index_add(1, inverse, linear_weight)
+    out = torch.matmul(A, F.relu(H))  # (N, T', C)
+    if linear_bias is not None:
+        out = out + linear_bias[:, None]
+    return torch.sigmoid(out).transpose(1, 2)
 
 
 def attention_head_tail(y: torch.Tensor, conv_weight: torch.Tensor, conv_bias, gn_weight, gn_bias, gn_groups: int,
