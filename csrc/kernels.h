@@ -66,4 +66,25 @@ void attention_map_forward_cuda(const AttentionMapArgs& args);
 void attention_map_backward_cuda(const AttentionMapArgs& args);
 #endif
 
+// Weighted GroupNorm + ReLU of the GKD head's compact tail (common/attention.h, namespace
+// head). All tensors contiguous, one dtype: Z, H, dH, dZ (N, J, C); w (J,); gamma, beta
+// (C,) or null; stats (N, G, 2) = (mean, rstd) in the accumulation dtype; dgamma, dbeta (N, C) per-sample partial
+// sums or null. Forward reads Z, w, gamma, beta and writes H, stats; backward reads
+// Z, w, gamma, beta, stats, dH and writes dZ, dgamma, dbeta.
+struct HeadNormArgs {
+  head::GroupNormProblem problem;
+  DType dtype;
+  const void* Z; const void* w; const void* gamma; const void* beta;
+  void* H; void* stats;
+  const void* dH; void* dZ; void* dgamma; void* dbeta;
+  uintptr_t stream;
+};
+
+void head_norm_forward_cpu(const HeadNormArgs& args);
+void head_norm_backward_cpu(const HeadNormArgs& args);
+#ifdef VKD_WITH_CUDA
+void head_norm_forward_cuda(const HeadNormArgs& args);
+void head_norm_backward_cuda(const HeadNormArgs& args);
+#endif
+
 }  // namespace vkd

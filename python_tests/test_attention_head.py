@@ -3,7 +3,7 @@ gradient, FLOPs, no (N, C, L) tensor), attention_apply, the module, errors."""
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import assert_close, relative_error
+from conftest import FUSED_BACKENDS, assert_close, relative_error
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -31,13 +31,25 @@ SHAPES = [(2, 6, 8, 8, 64, 4), (1, 5, 6, 5, 7, 3), (2, 3, 4, 7, 5, 2), (2, 4, 4,
           (2, 3, 6, 6, 12, 3), (1, 2, 4, 1, 6, 2), (3, 4, 4, 13, 40, 2), (2, 2, 4, 2, 1, 2)]
 
 
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("dtype", (torch.float64, torch.float32))
-def test_compact_tail_matches_plain_layers(shape, dtype):
+def test_compact_tail_matches_plain_layers(backend, shape, dtype):
+    check_tail(backend, shape, dtype)
+
+
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+@pytest.mark.parametrize("dtype", (torch.bfloat16, torch.float16))
+def test_compact_tail_half_precision(backend, dtype):
+    check_tail(backend, (2, 8, 8, 5, 23, 4), dtype)
+
+
+def check_tail(backend, shape, dtype):
+    """Lambda and all seven gradients against the plain layers in float64."""
     N, C1, C, T, L, G = shape
     args = tail_inputs(N, C1, C, T, L, T_out=max(1, T - 1), dtype=dtype)
     exact = [a.detach().double().requires_grad_() for a in args]
-    got, plain, expected = tail("auto", args, G, L), tail("reference", args, G, L), tail("reference", exact, G, L)
+    got, plain, expected = tail(backend, args, G, L), tail("reference", args, G, L), tail("reference", exact, G, L)
     grad = torch.randn_like(expected)
     results = [(r, *torch.autograd.grad(r, a, grad.to(r.dtype))) for r, a in ((got, args), (plain, args),
                                                                                (expected, exact))]
@@ -45,21 +57,39 @@ def test_compact_tail_matches_plain_layers(shape, dtype):
         # where float32 itself is ill-conditioned (GroupNorm of a few near-equal values) the
         # bound is 4x the plain layers' own float32 error
         floor = 0.0 if dtype == torch.float64 else 4 * relative_error(p, e)
+        assert g.dtype == dtype
         assert_close(g, e, dtype, name, floor=floor)
 
 
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
 @pytest.mark.parametrize("shape", SHAPES[1:5])
-def test_gradcheck_float64(shape):
+def test_gradcheck_float64(backend, shape):
     N, C1, C, T, L, G = shape
     args = tail_inputs(1, min(C1, 3), C, T, L)
-    assert torch.autograd.gradcheck(lambda *a: tail("auto", a, G, L), args)
+    # fast_mode (a random projection) for Triton keeps the interpreter run short
+    assert torch.autograd.gradcheck(lambda *a: tail(backend, a, G, L), args, fast_mode=backend == "triton")
 
 
-def test_biases_and_affine_may_be_none():
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+def test_norm_opcheck(backend):
+    Z, w = torch.randn(2, 5, 6, dtype=torch.float64), torch.tensor([3.0, 1, 1, 2, 4], dtype=torch.float64)
+    gamma, beta = torch.randn(6, dtype=torch.float64), torch.randn(6, dtype=torch.float64)
+    for g, b in ((gamma, beta), (None, None)):
+        torch.library.opcheck(torch.ops.vkd.head_norm_relu.default,
+                              (Z.requires_grad_(), w, g if g is None else g.requires_grad_(),
+                               b if b is None else b.requires_grad_(), 3, 33.0, 1e-5, backend))
+
+
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+def test_biases_and_affine_may_be_none(backend):
     y, cw, _, _, _, lw, _ = tail_inputs(2, 3, 4, 5, 11)
-    got = attention_head_tail(y, cw, None, None, None, 2, lw, None, upsample_length=11)
+    got = attention_head_tail(y, cw, None, None, None, 2, lw, None, upsample_length=11, backend=backend)
     expected = attention_head_tail(y, cw, None, None, None, 2, lw, None, upsample_length=11, backend="reference")
     assert_close(got, expected, torch.float64, "lambda")
+    grad = torch.randn_like(got)
+    for name, g, e in zip(("dy", "dconv_weight", "dlinear_weight"), torch.autograd.grad(got, (y, cw, lw), grad),
+                          torch.autograd.grad(expected, (y, cw, lw), grad)):
+        assert_close(g, e, torch.float64, name)
 
 
 @pytest.mark.parametrize("T, L", [(8, 1024), (5, 7), (7, 5), (3, 3), (1, 4), (4, 9), (6, 12), (13, 40)])

@@ -92,7 +92,129 @@ def _map_backward(
                  dx.to(dx_ptr.dtype.element_ty), mask=mask)
 
 
-KERNELS = (_map_forward, _map_backward)
+@triton.jit
+def _load_tile(ptr, base, j, c, J, Cg, C, IS_FP64: tl.constexpr):
+    """[BLOCK_J, BLOCK_C] tile of a contiguous (N, J, C) tensor in the accumulation dtype."""
+    mask = (j[:, None] < J) & (c[None, :] < Cg)
+    x = tl.load(ptr + base + j[:, None].to(tl.int64) * C + c[None, :], mask=mask, other=0.0)
+    return x.to(tl.float64) if IS_FP64 else x.to(tl.float32), mask
+
+
+@triton.jit
+def _channel_params(gamma_ptr, beta_ptr, c0, c, Cg, HAS_GAMMA: tl.constexpr, HAS_BETA: tl.constexpr,
+                    IS_FP64: tl.constexpr):
+    """gamma, beta [BLOCK_C] of channels c0 + c (1 and 0 when absent)."""
+    dtype = tl.float64 if IS_FP64 else tl.float32
+    gamma = tl.load(gamma_ptr + c0 + c, mask=c < Cg, other=1.0).to(dtype) if HAS_GAMMA else tl.full(c.shape, 1.0, dtype)
+    beta = tl.load(beta_ptr + c0 + c, mask=c < Cg, other=0.0).to(dtype) if HAS_BETA else tl.zeros(c.shape, dtype)
+    return gamma, beta
+
+
+@triton.jit
+def _head_norm_forward(
+    z_ptr,                     # Z (N, J, C) contiguous: the distinct conv columns, channels-last
+    w_ptr,                     # (J,) column-class counts
+    gamma_ptr, beta_ptr,       # (C,) GroupNorm affine (unused unless HAS_GAMMA / HAS_BETA)
+    h_ptr,                     # H (N, J, C) output
+    stats_ptr,                 # (N, G, 2) output: mean, rstd (accumulation dtype)
+    N, J, C, G,                # sizes
+    M, eps,                    # elements per group of the upsampled tensor (Cg L), GroupNorm eps
+    HAS_GAMMA: tl.constexpr, HAS_BETA: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_C: tl.constexpr,
+    IS_FP64: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    Cg = C // G
+    c0 = (pid % G) * Cg
+    base = (pid // G).to(tl.int64) * J * C + c0
+    dtype = tl.float64 if IS_FP64 else tl.float32
+    total = tl.zeros((BLOCK_J, BLOCK_C), dtype)
+    for j0 in range(0, J, BLOCK_J):
+        j = j0 + tl.arange(0, BLOCK_J)
+        wj = tl.load(w_ptr + j, mask=j < J, other=0.0).to(dtype)
+        for k0 in range(0, Cg, BLOCK_C):
+            z, _ = _load_tile(z_ptr, base + k0, j, tl.arange(0, BLOCK_C), J, Cg - k0, C, IS_FP64)
+            total += z * wj[:, None]
+    mean = tl.sum(tl.sum(total, axis=1), axis=0) / M
+    total = tl.zeros((BLOCK_J, BLOCK_C), dtype)
+    for j0 in range(0, J, BLOCK_J):
+        j = j0 + tl.arange(0, BLOCK_J)
+        wj = tl.load(w_ptr + j, mask=j < J, other=0.0).to(dtype)
+        for k0 in range(0, Cg, BLOCK_C):
+            z, mask = _load_tile(z_ptr, base + k0, j, tl.arange(0, BLOCK_C), J, Cg - k0, C, IS_FP64)
+            d = tl.where(mask, z - mean, 0.0)
+            total += d * d * wj[:, None]
+    rstd = 1.0 / tl.sqrt(tl.sum(tl.sum(total, axis=1), axis=0) / M + eps)
+    for j0 in range(0, J, BLOCK_J):
+        j = j0 + tl.arange(0, BLOCK_J)
+        for k0 in range(0, Cg, BLOCK_C):
+            c = tl.arange(0, BLOCK_C)
+            z, mask = _load_tile(z_ptr, base + k0, j, c, J, Cg - k0, C, IS_FP64)
+            gamma, beta = _channel_params(gamma_ptr, beta_ptr, c0 + k0, c, Cg - k0, HAS_GAMMA, HAS_BETA, IS_FP64)
+            h = tl.maximum((z - mean) * rstd * gamma[None, :] + beta[None, :], 0.0)
+            tl.store(h_ptr + base + k0 + j[:, None].to(tl.int64) * C + c[None, :], h.to(h_ptr.dtype.element_ty),
+                     mask=mask)
+    tl.store(stats_ptr + 2 * pid, mean)
+    tl.store(stats_ptr + 2 * pid + 1, rstd)
+
+
+@triton.jit
+def _head_norm_backward(
+    z_ptr, w_ptr, gamma_ptr, beta_ptr,  # as in _head_norm_forward
+    stats_ptr,                 # (N, G, 2) mean, rstd from the forward
+    dh_ptr,                    # dL/dH (N, J, C) contiguous
+    dz_ptr,                    # dL/dZ (N, J, C) output
+    dgamma_ptr, dbeta_ptr,     # (N, C) outputs: per-sample partial sums (unused unless HAS_GAMMA / HAS_BETA)
+    N, J, C, G, M,
+    HAS_GAMMA: tl.constexpr, HAS_BETA: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_C: tl.constexpr,
+    IS_FP64: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    Cg = C // G
+    c0 = (pid % G) * Cg
+    n = (pid // G).to(tl.int64)
+    base = n * J * C + c0
+    dtype = tl.float64 if IS_FP64 else tl.float32
+    mean = tl.load(stats_ptr + 2 * pid)
+    rstd = tl.load(stats_ptr + 2 * pid + 1)
+    s1 = tl.zeros((BLOCK_C,), dtype)
+    s2 = tl.zeros((BLOCK_C,), dtype)
+    for k0 in range(0, Cg, BLOCK_C):
+        c = tl.arange(0, BLOCK_C)
+        gamma, beta = _channel_params(gamma_ptr, beta_ptr, c0 + k0, c, Cg - k0, HAS_GAMMA, HAS_BETA, IS_FP64)
+        dg = tl.zeros((BLOCK_C,), dtype)
+        db = tl.zeros((BLOCK_C,), dtype)
+        for j0 in range(0, J, BLOCK_J):
+            j = j0 + tl.arange(0, BLOCK_J)
+            z, mask = _load_tile(z_ptr, base + k0, j, c, J, Cg - k0, C, IS_FP64)
+            dh, _ = _load_tile(dh_ptr, base + k0, j, c, J, Cg - k0, C, IS_FP64)
+            xhat = (z - mean) * rstd
+            dh = tl.where(mask & (xhat * gamma[None, :] + beta[None, :] > 0), dh, 0.0)
+            dg += tl.sum(dh * xhat, axis=0)
+            db += tl.sum(dh, axis=0)
+            s1 += tl.sum(dh * gamma[None, :], axis=0)
+            s2 += tl.sum(dh * gamma[None, :] * xhat, axis=0)
+        if HAS_GAMMA:
+            tl.store(dgamma_ptr + n * C + c0 + k0 + c, dg.to(dgamma_ptr.dtype.element_ty), mask=c < Cg - k0)
+        if HAS_BETA:
+            tl.store(dbeta_ptr + n * C + c0 + k0 + c, db.to(dbeta_ptr.dtype.element_ty), mask=c < Cg - k0)
+    sum_dxhat = tl.sum(s1, axis=0)
+    sum_dxhat_xhat = tl.sum(s2, axis=0)
+    for j0 in range(0, J, BLOCK_J):
+        j = j0 + tl.arange(0, BLOCK_J)
+        wm = tl.load(w_ptr + j, mask=j < J, other=0.0).to(dtype) / M
+        for k0 in range(0, Cg, BLOCK_C):
+            c = tl.arange(0, BLOCK_C)
+            gamma, beta = _channel_params(gamma_ptr, beta_ptr, c0 + k0, c, Cg - k0, HAS_GAMMA, HAS_BETA, IS_FP64)
+            z, mask = _load_tile(z_ptr, base + k0, j, c, J, Cg - k0, C, IS_FP64)
+            dh, _ = _load_tile(dh_ptr, base + k0, j, c, J, Cg - k0, C, IS_FP64)
+            xhat = (z - mean) * rstd
+            dxhat = tl.where(xhat * gamma[None, :] + beta[None, :] > 0, dh * gamma[None, :], 0.0)
+            dz = rstd * (dxhat - wm[:, None] * (sum_dxhat + xhat * sum_dxhat_xhat))
+            tl.store(dz_ptr + base + k0 + j[:, None].to(tl.int64) * C + c[None, :], dz.to(dz_ptr.dtype.element_ty),
+                     mask=mask)
+
+
+KERNELS = (_map_forward, _map_backward, _head_norm_forward, _head_norm_backward)
 
 
 def launch_constexprs(q: float, dtype: torch.dtype) -> dict:
@@ -119,6 +241,28 @@ def backward(x: torch.Tensor, grad: torch.Tensor, p: float, dx: torch.Tensor) ->
                                num_warps=4)
 
 
+def head_constexprs(dtype: torch.dtype) -> dict:
+    """The constexprs of the head's GroupNorm kernels (besides HAS_GAMMA / HAS_BETA)."""
+    return dict(BLOCK_J=16, BLOCK_C=32, IS_FP64=dtype == torch.float64)
+
+
+def head_norm_forward(Z, w, gamma, beta, groups: int, M: float, eps: float, H, stats) -> None:
+    """Weighted GroupNorm + ReLU of the head's compact tail: writes H (N, J, C) and stats (N, G, 2)."""
+    N, J, C = Z.shape
+    _head_norm_forward[(N * groups,)](Z, w, Z if gamma is None else gamma, Z if beta is None else beta, H, stats,
+                                      N, J, C, groups, M, eps, HAS_GAMMA=gamma is not None,
+                                      HAS_BETA=beta is not None, **head_constexprs(Z.dtype), num_warps=4)
+
+
+def head_norm_backward(Z, w, gamma, beta, stats, dH, groups: int, M: float, dZ, dgamma, dbeta) -> None:
+    """Writes dZ (N, J, C) and the per-sample partial sums dgamma, dbeta (N, C) where given."""
+    N, J, C = Z.shape
+    _head_norm_backward[(N * groups,)](Z, w, Z if gamma is None else gamma, Z if beta is None else beta, stats, dH,
+                                       dZ, Z if dgamma is None else dgamma, Z if dbeta is None else dbeta,
+                                       N, J, C, groups, M, HAS_GAMMA=gamma is not None, HAS_BETA=beta is not None,
+                                       **head_constexprs(Z.dtype), num_warps=4)
+
+
 _TRITON_TYPES = {torch.float32: "fp32", torch.float64: "fp64", torch.float16: "fp16", torch.bfloat16: "bf16"}
 
 
@@ -126,6 +270,13 @@ def aot_specs(int_type: str = "i32") -> Iterator[tuple]:
     """(kernel, signature, constexprs, options) for every config launch_constexprs can produce."""
     for dtype, ty in _TRITON_TYPES.items():
         acc = "fp64" if dtype == torch.float64 else "fp32"
+        # the head kernels with gamma and beta present (a superset of the code without)
+        c = dict(head_constexprs(dtype), HAS_GAMMA=True, HAS_BETA=True)
+        tensors = {name: f"*{ty}" for name in ("z_ptr", "w_ptr", "gamma_ptr", "beta_ptr", "h_ptr", "dh_ptr",
+                                                "dz_ptr", "dgamma_ptr", "dbeta_ptr")}
+        tensors["stats_ptr"] = f"*{acc}"
+        for kernel in (_head_norm_forward, _head_norm_backward):
+            yield kernel, _signature(kernel, tensors, int_type), c, dict(num_warps=4)
         for q in (2.0, 1.0, 1.5):
             c = launch_constexprs(q, dtype)
             yield _map_forward, _signature(_map_forward, {"x_ptr": f"*{ty}", "a_ptr": f"*{acc}"}, int_type), c, \
@@ -135,12 +286,12 @@ def aot_specs(int_type: str = "i32") -> Iterator[tuple]:
 
 
 def _signature(kernel, pointers: dict, int_type: str) -> dict:
-    """Triton signature of a launch: q is fp32, other scalars int_type."""
+    """Triton signature of a launch: q, M, eps are fp32, other scalars int_type."""
     fn = getattr(kernel, "fn", kernel)
     sig = {}
     for name, param in inspect.signature(fn).parameters.items():
         if "constexpr" in str(param.annotation):
             sig[name] = "constexpr"
         else:
-            sig[name] = pointers.get(name, "fp32" if name == "q" else int_type)
+            sig[name] = pointers.get(name, "fp32" if name in ("q", "M", "eps") else int_type)
     return sig
