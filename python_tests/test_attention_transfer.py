@@ -5,6 +5,8 @@ import math
 import pytest
 import torch
 from conftest import DEVICE, FUSED_BACKENDS, assert_close
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from vkd_kernels import AttentionTransferLoss, attention_map, attention_transfer_loss
 
@@ -253,3 +255,17 @@ def test_non_finite_input_is_named(backend):
         ft[0, 0, 0, 0, 0] = float("inf")
     with pytest.raises(ValueError, match="ft contains NaN or inf"):
         attention_transfer_loss(fs, ft, backend=backend)
+
+
+# ---- shape fuzzing ---------------------------------------------------------------------
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(N=st.integers(1, 3), Cs=st.integers(1, 9), Ct=st.integers(1, 40), T=st.integers(1, 9), H=st.integers(1, 7),
+       W=st.integers(2, 7), shrink=st.tuples(st.integers(0, 2), st.integers(0, 3), st.integers(0, 3)),
+       p=st.sampled_from((2, 1, 1.5, 3)), mode=st.sampled_from(("spatiotemporal", "per_frame")),
+       distance=st.sampled_from(("mse", "l2")), seed=st.integers(0, 2**31 - 1))
+def test_fuzz_cpu_backend(N, Cs, Ct, T, H, W, shrink, p, mode, distance, seed):
+    torch.manual_seed(seed)  # the inputs are part of the example, so a failure replays
+    teacher_map = (max(1, T - shrink[0]), max(1, H - shrink[1]), max(2, W - shrink[2]))  # >= 2 elements per frame: a loss that can be nonzero
+    check_backend("cpu", *features((N, Cs, T, H, W), (N, Ct) + teacher_map, device="cpu"), p=p, mode=mode,
+                  distance=distance)
