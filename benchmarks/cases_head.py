@@ -65,7 +65,8 @@ def flops(shape, device: str = "cpu") -> dict:
 
 def notes(device: str, quick: bool = False) -> str:
     lines = ["", "FLOPs (torch.utils.flop_counter.FlopCounterMode: matmuls and convolutions).", "",
-             "| shape | vkd forward | plain forward | vkd full | plain full | fewer FLOPs (full) |", "|---|---|---|---|---|---|"]
+             "| shape | vkd forward | plain forward | vkd full | plain full | fewer FLOPs (full) |",
+             "|---|---|---|---|---|---|"]
     for shape in SHAPES[:1] if quick else SHAPES:
         c = flops(shape, device)
         lines.append(f"| {make_case(shape, 'meta').label} | {c['vkd'][0]:.4g} | {c['plain'][0]:.4g} | "

@@ -266,6 +266,7 @@ def test_non_finite_input_is_named(backend):
        distance=st.sampled_from(("mse", "l2")), seed=st.integers(0, 2**31 - 1))
 def test_fuzz_cpu_backend(N, Cs, Ct, T, H, W, shrink, p, mode, distance, seed):
     torch.manual_seed(seed)  # the inputs are part of the example, so a failure replays
-    teacher_map = (max(1, T - shrink[0]), max(1, H - shrink[1]), max(2, W - shrink[2]))  # >= 2 elements per frame: a loss that can be nonzero
+    # W >= 2: at least 2 elements per frame, so the loss can be nonzero
+    teacher_map = (max(1, T - shrink[0]), max(1, H - shrink[1]), max(2, W - shrink[2]))
     check_backend("cpu", *features((N, Cs, T, H, W), (N, Ct) + teacher_map, device="cpu"), p=p, mode=mode,
                   distance=distance)

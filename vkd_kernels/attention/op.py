@@ -111,5 +111,6 @@ def attention_transfer_loss(fs: torch.Tensor, ft: torch.Tensor, *, p: float = 2,
     """
     cs, ct = check_transfer(fs, ft, channel_dim, mode, distance, reduction)
     p = check_exponent(p)
-    loss = transfer_distance(raw_map(fs, p, cs, backend, "fs"), raw_map(ft, p, ct, backend, "ft"), mode, distance, reduction)
+    a_s, a_t = raw_map(fs, p, cs, backend, "fs"), raw_map(ft, p, ct, backend, "ft")
+    loss = transfer_distance(a_s, a_t, mode, distance, reduction)
     return loss.to(fs.dtype)
