@@ -36,6 +36,7 @@ def _common(p: argparse.ArgumentParser, out: bool = True) -> None:
 
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="vkd", description="Reference trainer of vkd-kernels.")
+    ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     sub = ap.add_subparsers(dest="command", required=True)
     p = sub.add_parser("train", help="train a teacher or a student with cross-entropy")
     _common(p)
@@ -96,6 +97,8 @@ def reproduce(recipe, out: Path, seeds, methods, resume: bool, progress: bool) -
 
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     recipe = load_recipe(args.recipe, args.set)
     progress = not getattr(args, "no_progress", False)
     if args.command == "train":

@@ -13,7 +13,8 @@ Design (fixed before any method was run; not tuned for any method):
   **The label is (direction, frequency)**: ``label = 2 * d + j`` with the direction
   d in {right, down, left, up} (angle 90 d degrees + a jitter of up to
   ``angle_jitter`` degrees) and the oscillation frequency f = ``frequencies[j]``
-  cycles per clip. 4 x 2 = 8 classes, balanced.
+  cycles per clip, f in {1, 2, 3} (Nyquist is 4 for T = 8). 4 x 3 = 12 classes,
+  balanced.
 * Appearance distractors that carry no label, all random per clip: the actor's
   shape (disk, square, diamond), colour (at least 0.25 away from the background's
   mean grey level, else it is pushed dark or light), base radius r0, speed and phase;
@@ -23,8 +24,8 @@ Design (fixed before any method was run; not tuned for any method):
 * Why the label is temporal: playing a clip backwards gives, exactly, a clip of the
   opposite direction with the same frequency (``reverse_params``; a test checks it),
   so the set of frames alone cannot tell the direction, and any single frame shows
-  only a shape of some size. Telling 1 from 2 oscillations per clip needs the whole
-  clip's temporal pattern: its temporal spectrum.
+  only a shape at some opacity. Telling 1, 2 or 3 oscillations per clip apart needs
+  the whole clip's temporal pattern: its temporal spectrum.
 
 Everything is drawn from ``numpy.random.default_rng([seed, split])``, so a split is
 a pure function of (seed, split, sizes). Clips are stored as uint8 (N, 3, T, H, W).
@@ -43,12 +44,12 @@ SHAPES = ("disk", "square", "diamond")
 SPLITS = {"train": 0, "val": 1, "test": 2}
 
 
-def class_names(frequencies=(1, 2)) -> List[str]:
+def class_names(frequencies=(1, 2, 3)) -> List[str]:
     return [f"{d}-f{f}" for d in DIRECTIONS for f in frequencies]
 
 
 def sample_params(rng: np.random.Generator, label: int, *, frames: int = 8, size: int = 32,
-                  frequencies=(1, 2), speed_range=(1.4, 2.4), angle_jitter: float = 20.0,
+                  frequencies=(1, 2, 3), speed_range=(1.4, 2.4), angle_jitter: float = 20.0,
                   noise: float = 0.04) -> Dict:
     """Random clip parameters for ``label``: everything but (direction, frequency) is a distractor."""
     d, j = divmod(int(label), len(frequencies))
@@ -76,7 +77,7 @@ def sample_params(rng: np.random.Generator, label: int, *, frames: int = 8, size
     )
 
 
-def reverse_params(p: Dict, frequencies=(1, 2)) -> Dict:
+def reverse_params(p: Dict, frequencies=(1, 2, 3)) -> Dict:
     """The parameters of ``p``'s clip played backwards: the opposite direction, same frequency."""
     T = p["frames"]
     q = dict(p)
@@ -118,7 +119,7 @@ def render(p: Dict) -> np.ndarray:
 
 
 def generate(num_clips: int, *, seed: int = 0, split: str = "train", frames: int = 8, size: int = 32,
-             frequencies=(1, 2), epoch: int = 0, **options) -> tuple:
+             frequencies=(1, 2, 3), epoch: int = 0, **options) -> tuple:
     """(clips uint8 (N, 3, T, H, W), labels int64 (N,)), balanced classes in a random order;
     a pure function of (seed, split, epoch, sizes)."""
     if split not in SPLITS:
@@ -147,7 +148,7 @@ class SyntheticMotion(Dataset):
     """
 
     def __init__(self, num_clips: int = 2400, *, seed: int = 0, split: str = "train", frames: int = 8,
-                 size: int = 32, frequencies=(1, 2), fresh_each_epoch: bool = False, **options):
+                 size: int = 32, frequencies=(1, 2, 3), fresh_each_epoch: bool = False, **options):
         self.options = dict(num_clips=num_clips, seed=seed, split=split, frames=frames, size=size,
                             frequencies=tuple(frequencies), **options)
         self.fresh_each_epoch, self.epoch = fresh_each_epoch, 0
