@@ -38,6 +38,15 @@ def discover_ops() -> Dict[str, Callable[..., List[Case]]]:
     return registry
 
 
+def op_notes(op: str, device: str, quick: bool) -> str:
+    """Extra markdown a cases module offers through ``notes(device, quick)`` (e.g. FLOP counts)."""
+    for path in sorted(HERE.glob("cases_*.py")):
+        module = importlib.import_module(path.stem)
+        if module.OP == op and hasattr(module, "notes"):
+            return module.notes(device, quick)
+    return ""
+
+
 def device_info(device: str):
     """(human-readable device name, filesystem slug)."""
     if device == "cuda":
@@ -162,7 +171,7 @@ def main(argv=None) -> None:
             writer.writeheader()
             writer.writerows({k: fmt(r[k], ".6g") for k in COLUMNS} for r in rows)
         header = f"## {op} on {device_name} (torch {meta['torch']}, {meta['date']}{', quick' if args.quick else ''})"
-        table = markdown(rows, header)
+        table = markdown(rows, header) + op_notes(op, args.device, args.quick)
         (out_dir / f"{op}.md").write_text(table)
         plot(rows, header.lstrip("# "), out_dir / f"{op}.png")
         print(table)

@@ -45,6 +45,12 @@ bool on_cuda(const std::string& device) {
   throw std::invalid_argument("vkd: device must be 'cpu' or 'cuda', got '" + device + "'");
 }
 
+vkd::attention::MapProblem attention_problem(int64_t N, int64_t C, int64_t P, double q) {
+  if (N < 1 || C < 1 || P < 1) throw std::invalid_argument("vkd: attention map sizes must be >= 1");
+  if (!(q > 0) || !std::isfinite(q)) throw std::invalid_argument("vkd: the exponent p must be > 0 and finite");
+  return {N, C, P, q};
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -125,4 +131,65 @@ PYBIND11_MODULE(_C, m) {
         py::arg("teacher_strides"), py::arg("grad_d"), py::arg("grad_strides"),
         py::arg("grad_scale"), py::arg("grad_student"), py::arg("grad_student_strides"),
         py::arg("grad_teacher"), py::arg("grad_teacher_strides"), py::arg("stream"));
+
+  // Attention-transfer raw map: x (N, C, P) with strides (n, c, p), map (N, P) with strides (n, p).
+  m.def("attention_map_forward",
+        [](const std::string& device, int64_t N, int64_t C, int64_t P, double q, int dtype, uintptr_t x,
+           std::array<int64_t, 3> x_strides, uintptr_t map, std::array<int64_t, 2> map_strides, uintptr_t stream) {
+          vkd::AttentionMapArgs a{attention_problem(N, C, P, q), vkd::DType(dtype), ptr<const void>(x),
+                                  {x_strides[0], x_strides[1], x_strides[2]}, ptr<void>(map),
+                                  {map_strides[0], map_strides[1]}, nullptr, {0, 0, 0}, stream};
+          const bool cuda = on_cuda(device);
+          py::gil_scoped_release release;
+#ifdef VKD_WITH_CUDA
+          if (cuda) return vkd::attention_map_forward_cuda(a);
+#endif
+          (void)cuda;
+          vkd::attention_map_forward_cpu(a);
+        },
+        py::arg("device"), py::arg("N"), py::arg("C"), py::arg("P"), py::arg("q"), py::arg("dtype"), py::arg("x"),
+        py::arg("x_strides"), py::arg("map"), py::arg("map_strides"), py::arg("stream"));
+
+  m.def("attention_map_backward",
+        [](const std::string& device, int64_t N, int64_t C, int64_t P, double q, int dtype, uintptr_t x,
+           std::array<int64_t, 3> x_strides, uintptr_t grad_map, std::array<int64_t, 2> grad_map_strides,
+           uintptr_t grad_x, std::array<int64_t, 3> grad_x_strides, uintptr_t stream) {
+          vkd::AttentionMapArgs a{attention_problem(N, C, P, q), vkd::DType(dtype), ptr<const void>(x),
+                                  {x_strides[0], x_strides[1], x_strides[2]}, ptr<void>(grad_map),
+                                  {grad_map_strides[0], grad_map_strides[1]}, ptr<void>(grad_x),
+                                  {grad_x_strides[0], grad_x_strides[1], grad_x_strides[2]}, stream};
+          const bool cuda = on_cuda(device);
+          py::gil_scoped_release release;
+#ifdef VKD_WITH_CUDA
+          if (cuda) return vkd::attention_map_backward_cuda(a);
+#endif
+          (void)cuda;
+          vkd::attention_map_backward_cpu(a);
+        },
+        py::arg("device"), py::arg("N"), py::arg("C"), py::arg("P"), py::arg("q"), py::arg("dtype"), py::arg("x"),
+        py::arg("x_strides"), py::arg("grad_map"), py::arg("grad_map_strides"), py::arg("grad_x"),
+        py::arg("grad_x_strides"), py::arg("stream"));
+
+  // GKD head weighted GroupNorm + ReLU (kernels.h HeadNormArgs); pointers 0 for null.
+  m.def("head_norm",
+        [](const std::string& device, bool backward, int64_t N, int64_t J, int64_t C, int64_t G, double M,
+           double eps, int dtype, uintptr_t Z, uintptr_t w, uintptr_t gamma, uintptr_t beta, uintptr_t H,
+           uintptr_t stats, uintptr_t dH, uintptr_t dZ, uintptr_t dgamma, uintptr_t dbeta, uintptr_t stream) {
+          if (N < 1 || J < 1 || C < 1 || G < 1 || C % G != 0 || !(M > 0) || !(eps > 0))
+            throw std::invalid_argument("vkd: head_norm needs positive sizes, G dividing C, M > 0, eps > 0");
+          vkd::HeadNormArgs a{{N, J, C, G, M, eps}, vkd::DType(dtype), ptr<const void>(Z), ptr<const void>(w),
+                              ptr<const void>(gamma), ptr<const void>(beta), ptr<void>(H), ptr<void>(stats),
+                              ptr<const void>(dH), ptr<void>(dZ), ptr<void>(dgamma), ptr<void>(dbeta), stream};
+          const bool cuda = on_cuda(device);
+          py::gil_scoped_release release;
+#ifdef VKD_WITH_CUDA
+          if (cuda) return backward ? vkd::head_norm_backward_cuda(a) : vkd::head_norm_forward_cuda(a);
+#endif
+          (void)cuda;
+          backward ? vkd::head_norm_backward_cpu(a) : vkd::head_norm_forward_cpu(a);
+        },
+        py::arg("device"), py::arg("backward"), py::arg("N"), py::arg("J"), py::arg("C"), py::arg("G"),
+        py::arg("M"), py::arg("eps"), py::arg("dtype"), py::arg("Z"), py::arg("w"), py::arg("gamma"),
+        py::arg("beta"), py::arg("H"), py::arg("stats"), py::arg("dH"), py::arg("dZ"), py::arg("dgamma"),
+        py::arg("dbeta"), py::arg("stream"));
 }

@@ -4,6 +4,7 @@
 #pragma once
 #include <cstdint>
 #include "common/spectrum.h"
+#include "common/attention.h"
 
 namespace vkd {
 
@@ -44,6 +45,46 @@ void spectrum_backward_cpu(const SpectrumBackwardArgs& args);
 int64_t spectrum_num_partials_cuda(int64_t groups);
 void spectrum_forward_cuda(const SpectrumForwardArgs& args);
 void spectrum_backward_cuda(const SpectrumBackwardArgs& args);
+#endif
+
+// Attention-transfer raw map (ops.md 3a) of x viewed as (N, C, P). Forward writes
+// a[n, p] = mean_c |x|^q to `map` (accumulation dtype: float64 for float64 inputs, else
+// float32). Backward reads dL/da from `map` (accumulation dtype) and writes grad_x.
+struct AttentionMapArgs {
+  attention::MapProblem problem;
+  DType dtype;
+  const void* x; attention::Strides3 x_strides;
+  void* map; attention::Strides2 map_strides;
+  void* grad_x; attention::Strides3 grad_x_strides;  // backward only
+  uintptr_t stream;
+};
+
+void attention_map_forward_cpu(const AttentionMapArgs& args);
+void attention_map_backward_cpu(const AttentionMapArgs& args);
+#ifdef VKD_WITH_CUDA
+void attention_map_forward_cuda(const AttentionMapArgs& args);
+void attention_map_backward_cuda(const AttentionMapArgs& args);
+#endif
+
+// Weighted GroupNorm + ReLU of the GKD head's compact tail (common/attention.h, namespace
+// head). All tensors contiguous, one dtype: Z, H, dH, dZ (N, J, C); w (J,); gamma, beta
+// (C,) or null; stats (N, G, 2) = (mean, rstd) in the accumulation dtype; dgamma, dbeta (N, C) per-sample partial
+// sums or null. Forward reads Z, w, gamma, beta and writes H, stats; backward reads
+// Z, w, gamma, beta, stats, dH and writes dZ, dgamma, dbeta.
+struct HeadNormArgs {
+  head::GroupNormProblem problem;
+  DType dtype;
+  const void* Z; const void* w; const void* gamma; const void* beta;
+  void* H; void* stats;
+  const void* dH; void* dZ; void* dgamma; void* dbeta;
+  uintptr_t stream;
+};
+
+void head_norm_forward_cpu(const HeadNormArgs& args);
+void head_norm_backward_cpu(const HeadNormArgs& args);
+#ifdef VKD_WITH_CUDA
+void head_norm_forward_cuda(const HeadNormArgs& args);
+void head_norm_backward_cuda(const HeadNormArgs& args);
 #endif
 
 }  // namespace vkd

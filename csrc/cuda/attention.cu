@@ -1,0 +1,106 @@
+// Attention-transfer raw map on CUDA: one thread per position (n, p) looping over the
+// channels (coalesced across p for the usual (N, C, P) layout), math from
+// common/attention.h.
+#include <cuda_runtime.h>
+#include <algorithm>
+#include <stdexcept>
+#include <string>
+#include "../kernels.h"
+
+namespace vkd {
+using namespace attention;
+
+namespace {
+
+constexpr int kThreads = 256;
+
+template <Power kPower, typename scalar_t>
+__global__ void forward_kernel(AttentionMapArgs a) {
+  const auto* x = static_cast<const scalar_t*>(a.x);
+  const MapProblem& pr = a.problem;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < pr.N * pr.P;
+       i += int64_t(gridDim.x) * blockDim.x)
+    map_tile<1, kPower>(pr, x, a.x_strides, a.map, a.map_strides, i / pr.P, i % pr.P, 1);
+}
+
+template <Power kPower, typename scalar_t>
+__global__ void backward_kernel(AttentionMapArgs a) {
+  const auto* x = static_cast<const scalar_t*>(a.x);
+  auto* dx = static_cast<scalar_t*>(a.grad_x);
+  const MapProblem& pr = a.problem;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < pr.N * pr.P;
+       i += int64_t(gridDim.x) * blockDim.x)
+    map_grad_tile<1, kPower>(pr, x, a.x_strides, a.map, a.map_strides, dx, a.grad_x_strides, i / pr.P, i % pr.P, 1);
+}
+
+int blocks(int64_t positions) { return int(std::min<int64_t>((positions + kThreads - 1) / kThreads, 65535)); }
+
+void check(cudaError_t error) {
+  if (error != cudaSuccess) throw std::runtime_error(std::string("vkd attention: ") + cudaGetErrorString(error));
+}
+
+}  // namespace
+
+void attention_map_forward_cuda(const AttentionMapArgs& args) {
+  auto stream = reinterpret_cast<cudaStream_t>(args.stream);
+  VKD_DISPATCH_DTYPE(args.dtype, [&] {
+    VKD_DISPATCH_POWER(args.problem.q, [&] {
+      forward_kernel<kPower, scalar_t><<<blocks(args.problem.N * args.problem.P), kThreads, 0, stream>>>(args);
+    });
+  });
+  check(cudaGetLastError());
+}
+
+void attention_map_backward_cuda(const AttentionMapArgs& args) {
+  auto stream = reinterpret_cast<cudaStream_t>(args.stream);
+  VKD_DISPATCH_DTYPE(args.dtype, [&] {
+    VKD_DISPATCH_POWER(args.problem.q, [&] {
+      backward_kernel<kPower, scalar_t><<<blocks(args.problem.N * args.problem.P), kThreads, 0, stream>>>(args);
+    });
+  });
+  check(cudaGetLastError());
+}
+
+namespace {
+
+// The GKD head's weighted GroupNorm + ReLU: one thread per group (N G threads; the
+// groups hold J Cg ~ 10^3 elements, so this part is small next to the tail's GEMMs).
+template <typename scalar_t>
+__global__ void head_forward_kernel(HeadNormArgs a) {
+  const auto& pr = a.problem;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < pr.N * pr.G; i += int64_t(gridDim.x) * blockDim.x)
+    head::group_norm_relu_forward(pr, static_cast<const scalar_t*>(a.Z), static_cast<const scalar_t*>(a.w),
+                                  static_cast<const scalar_t*>(a.gamma), static_cast<const scalar_t*>(a.beta),
+                                  static_cast<scalar_t*>(a.H), a.stats, i / pr.G, i % pr.G);
+}
+
+template <typename scalar_t>
+__global__ void head_backward_kernel(HeadNormArgs a) {
+  const auto& pr = a.problem;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < pr.N * pr.G; i += int64_t(gridDim.x) * blockDim.x)
+    head::group_norm_relu_backward(pr, static_cast<const scalar_t*>(a.Z), static_cast<const scalar_t*>(a.w),
+                                   static_cast<const scalar_t*>(a.gamma), static_cast<const scalar_t*>(a.beta),
+                                   a.stats, static_cast<const scalar_t*>(a.dH), static_cast<scalar_t*>(a.dZ),
+                                   static_cast<scalar_t*>(a.dgamma), static_cast<scalar_t*>(a.dbeta), i / pr.G,
+                                   i % pr.G);
+}
+
+}  // namespace
+
+void head_norm_forward_cuda(const HeadNormArgs& args) {
+  VKD_DISPATCH_DTYPE(args.dtype, [&] {
+    head_forward_kernel<scalar_t><<<blocks(args.problem.N * args.problem.G), kThreads, 0,
+                                    reinterpret_cast<cudaStream_t>(args.stream)>>>(args);
+  });
+  check(cudaGetLastError());
+}
+
+void head_norm_backward_cuda(const HeadNormArgs& args) {
+  VKD_DISPATCH_DTYPE(args.dtype, [&] {
+    head_backward_kernel<scalar_t><<<blocks(args.problem.N * args.problem.G), kThreads, 0,
+                                     reinterpret_cast<cudaStream_t>(args.stream)>>>(args);
+  });
+  check(cudaGetLastError());
+}
+
+}  // namespace vkd

@@ -1,0 +1,227 @@
+"""The GKD attention head: the compact tail against the plain layers (exactness, every
+gradient, FLOPs, no (N, C, L) tensor), attention_apply, the module, errors."""
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import FUSED_BACKENDS, assert_close, relative_error
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import FlopCounterMode
+
+from vkd_kernels import GenerativeAttentionHead, attention_apply, attention_head_tail
+from vkd_kernels.attention.head import column_classes
+
+NAMES = ("y", "conv_weight", "conv_bias", "gn_weight", "gn_bias", "linear_weight", "linear_bias")
+
+
+def tail_inputs(N, C1, C, T, L, T_out=None, dtype=torch.float64):
+    """(y, conv_weight, conv_bias, gn_weight, gn_bias, linear_weight, linear_bias), all requiring grad."""
+    T_out = T_out or T
+    tensors = (torch.randn(N, C1, T), torch.randn(C, C1, 3) / C1 ** 0.5, torch.randn(C), 1 + 0.3 * torch.randn(C),
+               torch.randn(C), torch.randn(T_out, L) / L ** 0.5, torch.randn(T_out))
+    return [t.to(dtype).requires_grad_() for t in tensors]
+
+
+def tail(backend, args, G, L):
+    y, cw, cb, gw, gb, lw, lb = args
+    return attention_head_tail(y, cw, cb, gw, gb, G, lw, lb, upsample_length=L, backend=backend)
+
+
+# (N, C1, C, T, L, G): L a multiple of T, not a multiple, L < T, L = T, runs of length 1 and 2
+SHAPES = [(2, 6, 8, 8, 64, 4), (1, 5, 6, 5, 7, 3), (2, 3, 4, 7, 5, 2), (2, 4, 4, 3, 3, 1), (1, 4, 8, 4, 9, 2),
+          (2, 3, 6, 6, 12, 3), (1, 2, 4, 1, 6, 2), (3, 4, 4, 13, 40, 2), (2, 2, 4, 2, 1, 2)]
+
+
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("dtype", (torch.float64, torch.float32))
+def test_compact_tail_matches_plain_layers(backend, shape, dtype):
+    check_tail(backend, shape, dtype)
+
+
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+@pytest.mark.parametrize("dtype", (torch.bfloat16, torch.float16))
+def test_compact_tail_half_precision(backend, dtype):
+    check_tail(backend, (2, 8, 8, 5, 23, 4), dtype)
+
+
+def check_tail(backend, shape, dtype):
+    """Lambda and all seven gradients against the plain layers in float64."""
+    N, C1, C, T, L, G = shape
+    args = tail_inputs(N, C1, C, T, L, T_out=max(1, T - 1), dtype=dtype)
+    exact = [a.detach().double().requires_grad_() for a in args]
+    got, plain, expected = tail(backend, args, G, L), tail("reference", args, G, L), tail("reference", exact, G, L)
+    grad = torch.randn_like(expected)
+    results = [(r, *torch.autograd.grad(r, a, grad.to(r.dtype))) for r, a in ((got, args), (plain, args),
+                                                                               (expected, exact))]
+    for name, g, p, e in zip(("lambda",) + tuple(f"d{n}" for n in NAMES), *results):
+        # where float32 itself is ill-conditioned (GroupNorm of a few near-equal values) the
+        # bound is 4x the plain layers' own float32 error
+        floor = 0.0 if dtype == torch.float64 else 4 * relative_error(p, e)
+        assert g.dtype == dtype
+        assert_close(g, e, dtype, name, floor=floor)
+
+
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+@pytest.mark.parametrize("shape", SHAPES[1:5])
+def test_gradcheck_float64(backend, shape):
+    N, C1, C, T, L, G = shape
+    args = tail_inputs(1, min(C1, 3), C, T, L)
+    # fast_mode (a random projection) for Triton keeps the interpreter run short
+    assert torch.autograd.gradcheck(lambda *a: tail(backend, a, G, L), args, fast_mode=backend == "triton")
+
+
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+def test_norm_opcheck(backend):
+    Z, w = torch.randn(2, 5, 6, dtype=torch.float64), torch.tensor([3.0, 1, 1, 2, 4], dtype=torch.float64)
+    gamma, beta = torch.randn(6, dtype=torch.float64), torch.randn(6, dtype=torch.float64)
+    for g, b in ((gamma, beta), (None, None)):
+        torch.library.opcheck(torch.ops.vkd.head_norm_relu.default,
+                              (Z.requires_grad_(), w, g if g is None else g.requires_grad_(),
+                               b if b is None else b.requires_grad_(), 3, 33.0, 1e-5, backend))
+
+
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+def test_biases_and_affine_may_be_none(backend):
+    y, cw, _, _, _, lw, _ = tail_inputs(2, 3, 4, 5, 11)
+    got = attention_head_tail(y, cw, None, None, None, 2, lw, None, upsample_length=11, backend=backend)
+    expected = attention_head_tail(y, cw, None, None, None, 2, lw, None, upsample_length=11, backend="reference")
+    assert_close(got, expected, torch.float64, "lambda")
+    grad = torch.randn_like(got)
+    for name, g, e in zip(("dy", "dconv_weight", "dlinear_weight"), torch.autograd.grad(got, (y, cw, lw), grad),
+                          torch.autograd.grad(expected, (y, cw, lw), grad)):
+        assert_close(g, e, torch.float64, name)
+
+
+@pytest.mark.parametrize("T, L", [(8, 1024), (5, 7), (7, 5), (3, 3), (1, 4), (4, 9), (6, 12), (13, 40)])
+def test_column_classes_follow_torchs_nearest_rule(T, L):
+    triples, inverse, counts = column_classes(T, L, torch.device("cpu"))
+    src = F.interpolate(torch.arange(T, dtype=torch.float64).view(1, 1, T), size=L, mode="nearest").view(L).long()
+    padded = torch.cat((torch.tensor([0]), src + 1, torch.tensor([0])))
+    brute = torch.stack((padded[:-2], padded[1:-1], padded[2:]), 1)
+    assert torch.equal(triples[inverse], brute) and int(counts.sum()) == L
+    assert triples.shape[0] <= 3 * min(T, L)
+
+
+class LargestTensor(TorchDispatchMode):
+    """Records the largest tensor any op produces."""
+
+    def __init__(self):
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, torch.Tensor):
+                self.largest = max(self.largest, t.numel())
+        return out
+
+
+@pytest.mark.parametrize("backend, builds", [("auto", False), ("reference", True)])
+def test_never_builds_the_upsampled_tensors(backend, builds):
+    N, C1, C, T, L = 2, 8, 16, 4, 256
+    args = tail_inputs(N, C1, C, T, L, dtype=torch.float32)
+    with LargestTensor() as mode:
+        tail(backend, args, 4, L).sum().backward()
+    assert (mode.largest >= N * C * L) == builds, mode.largest
+
+
+def test_flop_reduction_at_the_papers_shape():
+    """At N=6, C1=512, C=1024, T=8, L=1024 the compact form needs >= 20x fewer FLOPs."""
+    N, C1, C, T, L = 6, 512, 1024, 8, 1024
+    args = [t.detach().requires_grad_() for t in tail_inputs(N, C1, C, T, L, dtype=torch.float32)]
+    flops = {}
+    for backend in ("auto", "reference"):
+        with FlopCounterMode(display=False) as counter:
+            tail(backend, args, 32, L).sum().backward()
+        flops[backend] = counter.get_total_flops()
+    assert flops["reference"] >= 20 * flops["auto"] > 0, flops
+
+
+# ---- attention_apply -------------------------------------------------------------------
+
+@pytest.mark.parametrize("per_sample", (True, False))
+@pytest.mark.parametrize("dtype", (torch.float64, torch.float32, torch.bfloat16))
+def test_apply_matches_formula(per_sample, dtype):
+    F_ = torch.randn(3, 4, 5, 3, 7, dtype=torch.float64).abs().to(dtype).requires_grad_()
+    lam = torch.rand(3, 4, 5, dtype=torch.float64).to(dtype).requires_grad_()
+    got = attention_apply(F_, lam, per_sample=per_sample)
+    F64, lam64 = (x.detach().double().requires_grad_() for x in (F_, lam))
+    expected = attention_apply(F64, lam64, per_sample=per_sample, backend="reference")
+    grad = torch.randn_like(expected)
+    assert got.dtype == dtype
+    assert_close(got, expected, dtype, "F_fg")
+    for name, g, e in zip(("dF", "dlam"), torch.autograd.grad(got, (F_, lam), grad.to(dtype)),
+                          torch.autograd.grad(expected, (F64, lam64), grad)):
+        assert_close(g, e, dtype, name)
+
+
+def test_apply_per_sample_differs_from_batch_global():
+    F_, lam = torch.randn(2, 3, 4, 5, 5).abs(), torch.rand(2, 3, 4)
+    assert not torch.allclose(attention_apply(F_, lam), attention_apply(F_, lam, per_sample=False))
+
+
+@pytest.mark.parametrize("per_sample", (True, False))
+def test_apply_gradcheck(per_sample):
+    F_ = torch.randn(2, 3, 4, 2, 3, dtype=torch.float64, requires_grad=True)
+    lam = torch.rand(2, 3, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b: attention_apply(a, b, per_sample=per_sample), (F_, lam))
+
+
+def test_apply_zero_denominator_gives_zero_not_nan():
+    F_ = torch.randn(2, 3, 4, 2, 2, requires_grad=True)
+    lam = torch.rand(2, 3, 4)
+    lam[0] = 0
+    lam.requires_grad_()
+    out = attention_apply(F_, lam)
+    out.sum().backward()
+    assert out[0].abs().max() == 0 and out[1].abs().max() > 0
+    assert torch.isfinite(F_.grad).all() and torch.isfinite(lam.grad).all()
+
+
+# ---- the module ------------------------------------------------------------------------
+
+def test_module_fused_and_plain_agree_with_one_state_dict():
+    torch.manual_seed(0)
+    head = GenerativeAttentionHead(64, 8, (3, 5), gn_groups=8)
+    plain = GenerativeAttentionHead(64, 8, (3, 5), gn_groups=8, fused=False)
+    plain.load_state_dict(head.state_dict())
+    assert head.state_dict().keys() == plain.state_dict().keys()
+    x = torch.randn(2, 64, 8, 3, 5)
+    got, expected = head(x), plain(x)
+    assert got.shape == (2, 64, 8) and ((got > 0) & (got < 1)).all()
+    assert_close(got, expected, torch.float32, "lambda")
+    grad = torch.randn_like(got)
+    got.backward(grad)
+    expected.backward(grad)
+    for (name, p), q in zip(head.named_parameters(), plain.parameters()):
+        assert_close(p.grad, q.grad, torch.float32, name)
+
+
+BAD = [
+    (lambda a: attention_head_tail(a[0][0], *a[1:5], 2, *a[5:], upsample_length=9), ValueError, "y must be"),
+    (lambda a: attention_head_tail(a[0], a[1][:, :2], *a[2:5], 2, *a[5:], upsample_length=9), ValueError,
+     "conv_weight must be"),
+    (lambda a: attention_head_tail(*a[:5], 3, *a[5:], upsample_length=9), ValueError, "gn_groups"),
+    (lambda a: attention_head_tail(*a[:5], 2, *a[5:], upsample_length=8), ValueError, "linear_weight must be"),
+    (lambda a: attention_head_tail(*a[:5], 2, *a[5:], upsample_length=0), ValueError, "upsample_length"),
+    (lambda a: attention_head_tail(a[0], a[1], a[2][:3], *a[3:5], 2, *a[5:], upsample_length=9), ValueError,
+     "conv_bias must have shape"),
+    (lambda a: attention_head_tail(a[0].float(), *a[1:5], 2, *a[5:], upsample_length=9), ValueError,
+     "must match y"),
+    (lambda a: attention_head_tail(*a[:5], 2, *a[5:], upsample_length=9, eps=0), ValueError, "eps must be"),
+    (lambda a: attention_head_tail(*a[:5], 2, *a[5:], upsample_length=9, backend="gpu"), ValueError, "backend"),
+    (lambda a: attention_apply(torch.ones(2, 4, 3, 2), torch.ones(2, 4)), ValueError, "lam must be"),
+    (lambda a: attention_apply(torch.ones(2, 4, 3, 2), torch.ones(2, 4, 3).double()), TypeError, "lam has dtype"),
+    (lambda a: attention_apply(torch.ones(2, 4, 3), torch.ones(2, 4, 3), per_sample=1), TypeError, "per_sample"),
+    (lambda a: GenerativeAttentionHead(48, 8, 3, gn_groups=32), ValueError, "must divide in_channels"),
+    (lambda a: GenerativeAttentionHead(64, 8, 3, gn_groups=8)(torch.ones(1, 64, 8, 4, 3)), ValueError,
+     "features must be"),
+]
+
+
+@pytest.mark.parametrize("case", range(len(BAD)))
+def test_bad_input(case):
+    call, error, message = BAD[case]
+    with pytest.raises(error, match=message):
+        call(tail_inputs(2, 3, 4, 5, 9))

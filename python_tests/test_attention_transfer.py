@@ -1,0 +1,272 @@
+"""Attention-transfer maps and loss: every backend against the reference, the reference
+against an independent float64 formula, gradients, registration, errors."""
+import math
+
+import pytest
+import torch
+from conftest import DEVICE, FUSED_BACKENDS, assert_close
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from vkd_kernels import AttentionTransferLoss, attention_map, attention_transfer_loss
+
+ALL_BACKENDS = ["reference"] + FUSED_BACKENDS
+
+
+def features(shape_s, shape_t=None, dtype=torch.float32, teacher_grad=True, device=DEVICE):
+    fs = torch.randn(shape_s, device=device).to(dtype).requires_grad_()
+    ft = torch.randn(shape_t or shape_s, device=device).to(dtype).requires_grad_(teacher_grad)
+    return fs, ft
+
+
+def run(backend, fs, ft, grad=None, **options):
+    out = attention_transfer_loss(fs, ft, backend=backend, **options)
+    grad = torch.full_like(out, 1.7) if grad is None else grad
+    wrt = [x for x in (fs, ft) if x.requires_grad]
+    return out, torch.autograd.grad(out, wrt, grad)
+
+
+def check_backend(backend, fs, ft, **options):
+    """Loss and both gradients against the reference evaluated in float64."""
+    out, grads = run(backend, fs, ft, **options)
+    grad_out = torch.randn_like(out) if out.dim() else None
+    if grad_out is not None:
+        out, grads = run(backend, fs, ft, grad=grad_out, **options)
+    exp_out, exp_grads = run("reference", *(x.detach().double().requires_grad_(x.requires_grad) for x in (fs, ft)),
+                             grad=None if grad_out is None else grad_out.double(), **options)
+    assert out.dtype == fs.dtype
+    assert_close(out, exp_out, fs.dtype, f"{backend} loss")
+    for name, got, exp, x in zip(("dfs", "dft"), grads, exp_grads, (fs, ft)):
+        assert got.shape == x.shape and got.dtype == x.dtype
+        assert_close(got, exp, fs.dtype, f"{backend} {name}")
+
+
+# ---- the reference against an independent float64 formula -------------------------------
+
+def pool_direct(a, size):
+    """Adaptive average pooling by its definition: bins [floor(i n / m), ceil((i + 1) n / m))."""
+    out = a
+    for axis, m in enumerate(size, start=1):
+        n = out.shape[axis]
+        bins = [out.narrow(axis, (i * n) // m, -(-(i + 1) * n // m) - (i * n) // m).mean(axis, keepdim=True)
+                for i in range(m)]
+        out = torch.cat(bins, axis)
+    return out
+
+
+def loss_direct(fs, ft, p, mode, distance):
+    maps = []
+    for x in (fs.double(), ft.double()):
+        maps.append(torch.einsum("nc...->n...", x.abs() ** p) / x.shape[1])
+    size = [min(s, t) for s, t in zip(maps[0].shape[1:], maps[1].shape[1:])]
+    normed = []
+    for a in maps:
+        a = pool_direct(a, size)
+        dims = tuple(range(1 if mode == "spatiotemporal" else 2, a.dim()))
+        normed.append(a / a.square().sum(dims, keepdim=True).sqrt())
+    d = normed[0] - normed[1]
+    return d.square().mean() if distance == "mse" else d.flatten(1).norm(dim=1).mean()
+
+
+@pytest.mark.parametrize("p", (2, 1, 3.5, 0.5))
+@pytest.mark.parametrize("mode", ("spatiotemporal", "per_frame"))
+@pytest.mark.parametrize("distance", ("mse", "l2"))
+def test_reference_matches_direct_formula(p, mode, distance):
+    fs, ft = features((2, 3, 5, 7, 6), (2, 4, 3, 4, 9), dtype=torch.float64)
+    got = attention_transfer_loss(fs, ft, p=p, mode=mode, distance=distance, backend="reference")
+    assert_close(got, loss_direct(fs, ft, p, mode, distance), torch.float64, "reference")
+
+
+def test_map_is_unit_norm_and_matches_formula():
+    x = torch.randn(2, 5, 3, 4, 4, dtype=torch.float64)
+    for backend in ALL_BACKENDS:
+        a = attention_map(x, mode="per_frame", backend=backend)
+        raw = x.square().mean(1)
+        assert_close(a, raw / raw.square().sum((2, 3), keepdim=True).sqrt(), torch.float64, backend)
+
+
+# ---- backends against the reference --------------------------------------------------
+
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+@pytest.mark.parametrize("dtype", (torch.float32, torch.float64, torch.float16, torch.bfloat16))
+@pytest.mark.parametrize("p", (2, 1, 1.5))
+def test_dtypes_and_exponents(backend, dtype, p):
+    check_backend(backend, *features((2, 3, 5, 3, 7), (2, 19, 5, 3, 7), dtype=dtype), p=p)
+
+
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+@pytest.mark.parametrize("mode", ("spatiotemporal", "per_frame"))
+@pytest.mark.parametrize("distance", ("mse", "l2"))
+@pytest.mark.parametrize("reduction", ("mean", "sum", "none"))
+def test_options_and_pooling(backend, mode, distance, reduction):
+    # teacher map (7, 6, 5) is pooled on T and H to the student's (3, 4), the student's W 9 to 5
+    check_backend(backend, *features((1, 3, 3, 4, 9), (1, 130, 7, 6, 5)), mode=mode, distance=distance,
+                  reduction=reduction)
+
+
+LAYOUTS = {
+    "channels_last_3d": lambda x: x.detach().to(memory_format=torch.channels_last_3d).requires_grad_(x.requires_grad),
+    "non_contiguous": lambda x: x.detach().transpose(3, 4).contiguous().transpose(3, 4).requires_grad_(x.requires_grad),
+    "strided_slice": lambda x: x.detach()[:, ::2].requires_grad_(x.requires_grad),
+}
+
+
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_layouts(backend, layout):
+    fs, ft = features((2, 6, 3, 5, 7), (2, 10, 3, 5, 7))
+    check_backend(backend, LAYOUTS[layout](fs), LAYOUTS[layout](ft))
+
+
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+def test_channel_dim_last_and_4d_images(backend):
+    fs, ft = features((2, 3, 5, 7, 4), (2, 3, 5, 7, 9))  # (N, T, H, W, C)
+    check_backend(backend, fs, ft, channel_dim=-1, mode="per_frame")
+    check_backend(backend, *features((1, 4, 13, 11), (1, 9, 13, 11)))  # (N, C, H, W)
+
+
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+def test_teacher_without_grad_gets_none(backend):
+    fs, ft = features((2, 3, 4, 5, 6), teacher_grad=False)
+    out = attention_transfer_loss(fs, ft, backend=backend)
+    out.backward()
+    assert fs.grad is not None and ft.grad is None
+
+
+# eager |x|^p has an infinite derivative at 0 for p < 1 (NaN gradient); the fused kernels use 0
+@pytest.mark.parametrize("backend, p", [(b, p) for b in ALL_BACKENDS for p in (2, 1, 0.5)
+                                        if not (b == "reference" and p < 1)])
+def test_zero_features_give_finite_values_and_gradients(backend, p):
+    fs, ft = features((2, 3, 4, 5, 6), dtype=torch.float64)
+    with torch.no_grad():
+        fs[0] = 0   # an all-zero sample: zero map, zero norm
+        fs[1, :, :, 0] = 0   # zero positions: |x|^(p-1) is infinite there for p < 1
+    out, grads = run(backend, fs, ft, p=p)
+    assert torch.isfinite(out) and all(torch.isfinite(g).all() for g in grads)
+    assert grads[0][0].abs().max() == 0 and grads[0][1].abs().max() > 0
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+@pytest.mark.parametrize("options", ({"p": 2}, {"p": 1.5, "mode": "per_frame", "distance": "l2"}))
+def test_gradcheck_float64(backend, options):
+    fs, ft = features((2, 2, 2, 3, 2), (2, 3, 3, 2, 2), dtype=torch.float64)  # pooled on T and H
+    # fast_mode (a random projection) for the fused backends keeps the interpreter run short;
+    # their full Jacobians are compared with the reference's above
+    assert torch.autograd.gradcheck(lambda a, b: attention_transfer_loss(a, b, backend=backend, **options), (fs, ft),
+                                    fast_mode=backend != "reference")
+
+
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+def test_only_the_inputs_are_kept_for_backward(backend):
+    """Nothing of feature size beyond the inputs is saved: the backward re-reads them."""
+    fs, ft = features((2, 8, 3, 4, 5))
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        attention_transfer_loss(fs, ft, backend=backend)
+    big = [t for t in saved if t.numel() >= fs.numel() and t.data_ptr() not in (fs.data_ptr(), ft.data_ptr())]
+    assert saved and not big
+
+
+# ---- registration, compile, module ---------------------------------------------------
+
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+def test_opcheck(backend):
+    fs, _ = features((2, 3, 4, 5, 6))
+    for p in (2.0, 1.5):
+        torch.library.opcheck(torch.ops.vkd.attention_raw_map.default, (fs, p, 1, backend, "fs"))
+
+
+def test_torch_compile_fullgraph():
+    loss = AttentionTransferLoss()
+    fs, ft = features((2, 4, 3, 5, 6), (2, 8, 3, 5, 6), teacher_grad=False)
+    compiled = torch.compile(lambda a, b: loss(a * 2, b), fullgraph=True)
+    out = compiled(fs, ft)
+    out.backward()
+    grad = fs.grad.clone()
+    fs.grad = None
+    expected = loss(fs * 2, ft)
+    expected.backward()
+    assert_close(out.detach(), expected.detach(), torch.float32, "compiled loss")
+    assert_close(grad, fs.grad, torch.float32, "compiled grad")
+
+
+def test_module_matches_function():
+    fs, ft = features((2, 3, 4, 5, 6), (2, 7, 4, 5, 6))
+    module = AttentionTransferLoss(p=1.5, mode="per_frame", distance="l2")
+    assert "per_frame" in repr(module)
+    assert_close(module(fs, ft), attention_transfer_loss(fs, ft, p=1.5, mode="per_frame", distance="l2"),
+                 torch.float32, "module")
+
+
+def test_loss_trains_student_towards_teacher():
+    torch.manual_seed(1)
+    fs, ft = features((2, 4, 3, 5, 5), (2, 6, 3, 5, 5), teacher_grad=False)
+    fs = fs.detach().requires_grad_()
+    opt = torch.optim.SGD([fs], lr=1000.0)  # the mse of unit-norm maps is tiny
+    first = None
+    for _ in range(30):
+        loss = attention_transfer_loss(fs, ft)
+        first = first if first is not None else loss.item()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.1 * first
+
+
+BAD = [
+    (lambda s, t: attention_transfer_loss(s, t.double()), TypeError, "ft has dtype"),
+    (lambda s, t: attention_transfer_loss(s.int(), t), TypeError, "fs must be float"),
+    (lambda s, t: attention_transfer_loss(s.detach().numpy(), t), TypeError, "fs must be a torch.Tensor"),
+    (lambda s, t: attention_transfer_loss(s, t[:1]), ValueError, "same rank and batch size"),
+    (lambda s, t: attention_transfer_loss(s, t, channel_dim=5), ValueError, "channel_dim=5"),
+    (lambda s, t: attention_transfer_loss(s, t, channel_dim=0), ValueError, "channel_dim must not be 0"),
+    (lambda s, t: attention_transfer_loss(s[:0], t[:0]), ValueError, "fs is empty"),
+    (lambda s, t: attention_transfer_loss(s, t, p=0), ValueError, "p must be > 0"),
+    (lambda s, t: attention_transfer_loss(s, t, p=float("inf")), ValueError, "p must be > 0"),
+    (lambda s, t: attention_transfer_loss(s, t, mode="global"), ValueError, "mode must be one of"),
+    (lambda s, t: attention_transfer_loss(s, t, distance="l1"), ValueError, "distance must be one of"),
+    (lambda s, t: attention_transfer_loss(s, t, reduction="avg"), ValueError, "reduction must be one of"),
+    (lambda s, t: attention_transfer_loss(s, t, backend="gpu"), ValueError, "backend must be one of"),
+    (lambda s, t: attention_transfer_loss(s[:, :, 0, 0], t[:, :, 0, 0], mode="per_frame"), ValueError, "per_frame"),
+    (lambda s, t: attention_transfer_loss(s[:, 0, 0, 0], t[:, 0, 0, 0]), ValueError, "at least 3 dims"),
+    (lambda s, t: attention_map(s, mode="global"), ValueError, "mode must be one of"),
+    (lambda s, t: AttentionTransferLoss(distance="cos"), ValueError, "distance must be one of"),
+]
+
+
+@pytest.mark.parametrize("case", range(len(BAD)))
+def test_bad_input(case):
+    call, error, message = BAD[case]
+    fs, ft = features((2, 3, 4, 5, 6), device="cpu")
+    with pytest.raises(error, match=message):
+        call(fs, ft)
+
+
+def test_mismatched_devices():
+    fs, ft = features((2, 3, 4, 5, 6), device="cpu")
+    with pytest.raises(ValueError, match="ft is on meta but fs is on cpu"):
+        attention_transfer_loss(fs, ft.to("meta"))
+
+
+@pytest.mark.parametrize("backend", [b for b in FUSED_BACKENDS if b != "cuda"])
+def test_non_finite_input_is_named(backend):
+    fs, ft = features((2, 3, 4, 5, 6), device="cpu")
+    with torch.no_grad():
+        ft[0, 0, 0, 0, 0] = float("inf")
+    with pytest.raises(ValueError, match="ft contains NaN or inf"):
+        attention_transfer_loss(fs, ft, backend=backend)
+
+
+# ---- shape fuzzing ---------------------------------------------------------------------
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(N=st.integers(1, 3), Cs=st.integers(1, 9), Ct=st.integers(1, 40), T=st.integers(1, 9), H=st.integers(1, 7),
+       W=st.integers(2, 7), shrink=st.tuples(st.integers(0, 2), st.integers(0, 3), st.integers(0, 3)),
+       p=st.sampled_from((2, 1, 1.5, 3)), mode=st.sampled_from(("spatiotemporal", "per_frame")),
+       distance=st.sampled_from(("mse", "l2")), seed=st.integers(0, 2**31 - 1))
+def test_fuzz_cpu_backend(N, Cs, Ct, T, H, W, shrink, p, mode, distance, seed):
+    torch.manual_seed(seed)  # the inputs are part of the example, so a failure replays
+    # W >= 2: at least 2 elements per frame, so the loss can be nonzero
+    teacher_map = (max(1, T - shrink[0]), max(1, H - shrink[1]), max(2, W - shrink[2]))
+    check_backend("cpu", *features((N, Cs, T, H, W), (N, Ct) + teacher_map, device="cpu"), p=p, mode=mode,
+                  distance=distance)

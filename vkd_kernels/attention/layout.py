@@ -1,0 +1,83 @@
+"""Options, validation and the canonical (N, C, P) view of the attention-transfer maps.
+
+A feature x with the channel axis at ``channel_dim`` is read as a strided view
+(N, C, P): N = the leading (batch) axis, C = channels, P = prod of the remaining
+(map) axes, e.g. (T, H, W) for video. The raw map a[n, p] = mean_c |x[n, c, p]|^p is
+returned with the map axes restored: (N, T, H, W) for (N, C, T, H, W).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .._checks import check_choice, check_float_tensor, check_positive_number
+
+MODES = ("spatiotemporal", "per_frame")
+DISTANCES = ("mse", "l2")
+REDUCTIONS = ("mean", "sum", "none")
+NORM_EPS = 1e-12  # as F.normalize: a / max(||a||, eps), so an all-zero map stays 0 (no NaN)
+
+
+def check_exponent(p) -> float:
+    check_positive_number("p", p, allow_zero=False)
+    return float(p)
+
+
+def channel_axis(x: torch.Tensor, channel_dim) -> int:
+    """The validated, non-negative channel axis of feature ``x`` (needs N, C and >= 1 map axis)."""
+    if x.dim() < 3:
+        raise ValueError(f"features must have at least 3 dims (N, C, *map), got shape {tuple(x.shape)}")
+    if isinstance(channel_dim, bool) or not isinstance(channel_dim, int) or not -x.dim() <= channel_dim < x.dim():
+        raise ValueError(f"channel_dim={channel_dim!r} is out of range for a {x.dim()}-d feature")
+    channel_dim %= x.dim()
+    if channel_dim == 0:
+        raise ValueError("channel_dim must not be 0 (the batch axis)")
+    return channel_dim
+
+
+def map_shape(x: torch.Tensor, channel_dim: int) -> tuple:
+    """(N, *map) = the shape of x without its channel axis."""
+    return tuple(s for i, s in enumerate(x.shape) if i != channel_dim)
+
+
+def view_ncp(x: torch.Tensor, channel_dim: int) -> torch.Tensor:
+    """x as (N, C, P): a view when the strides allow (contiguous, channels_last), else a copy."""
+    moved = x.movedim(channel_dim, 1)
+    return moved.reshape(moved.shape[0], moved.shape[1], -1)
+
+
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype kernels accumulate in and write the maps in."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def check_feature(name: str, x, channel_dim, mode: str) -> int:
+    check_float_tensor(name, x)
+    axis = channel_axis(x, channel_dim)
+    if mode == "per_frame" and x.dim() < 4:
+        raise ValueError(f"mode='per_frame' needs {name} with a time axis and a map axis "
+                         f"(N, C, T, H[, W]), got shape {tuple(x.shape)}")
+    return axis
+
+
+def check_transfer(fs, ft, channel_dim, mode, distance, reduction) -> tuple:
+    """Validate a transfer-loss call; the channel axes of fs and ft."""
+    check_choice("mode", mode, MODES)
+    check_choice("distance", distance, DISTANCES)
+    check_choice("reduction", reduction, REDUCTIONS)
+    cs = check_feature("fs", fs, channel_dim, mode)
+    ct = check_feature("ft", ft, channel_dim, mode)
+    if fs.device != ft.device:
+        raise ValueError(f"ft is on {ft.device} but fs is on {fs.device}")
+    if fs.dtype != ft.dtype:
+        raise TypeError(f"ft has dtype {ft.dtype} but fs has dtype {fs.dtype}")
+    if fs.dim() != ft.dim() or fs.shape[0] != ft.shape[0]:
+        raise ValueError(f"fs {tuple(fs.shape)} and ft {tuple(ft.shape)} must have the same rank and batch size")
+    if fs.dim() - 2 > 3 and map_shape(fs, cs) != map_shape(ft, ct):
+        raise ValueError("maps with more than 3 axes must have equal shapes (no adaptive pooling beyond 3-d)")
+    return cs, ct
+
+
+def count(shape) -> int:
+    return math.prod(shape)

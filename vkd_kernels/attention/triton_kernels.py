@@ -1,0 +1,297 @@
+"""Triton kernels of the attention-transfer raw map (spec: ops.md 3a).
+
+x is read as (N, C, P) strided. Each program takes BLOCK_P positions of one sample
+and loops over the channels in [BLOCK_C, BLOCK_P] tiles: the forward sums |x|^q over
+C (one read of x), the backward writes dx = q |x|^(q-1) sign(x) dL/da / C (one read,
+one write). POWER selects the exponent case: 0 q = 2, 1 q = 1, 2 any q > 0 (via
+exp2/log2). No tl.dot, so any power-of-two block compiles; ``launch_constexprs`` is
+the one place configs are chosen and ``aot_specs`` enumerates all of them.
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Iterator
+
+import torch
+import triton
+import triton.language as tl
+
+POWERS = {2.0: 0, 1.0: 1}  # exponent -> POWER; anything else -> 2
+
+
+@triton.jit
+def _power(v, q, POWER: tl.constexpr):
+    """|v|^q (v in the accumulation dtype)."""
+    m = tl.abs(v)
+    if POWER == 0:
+        out = v * v
+    elif POWER == 1:
+        out = m
+    else:
+        out = tl.where(m > 0, tl.exp2(q * tl.log2(tl.where(m > 0, m, 1.0))), 0.0).to(v.dtype)
+    return out
+
+
+@triton.jit
+def _power_grad(v, q, POWER: tl.constexpr):
+    """q |v|^(q-1) sign(v), 0 at v = 0 (no inf/NaN for q <= 1)."""
+    sign = tl.where(v > 0, 1.0, tl.where(v < 0, -1.0, 0.0)).to(v.dtype)
+    m = tl.abs(v)
+    if POWER == 0:
+        out = 2.0 * v
+    elif POWER == 1:
+        out = sign
+    else:
+        out = (tl.where(m > 0, q * tl.exp2((q - 1.0) * tl.log2(tl.where(m > 0, m, 1.0))), 0.0) * sign).to(v.dtype)
+    return out
+
+
+@triton.jit
+def _map_forward(
+    x_ptr,                     # feature (N, C, P) strided
+    a_ptr,                     # map (N, P) strided, accumulation dtype
+    N, C, P,                   # sizes
+    q,                         # exponent (POWER == 2 only)
+    x_sn, x_sc, x_sp,          # feature strides
+    a_sn, a_sp,                # map strides
+    POWER: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, IS_FP64: tl.constexpr,
+):
+    n = tl.program_id(1).to(tl.int64)
+    p = tl.program_id(0).to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
+    acc = tl.zeros((BLOCK_P,), tl.float64 if IS_FP64 else tl.float32)
+    for c0 in range(0, C, BLOCK_C):
+        c = c0 + tl.arange(0, BLOCK_C)
+        mask = (c[:, None] < C) & (p[None, :] < P)
+        x = tl.load(x_ptr + n * x_sn + c[:, None].to(tl.int64) * x_sc + p[None, :] * x_sp, mask=mask, other=0.0)
+        x = x.to(tl.float64) if IS_FP64 else x.to(tl.float32)
+        acc += tl.sum(_power(x, q, POWER), axis=0)
+    tl.store(a_ptr + n * a_sn + p * a_sp, acc / C, mask=p < P)
+
+
+@triton.jit
+def _map_backward(
+    x_ptr,                     # feature (N, C, P) strided
+    g_ptr,                     # dL/da (N, P) strided, accumulation dtype
+    dx_ptr,                    # gradient (N, C, P) strided
+    N, C, P, q,
+    x_sn, x_sc, x_sp,
+    g_sn, g_sp,
+    dx_sn, dx_sc, dx_sp,
+    POWER: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, IS_FP64: tl.constexpr,
+):
+    n = tl.program_id(1).to(tl.int64)
+    p = tl.program_id(0).to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
+    g = tl.load(g_ptr + n * g_sn + p * g_sp, mask=p < P, other=0.0) / C
+    for c0 in range(0, C, BLOCK_C):
+        c = c0 + tl.arange(0, BLOCK_C)
+        mask = (c[:, None] < C) & (p[None, :] < P)
+        x = tl.load(x_ptr + n * x_sn + c[:, None].to(tl.int64) * x_sc + p[None, :] * x_sp, mask=mask, other=0.0)
+        x = x.to(tl.float64) if IS_FP64 else x.to(tl.float32)
+        dx = _power_grad(x, q, POWER) * g[None, :]
+        tl.store(dx_ptr + n * dx_sn + c[:, None].to(tl.int64) * dx_sc + p[None, :] * dx_sp,
+                 dx.to(dx_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _load_tile(ptr, base, j, c, J, Cg, C, IS_FP64: tl.constexpr):
+    """[BLOCK_J, BLOCK_C] tile of a contiguous (N, J, C) tensor in the accumulation dtype."""
+    mask = (j[:, None] < J) & (c[None, :] < Cg)
+    x = tl.load(ptr + base + j[:, None].to(tl.int64) * C + c[None, :], mask=mask, other=0.0)
+    return x.to(tl.float64) if IS_FP64 else x.to(tl.float32), mask
+
+
+@triton.jit
+def _channel_params(gamma_ptr, beta_ptr, c0, c, Cg, HAS_GAMMA: tl.constexpr, HAS_BETA: tl.constexpr,
+                    IS_FP64: tl.constexpr):
+    """gamma, beta [BLOCK_C] of channels c0 + c (1 and 0 when absent)."""
+    dtype = tl.float64 if IS_FP64 else tl.float32
+    gamma = tl.load(gamma_ptr + c0 + c, mask=c < Cg, other=1.0).to(dtype) if HAS_GAMMA else tl.full(c.shape, 1.0, dtype)
+    beta = tl.load(beta_ptr + c0 + c, mask=c < Cg, other=0.0).to(dtype) if HAS_BETA else tl.zeros(c.shape, dtype)
+    return gamma, beta
+
+
+@triton.jit
+def _head_norm_forward(
+    z_ptr,                     # Z (N, J, C) contiguous: the distinct conv columns, channels-last
+    w_ptr,                     # (J,) column-class counts
+    gamma_ptr, beta_ptr,       # (C,) GroupNorm affine (unused unless HAS_GAMMA / HAS_BETA)
+    h_ptr,                     # H (N, J, C) output
+    stats_ptr,                 # (N, G, 2) output: mean, rstd (accumulation dtype)
+    N, J, C, G,                # sizes
+    M, eps,                    # elements per group of the upsampled tensor (Cg L), GroupNorm eps
+    HAS_GAMMA: tl.constexpr, HAS_BETA: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_C: tl.constexpr,
+    IS_FP64: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    Cg = C // G
+    c0 = (pid % G) * Cg
+    base = (pid // G).to(tl.int64) * J * C + c0
+    dtype = tl.float64 if IS_FP64 else tl.float32
+    total = tl.zeros((BLOCK_J, BLOCK_C), dtype)
+    for j0 in range(0, J, BLOCK_J):
+        j = j0 + tl.arange(0, BLOCK_J)
+        wj = tl.load(w_ptr + j, mask=j < J, other=0.0).to(dtype)
+        for k0 in range(0, Cg, BLOCK_C):
+            z, _ = _load_tile(z_ptr, base + k0, j, tl.arange(0, BLOCK_C), J, Cg - k0, C, IS_FP64)
+            total += z * wj[:, None]
+    mean = tl.sum(tl.sum(total, axis=1), axis=0) / M
+    total = tl.zeros((BLOCK_J, BLOCK_C), dtype)
+    for j0 in range(0, J, BLOCK_J):
+        j = j0 + tl.arange(0, BLOCK_J)
+        wj = tl.load(w_ptr + j, mask=j < J, other=0.0).to(dtype)
+        for k0 in range(0, Cg, BLOCK_C):
+            z, mask = _load_tile(z_ptr, base + k0, j, tl.arange(0, BLOCK_C), J, Cg - k0, C, IS_FP64)
+            d = tl.where(mask, z - mean, 0.0)
+            total += d * d * wj[:, None]
+    rstd = 1.0 / tl.sqrt(tl.sum(tl.sum(total, axis=1), axis=0) / M + eps)
+    for j0 in range(0, J, BLOCK_J):
+        j = j0 + tl.arange(0, BLOCK_J)
+        for k0 in range(0, Cg, BLOCK_C):
+            c = tl.arange(0, BLOCK_C)
+            z, mask = _load_tile(z_ptr, base + k0, j, c, J, Cg - k0, C, IS_FP64)
+            gamma, beta = _channel_params(gamma_ptr, beta_ptr, c0 + k0, c, Cg - k0, HAS_GAMMA, HAS_BETA, IS_FP64)
+            h = tl.maximum((z - mean) * rstd * gamma[None, :] + beta[None, :], 0.0)
+            tl.store(h_ptr + base + k0 + j[:, None].to(tl.int64) * C + c[None, :], h.to(h_ptr.dtype.element_ty),
+                     mask=mask)
+    tl.store(stats_ptr + 2 * pid, mean)
+    tl.store(stats_ptr + 2 * pid + 1, rstd)
+
+
+@triton.jit
+def _head_norm_backward(
+    z_ptr, w_ptr, gamma_ptr, beta_ptr,  # as in _head_norm_forward
+    stats_ptr,                 # (N, G, 2) mean, rstd from the forward
+    dh_ptr,                    # dL/dH (N, J, C) contiguous
+    dz_ptr,                    # dL/dZ (N, J, C) output
+    dgamma_ptr, dbeta_ptr,     # (N, C) outputs: per-sample partial sums (unused unless HAS_GAMMA / HAS_BETA)
+    N, J, C, G, M,
+    HAS_GAMMA: tl.constexpr, HAS_BETA: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_C: tl.constexpr,
+    IS_FP64: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    Cg = C // G
+    c0 = (pid % G) * Cg
+    n = (pid // G).to(tl.int64)
+    base = n * J * C + c0
+    dtype = tl.float64 if IS_FP64 else tl.float32
+    mean = tl.load(stats_ptr + 2 * pid)
+    rstd = tl.load(stats_ptr + 2 * pid + 1)
+    s1 = tl.zeros((BLOCK_C,), dtype)
+    s2 = tl.zeros((BLOCK_C,), dtype)
+    for k0 in range(0, Cg, BLOCK_C):
+        c = tl.arange(0, BLOCK_C)
+        gamma, beta = _channel_params(gamma_ptr, beta_ptr, c0 + k0, c, Cg - k0, HAS_GAMMA, HAS_BETA, IS_FP64)
+        dg = tl.zeros((BLOCK_C,), dtype)
+        db = tl.zeros((BLOCK_C,), dtype)
+        for j0 in range(0, J, BLOCK_J):
+            j = j0 + tl.arange(0, BLOCK_J)
+            z, mask = _load_tile(z_ptr, base + k0, j, c, J, Cg - k0, C, IS_FP64)
+            dh, _ = _load_tile(dh_ptr, base + k0, j, c, J, Cg - k0, C, IS_FP64)
+            xhat = (z - mean) * rstd
+            dh = tl.where(mask & (xhat * gamma[None, :] + beta[None, :] > 0), dh, 0.0)
+            dg += tl.sum(dh * xhat, axis=0)
+            db += tl.sum(dh, axis=0)
+            s1 += tl.sum(dh * gamma[None, :], axis=0)
+            s2 += tl.sum(dh * gamma[None, :] * xhat, axis=0)
+        if HAS_GAMMA:
+            tl.store(dgamma_ptr + n * C + c0 + k0 + c, dg.to(dgamma_ptr.dtype.element_ty), mask=c < Cg - k0)
+        if HAS_BETA:
+            tl.store(dbeta_ptr + n * C + c0 + k0 + c, db.to(dbeta_ptr.dtype.element_ty), mask=c < Cg - k0)
+    sum_dxhat = tl.sum(s1, axis=0)
+    sum_dxhat_xhat = tl.sum(s2, axis=0)
+    for j0 in range(0, J, BLOCK_J):
+        j = j0 + tl.arange(0, BLOCK_J)
+        wm = tl.load(w_ptr + j, mask=j < J, other=0.0).to(dtype) / M
+        for k0 in range(0, Cg, BLOCK_C):
+            c = tl.arange(0, BLOCK_C)
+            gamma, beta = _channel_params(gamma_ptr, beta_ptr, c0 + k0, c, Cg - k0, HAS_GAMMA, HAS_BETA, IS_FP64)
+            z, mask = _load_tile(z_ptr, base + k0, j, c, J, Cg - k0, C, IS_FP64)
+            dh, _ = _load_tile(dh_ptr, base + k0, j, c, J, Cg - k0, C, IS_FP64)
+            xhat = (z - mean) * rstd
+            dxhat = tl.where(xhat * gamma[None, :] + beta[None, :] > 0, dh * gamma[None, :], 0.0)
+            dz = rstd * (dxhat - wm[:, None] * (sum_dxhat + xhat * sum_dxhat_xhat))
+            tl.store(dz_ptr + base + k0 + j[:, None].to(tl.int64) * C + c[None, :], dz.to(dz_ptr.dtype.element_ty),
+                     mask=mask)
+
+
+KERNELS = (_map_forward, _map_backward, _head_norm_forward, _head_norm_backward)
+
+
+def launch_constexprs(q: float, dtype: torch.dtype) -> dict:
+    """The constexprs of a call: the one place configs are chosen."""
+    return dict(POWER=POWERS.get(float(q), 2), BLOCK_C=16, BLOCK_P=64 if dtype == torch.float64 else 128,
+                IS_FP64=dtype == torch.float64)
+
+
+def _grid(x: torch.Tensor, c: dict) -> tuple:
+    N, _, P = x.shape
+    return (triton.cdiv(P, c["BLOCK_P"]), N)
+
+
+def forward(x: torch.Tensor, p: float, a: torch.Tensor) -> None:
+    """Writes a (N, P) = mean_c |x|^p for x (N, C, P) strided."""
+    c = launch_constexprs(p, x.dtype)
+    _map_forward[_grid(x, c)](x, a, *x.shape, p, *x.stride(), *a.stride(), **c, num_warps=4)
+
+
+def backward(x: torch.Tensor, grad: torch.Tensor, p: float, dx: torch.Tensor) -> None:
+    """Writes dx (N, C, P) = p |x|^(p-1) sign(x) grad[n, p] / C."""
+    c = launch_constexprs(p, x.dtype)
+    _map_backward[_grid(x, c)](x, grad, dx, *x.shape, p, *x.stride(), *grad.stride(), *dx.stride(), **c,
+                               num_warps=4)
+
+
+def head_constexprs(dtype: torch.dtype) -> dict:
+    """The constexprs of the head's GroupNorm kernels (besides HAS_GAMMA / HAS_BETA)."""
+    return dict(BLOCK_J=16, BLOCK_C=32, IS_FP64=dtype == torch.float64)
+
+
+def head_norm_forward(Z, w, gamma, beta, groups: int, M: float, eps: float, H, stats) -> None:
+    """Weighted GroupNorm + ReLU of the head's compact tail: writes H (N, J, C) and stats (N, G, 2)."""
+    N, J, C = Z.shape
+    _head_norm_forward[(N * groups,)](Z, w, Z if gamma is None else gamma, Z if beta is None else beta, H, stats,
+                                      N, J, C, groups, M, eps, HAS_GAMMA=gamma is not None,
+                                      HAS_BETA=beta is not None, **head_constexprs(Z.dtype), num_warps=4)
+
+
+def head_norm_backward(Z, w, gamma, beta, stats, dH, groups: int, M: float, dZ, dgamma, dbeta) -> None:
+    """Writes dZ (N, J, C) and the per-sample partial sums dgamma, dbeta (N, C) where given."""
+    N, J, C = Z.shape
+    _head_norm_backward[(N * groups,)](Z, w, Z if gamma is None else gamma, Z if beta is None else beta, stats, dH,
+                                       dZ, Z if dgamma is None else dgamma, Z if dbeta is None else dbeta,
+                                       N, J, C, groups, M, HAS_GAMMA=gamma is not None, HAS_BETA=beta is not None,
+                                       **head_constexprs(Z.dtype), num_warps=4)
+
+
+_TRITON_TYPES = {torch.float32: "fp32", torch.float64: "fp64", torch.float16: "fp16", torch.bfloat16: "bf16"}
+
+
+def aot_specs(int_type: str = "i32") -> Iterator[tuple]:
+    """(kernel, signature, constexprs, options) for every config launch_constexprs can produce."""
+    for dtype, ty in _TRITON_TYPES.items():
+        acc = "fp64" if dtype == torch.float64 else "fp32"
+        # the head kernels with gamma and beta present (a superset of the code without)
+        c = dict(head_constexprs(dtype), HAS_GAMMA=True, HAS_BETA=True)
+        tensors = {name: f"*{ty}" for name in ("z_ptr", "w_ptr", "gamma_ptr", "beta_ptr", "h_ptr", "dh_ptr",
+                                                "dz_ptr", "dgamma_ptr", "dbeta_ptr")}
+        tensors["stats_ptr"] = f"*{acc}"
+        for kernel in (_head_norm_forward, _head_norm_backward):
+            yield kernel, _signature(kernel, tensors, int_type), c, dict(num_warps=4)
+        for q in (2.0, 1.0, 1.5):
+            c = launch_constexprs(q, dtype)
+            yield _map_forward, _signature(_map_forward, {"x_ptr": f"*{ty}", "a_ptr": f"*{acc}"}, int_type), c, \
+                dict(num_warps=4)
+            yield _map_backward, _signature(_map_backward, {"x_ptr": f"*{ty}", "g_ptr": f"*{acc}",
+                                                            "dx_ptr": f"*{ty}"}, int_type), c, dict(num_warps=4)
+
+
+def _signature(kernel, pointers: dict, int_type: str) -> dict:
+    """Triton signature of a launch: q, M, eps are fp32, other scalars int_type."""
+    fn = getattr(kernel, "fn", kernel)
+    sig = {}
+    for name, param in inspect.signature(fn).parameters.items():
+        if "constexpr" in str(param.annotation):
+            sig[name] = "constexpr"
+        else:
+            sig[name] = pointers.get(name, "fp32" if name in ("q", "M", "eps") else int_type)
+    return sig
