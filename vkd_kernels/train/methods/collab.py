@@ -5,7 +5,10 @@ Only the paper's abstract is public; this is our reading (methods.md, method B):
 * spectrum term: ``vkd_kernels.temporal_spectrum_loss(adapter(f_s), f_t)`` on the
   chosen stages (default: last), a 1x1x1 conv adapter on the student;
 * parameter term: ``vkd_kernels.WeightSpectrumLoss`` between the stage-pooled k>1
-  conv kernels of student and teacher (stage prefixes: the models' feature stages);
+  conv kernels of student and teacher (stage prefixes: the models' feature stages, or
+  ``student_groups`` / ``teacher_groups``; paired groups need one kernel size, so
+  I3D -> Top-heavy I3D pairs only the 3-D stages, and a bottleneck 3-D ResNet, whose
+  stages mix (3, 1, 1) and (3, 3, 3) kernels, needs per-layer groups);
 * standard logit KD at temperature 4, and CE;
 * "collaborative learning from a probabilistic view": learned homoscedastic
   uncertainty weighting ``L = sum_i exp(-s_i) L_i + s_i`` over the terms, ``s_i``
