@@ -45,6 +45,15 @@ bool on_cuda(const std::string& device) {
   throw std::invalid_argument("vkd: device must be 'cpu' or 'cuda', got '" + device + "'");
 }
 
+vkd::WeightGramArgs weight_args(int dtype, uintptr_t tensors, uintptr_t groups, int64_t num_tensors,
+                                int64_t num_groups, int64_t splits, int64_t flat_size, uintptr_t partials,
+                                uintptr_t M, uintptr_t stream) {
+  if (splits < 1 || num_groups < 1) throw std::invalid_argument("vkd: weight gram needs splits, groups >= 1");
+  return vkd::WeightGramArgs{{ptr<const int64_t>(tensors), ptr<const int64_t>(groups), num_tensors, num_groups,
+                              splits, flat_size},
+                             vkd::DType(dtype), ptr<void>(partials), ptr<const void>(M), stream};
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -125,4 +134,38 @@ PYBIND11_MODULE(_C, m) {
         py::arg("teacher_strides"), py::arg("grad_d"), py::arg("grad_strides"),
         py::arg("grad_scale"), py::arg("grad_student"), py::arg("grad_student_strides"),
         py::arg("grad_teacher"), py::arg("grad_teacher_strides"), py::arg("stream"));
+
+  // Weight-spectrum distance (kernels.h WeightGramArgs): the tables, partials and M
+  // live on `device`.
+  m.def("weight_gram",
+        [](const std::string& device, int dtype, uintptr_t tensors, uintptr_t groups, int64_t num_tensors,
+           int64_t num_groups, int64_t splits, int64_t flat_size, uintptr_t partials, uintptr_t stream) {
+          const auto a = weight_args(dtype, tensors, groups, num_tensors, num_groups, splits, flat_size,
+                                     partials, 0, stream);
+          const bool cuda = on_cuda(device);
+          py::gil_scoped_release release;
+#ifdef VKD_WITH_CUDA
+          if (cuda) return vkd::weight_gram_cuda(a);
+#endif
+          (void)cuda;
+          vkd::weight_gram_cpu(a);
+        },
+        py::arg("device"), py::arg("dtype"), py::arg("tensors"), py::arg("groups"), py::arg("num_tensors"),
+        py::arg("num_groups"), py::arg("splits"), py::arg("flat_size"), py::arg("partials"), py::arg("stream"));
+
+  m.def("weight_gram_backward",
+        [](const std::string& device, int dtype, uintptr_t tensors, uintptr_t groups, int64_t num_tensors,
+           int64_t num_groups, int64_t splits, int64_t flat_size, uintptr_t M, uintptr_t stream) {
+          const auto a = weight_args(dtype, tensors, groups, num_tensors, num_groups, splits, flat_size, 0, M,
+                                     stream);
+          const bool cuda = on_cuda(device);
+          py::gil_scoped_release release;
+#ifdef VKD_WITH_CUDA
+          if (cuda) return vkd::weight_gram_backward_cuda(a);
+#endif
+          (void)cuda;
+          vkd::weight_gram_backward_cpu(a);
+        },
+        py::arg("device"), py::arg("dtype"), py::arg("tensors"), py::arg("groups"), py::arg("num_tensors"),
+        py::arg("num_groups"), py::arg("splits"), py::arg("flat_size"), py::arg("M"), py::arg("stream"));
 }

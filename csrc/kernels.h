@@ -4,6 +4,7 @@
 #pragma once
 #include <cstdint>
 #include "common/spectrum.h"
+#include "common/weights.h"
 
 namespace vkd {
 
@@ -44,6 +45,29 @@ void spectrum_backward_cpu(const SpectrumBackwardArgs& args);
 int64_t spectrum_num_partials_cuda(int64_t groups);
 void spectrum_forward_cuda(const SpectrumForwardArgs& args);
 void spectrum_backward_cuda(const SpectrumBackwardArgs& args);
+#endif
+
+}  // namespace vkd
+
+namespace vkd {
+
+// Weight-spectrum distance (common/weights.h). Forward: writes partials
+// (splits, flat_size) in the accumulation dtype (float64 for float64 weights, else
+// float32). Backward: writes dW = W M for every tensor (at its gradient pointer), M_flat
+// (flat_size,) in the accumulation dtype. Tables live on the kernels' device.
+struct WeightGramArgs {
+  weights::Tables tables;
+  DType dtype;
+  void* partials;       // forward output
+  const void* M;        // backward input
+  uintptr_t stream;
+};
+
+void weight_gram_cpu(const WeightGramArgs& args);
+void weight_gram_backward_cpu(const WeightGramArgs& args);
+#ifdef VKD_WITH_CUDA
+void weight_gram_cuda(const WeightGramArgs& args);
+void weight_gram_backward_cuda(const WeightGramArgs& args);
 #endif
 
 }  // namespace vkd
