@@ -121,7 +121,8 @@ def dct_matrix(n: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """Orthonormal DCT-II (n, n): C[f, x] = sqrt((2 - [f=0]) / n) cos(pi (2x + 1) f / (2n))."""
     f = torch.arange(n, dtype=torch.float64)[:, None]
     x = torch.arange(n, dtype=torch.float64)[None, :]
-    scale = torch.where(f == 0, math.sqrt(1.0 / n), math.sqrt(2.0 / n))
+    scale = torch.full_like(f, math.sqrt(2.0 / n))
+    scale[0] = math.sqrt(1.0 / n)
     return (scale * torch.cos(math.pi * (2 * x + 1) * f / (2 * n))).to(dtype)
 
 

@@ -184,8 +184,21 @@ def _fused_spectra(groups: List[List[torch.Tensor]], transform: str, drop_dc: bo
     return normalize(e, eps)
 
 
+def _named(name: str, items: list) -> dict:
+    """{"student[i]" or "student[i][j]": tensor} for the finite check's message."""
+    named = {}
+    for i, item in enumerate(items):
+        if isinstance(item, torch.Tensor):
+            named[f"{name}[{i}]"] = item
+        else:
+            named.update({f"{name}[{i}][{j}]": w for j, w in enumerate(item) if isinstance(w, torch.Tensor)})
+    return named
+
+
 def _check_finite(result: torch.Tensor, named: dict) -> None:
-    if finite_check_enabled(result.device):
+    """Raise naming the input that holds NaN/inf if the result is not finite (CPU by
+    default, see _checks.finite_check_enabled; not while torch.compile traces)."""
+    if finite_check_enabled(result.device) and not torch.compiler.is_compiling():
         raise_if_not_finite(result, **named)
 
 
@@ -263,7 +276,7 @@ def weight_spectrum_distance(student: Sequence[Group], teacher: Sequence[Union[G
             pt = torch.stack(rows)
         d = spectrum_distance(p[:n], pt, distance, float(eps))
         result = d.mean() if reduction == "mean" else d.sum()
-    _check_finite(result, {f"student[{i}]": w for i, g in enumerate(s_groups) for w in g})
+    _check_finite(result, {**_named("student", student_items), **_named("teacher", teacher_items)})
     return result
 
 
@@ -285,5 +298,5 @@ def weight_spectrum(weights, *, transform: str = "dct", drop_dc: bool = False, e
         p = _fused_spectra(groups, transform, drop_dc, float(eps), chosen)
         spectra = [p[i, int(drop_dc):math.prod(_kernel(g))] for i, g in enumerate(groups)]
     for i, s in enumerate(spectra):
-        _check_finite(s, {f"weights[{i}][{j}]": w for j, w in enumerate(groups[i])})
+        _check_finite(s, _named("weights", [weights]) if single else _named("weights", items))
     return spectra[0] if single else spectra
