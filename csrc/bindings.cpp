@@ -135,37 +135,26 @@ PYBIND11_MODULE(_C, m) {
         py::arg("grad_scale"), py::arg("grad_student"), py::arg("grad_student_strides"),
         py::arg("grad_teacher"), py::arg("grad_teacher_strides"), py::arg("stream"));
 
-  // Weight-spectrum distance (kernels.h WeightGramArgs): the tables, partials and M
-  // live on `device`.
-  m.def("weight_gram",
-        [](const std::string& device, int dtype, uintptr_t tensors, uintptr_t groups, int64_t num_tensors,
-           int64_t num_groups, int64_t splits, int64_t flat_size, uintptr_t partials, uintptr_t stream) {
-          const auto a = weight_args(dtype, tensors, groups, num_tensors, num_groups, splits, flat_size,
-                                     partials, 0, stream);
-          const bool cuda = on_cuda(device);
-          py::gil_scoped_release release;
+  // Weight-spectrum distance (kernels.h WeightGramArgs): forward and backward take the
+  // same tables; `buffer` is the partials (forward, written) or M_flat (backward, read).
+  // Tables, partials and M live on `device`.
+  const auto bind_weight_op = [&m](const char* name, bool forward) {
+    m.def(name,
+          [forward](const std::string& device, int dtype, uintptr_t tensors, uintptr_t groups, int64_t num_tensors,
+                    int64_t num_groups, int64_t splits, int64_t flat_size, uintptr_t buffer, uintptr_t stream) {
+            const auto a = weight_args(dtype, tensors, groups, num_tensors, num_groups, splits, flat_size,
+                                       forward ? buffer : 0, forward ? 0 : buffer, stream);
+            const bool cuda = on_cuda(device);
+            py::gil_scoped_release release;
 #ifdef VKD_WITH_CUDA
-          if (cuda) return vkd::weight_gram_cuda(a);
+            if (cuda) return forward ? vkd::weight_gram_cuda(a) : vkd::weight_gram_backward_cuda(a);
 #endif
-          (void)cuda;
-          vkd::weight_gram_cpu(a);
-        },
-        py::arg("device"), py::arg("dtype"), py::arg("tensors"), py::arg("groups"), py::arg("num_tensors"),
-        py::arg("num_groups"), py::arg("splits"), py::arg("flat_size"), py::arg("partials"), py::arg("stream"));
-
-  m.def("weight_gram_backward",
-        [](const std::string& device, int dtype, uintptr_t tensors, uintptr_t groups, int64_t num_tensors,
-           int64_t num_groups, int64_t splits, int64_t flat_size, uintptr_t M, uintptr_t stream) {
-          const auto a = weight_args(dtype, tensors, groups, num_tensors, num_groups, splits, flat_size, 0, M,
-                                     stream);
-          const bool cuda = on_cuda(device);
-          py::gil_scoped_release release;
-#ifdef VKD_WITH_CUDA
-          if (cuda) return vkd::weight_gram_backward_cuda(a);
-#endif
-          (void)cuda;
-          vkd::weight_gram_backward_cpu(a);
-        },
-        py::arg("device"), py::arg("dtype"), py::arg("tensors"), py::arg("groups"), py::arg("num_tensors"),
-        py::arg("num_groups"), py::arg("splits"), py::arg("flat_size"), py::arg("M"), py::arg("stream"));
+            (void)cuda;
+            forward ? vkd::weight_gram_cpu(a) : vkd::weight_gram_backward_cpu(a);
+          },
+          py::arg("device"), py::arg("dtype"), py::arg("tensors"), py::arg("groups"), py::arg("num_tensors"),
+          py::arg("num_groups"), py::arg("splits"), py::arg("flat_size"), py::arg("buffer"), py::arg("stream"));
+  };
+  bind_weight_op("weight_gram", true);
+  bind_weight_op("weight_gram_backward", false);
 }

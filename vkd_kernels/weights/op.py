@@ -74,21 +74,18 @@ def _(grad, weights, group_ids, num_groups, backend):
 
 
 def _setup_context(ctx, inputs, output):
+    """Keeps only the weights that need a gradient (a frozen teacher keeps nothing)."""
     weights, group_ids, num_groups, _, backend = inputs
-    ctx.needed = [w.requires_grad for w in weights]
-    ctx.options = (group_ids, num_groups, backend)
-    ctx.save_for_backward(*weights)
+    ctx.needed = [i for i, w in enumerate(weights) if w.requires_grad]
+    ctx.options = (len(weights), [group_ids[i] for i in ctx.needed], num_groups, backend)
+    ctx.save_for_backward(*[weights[i] for i in ctx.needed])
 
 
 def _autograd_backward(ctx, grad):
-    weights = ctx.saved_tensors
-    group_ids, num_groups, backend = ctx.options
-    needed = [i for i, flag in enumerate(ctx.needed) if flag]
-    grads: list = [None] * len(weights)
-    if needed:
-        computed = _gram_backward_op(grad, [weights[i] for i in needed], [group_ids[i] for i in needed],
-                                     num_groups, backend)
-        for i, g in zip(needed, computed):
+    count, group_ids, num_groups, backend = ctx.options
+    grads: list = [None] * count
+    if ctx.needed:
+        for i, g in zip(ctx.needed, _gram_backward_op(grad, list(ctx.saved_tensors), group_ids, num_groups, backend)):
             grads[i] = g
     return grads, None, None, None, None
 
