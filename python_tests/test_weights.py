@@ -147,10 +147,10 @@ def test_many_splits_and_pooled_groups(backend):
 def test_mixed_dtypes_and_noncontiguous(backend):
     """A float16 teacher with a float32 student (one launch per dtype) and weights in
     channels_last_3d / transposed memory (copied contiguous)."""
-    student = [torch.randn(6, 4, 3, 3, 3).to(memory_format=torch.channels_last_3d).requires_grad_(),
-               torch.randn(5, 4, 3, 2).transpose(2, 3).requires_grad_()]
-    teacher = [torch.randn(4, 6, 3, 3, 3, dtype=torch.float16).requires_grad_(),
-               torch.randn(3, 2, 2, 3).requires_grad_()]
+    student = [torch.randn(6, 4, 3, 3, 3, device=DEVICE).to(memory_format=torch.channels_last_3d).requires_grad_(),
+               torch.randn(5, 4, 3, 2, device=DEVICE).transpose(2, 3).requires_grad_()]
+    teacher = [torch.randn(4, 6, 3, 3, 3, dtype=torch.float16, device=DEVICE).requires_grad_(),
+               torch.randn(3, 2, 2, 3, device=DEVICE).requires_grad_()]
     assert not student[0].is_contiguous() and not student[1].is_contiguous()
     loss, grads = run(backend, student, teacher)
     expected, expected_grads = run("reference", as_double(student), as_double(teacher))
@@ -193,9 +193,9 @@ def test_weight_spectrum_shapes():
 @pytest.mark.parametrize("distance", weights_layout.DISTANCES)
 def test_zero_kernels_give_finite_gradients(backend, distance):
     """All-zero kernels (e = 0) and DC-only kernels with drop_dc: p has zero bins."""
-    zero = torch.zeros(3, 2, 3, 3, requires_grad=True)
-    constant = torch.ones(4, 2, 3, 3, requires_grad=True)
-    teacher = [torch.randn(5, 2, 3, 3), torch.zeros(2, 2, 3, 3)]
+    zero = torch.zeros(3, 2, 3, 3, device=DEVICE, requires_grad=True)
+    constant = torch.ones(4, 2, 3, 3, device=DEVICE, requires_grad=True)
+    teacher = [torch.randn(5, 2, 3, 3, device=DEVICE), torch.zeros(2, 2, 3, 3, device=DEVICE)]
     for drop_dc in (False, True):
         loss, grads = run(backend, [zero, constant], teacher, distance=distance, drop_dc=drop_dc)
         assert torch.isfinite(loss) and all(torch.isfinite(g).all() for g in grads)
@@ -205,11 +205,11 @@ def test_zero_kernels_give_finite_gradients(backend, distance):
 def test_conjugate_bins_without_dc_are_constant(backend):
     """fft of a real length-3 kernel: bins 1 and 2 are conjugate, so with drop_dc every
     such group has p = (1/2, 1/2): the distance and its gradient vanish."""
-    student = [torch.randn(6, 1, 3, 1, 1, requires_grad=True)]
-    loss, grads = run(backend, student, [torch.randn(4, 3, 3, 1, 1)], transform="fft", drop_dc=True)
+    student = [torch.randn(6, 1, 3, 1, 1, device=DEVICE, requires_grad=True)]
+    loss, grads = run(backend, student, [torch.randn(4, 3, 3, 1, 1, device=DEVICE)], transform="fft", drop_dc=True)
     assert abs(loss.item()) < 1e-6 and grads[0].abs().max() < 1e-4
     assert torch.allclose(weight_spectrum(student[0], transform="fft", drop_dc=True, backend=backend),
-                          torch.tensor([0.5, 0.5]))
+                          torch.tensor([0.5, 0.5], device=DEVICE))
 
 
 @pytest.mark.parametrize("backend", FUSED_BACKENDS)
@@ -225,8 +225,9 @@ def test_deterministic(backend):
        counts=st.lists(st.tuples(st.integers(1, 9), st.integers(1, 6)), min_size=1, max_size=3),
        transform=st.sampled_from(weights_layout.TRANSFORMS))
 def test_fuzz_shapes(backend, kernel, counts, transform):
-    student = [[torch.randn((o, i) + tuple(kernel), dtype=torch.float64).requires_grad_() for o, i in counts]]
-    teacher = [torch.randn((3, 2) + tuple(kernel), dtype=torch.float64)]
+    student = [[torch.randn((o, i) + tuple(kernel), dtype=torch.float64, device=DEVICE).requires_grad_()
+                for o, i in counts]]
+    teacher = [torch.randn((3, 2) + tuple(kernel), dtype=torch.float64, device=DEVICE)]
     check_backend(backend, student, teacher, torch.float64, transform=transform)
 
 
@@ -235,10 +236,9 @@ def test_fuzz_shapes(backend, kernel, counts, transform):
 @pytest.mark.parametrize("backend", ALL_BACKENDS)
 @pytest.mark.parametrize("transform,distance", [("dct", "kl"), ("fft", "js"), ("dct", "l2")])
 def test_gradcheck_float64(backend, transform, distance):
-    s = [torch.randn(3, 2, 3, 2, dtype=torch.float64, requires_grad=True),
-         torch.randn(2, 2, 1, 3, 3, dtype=torch.float64, requires_grad=True)]
-    t = [torch.randn(2, 2, 3, 2, dtype=torch.float64, requires_grad=True),
-         torch.randn(4, 1, 1, 3, 3, dtype=torch.float64, requires_grad=True)]
+    def w(*shape):
+        return torch.randn(shape, dtype=torch.float64, device=DEVICE, requires_grad=True)
+    s, t = [w(3, 2, 3, 2), w(2, 2, 1, 3, 3)], [w(2, 2, 3, 2), w(4, 1, 1, 3, 3)]
 
     def f(a, b, c, d):
         return weight_spectrum_distance([a, b], [c, d], transform=transform, distance=distance, drop_dc=True,
@@ -250,10 +250,10 @@ def test_gradcheck_float64(backend, transform, distance):
 
 @pytest.mark.parametrize("backend", FUSED_BACKENDS)
 def test_opcheck(backend):
-    weights = [torch.randn(4, 3, 3, 3, requires_grad=True), torch.randn(3, 2, 2, 3, requires_grad=True),
-               torch.randn(2, 2, 3, 3, requires_grad=True)]  # group 0: P = 6, group 1: P = 9
+    weights = [torch.randn(shape, device=DEVICE, requires_grad=True)  # group 0: P = 6, group 1: P = 9
+               for shape in ((4, 3, 3, 3), (3, 2, 2, 3), (2, 2, 3, 3))]
     torch.library.opcheck(_gram_op, (weights, [1, 0, 1], 2, 9, backend))
-    grad = torch.randn(2, 9, 9)
+    grad = torch.randn(2, 9, 9, device=DEVICE)
     torch.library.opcheck(_gram_backward_op, (grad, [w.detach() for w in weights], [1, 0, 1], 2, backend),
                           test_utils=("test_schema", "test_faketensor"))
 
@@ -300,7 +300,7 @@ def test_conv_weight_groups():
 
 @pytest.mark.parametrize("backend", ALL_BACKENDS)
 def test_module_caches_a_frozen_teacher(backend):
-    student, teacher = TinyNet(4), TinyNet(6).requires_grad_(False)
+    student, teacher = TinyNet(4).to(DEVICE), TinyNet(6).to(DEVICE).requires_grad_(False)
     loss_fn = WeightSpectrumLoss(student, teacher, student_groups="layer", teacher_groups="layer",
                                  distance="js", backend=backend)
     first = loss_fn.teacher_spectra()
@@ -319,7 +319,7 @@ def test_module_caches_a_frozen_teacher(backend):
 
 @pytest.mark.parametrize("backend", ALL_BACKENDS)
 def test_module_trains_the_teacher(backend):
-    student, teacher = TinyNet(4), TinyNet(6)
+    student, teacher = TinyNet(4).to(DEVICE), TinyNet(6).to(DEVICE)
     loss_fn = WeightSpectrumLoss(student, teacher, student_groups=["stem", "layer1"],
                                  teacher_groups=["stem", "layer1"], backend=backend)
     loss_fn().backward()
@@ -342,6 +342,15 @@ def test_module_trains_the_teacher(backend):
     ([torch.ones(2, 2, 3, 3, dtype=torch.int64)], [torch.randn(2, 2, 3, 3)], {}, TypeError, r"student\[0\]"),
     ([torch.randn(0, 2, 3, 3)], [torch.randn(2, 2, 3, 3)], {}, ValueError, r"student\[0\] is empty"),
     ([[]], [torch.randn(2, 2, 3, 3)], {}, ValueError, "empty group"),
+    ([[torch.randn(2, 2, 3, 3), torch.randn(2, 2, 3, 3, device="meta")]], [torch.randn(2, 2, 3, 3)], {}, ValueError,
+     r"student\[0\]\[1\] is on meta"),
+    ([torch.randn(2, 2, 3, 3)], [torch.randn(2, 2, 3, 3, device="meta")], {}, ValueError,
+     r"teacher\[0\] is on meta but student\[0\] is on cpu"),
+    ([torch.randn(2, 2, 3, 3), torch.randn(2, 2, 3, 3, device="meta")], [torch.rand(9)] * 2, {}, ValueError,
+     r"teacher\[1\] is on cpu but student\[1\] is on meta"),
+    ([torch.randn(2, 2, 3, 3), torch.randn(2, 2, 3, 3, device="meta")], [torch.rand(9), torch.rand(9, device="meta")],
+     {}, ValueError,
+     r"student\[1\] is on meta but student\[0\] is on cpu"),
     (["w"], [torch.randn(2, 2, 3, 3)], {}, TypeError, r"student\[0\]"),
     ([torch.randn(2, 2, 3, 3)], [torch.randn(2, 2, 3, 3)], {"distance": "cos"}, ValueError, "distance"),
     ([torch.randn(2, 2, 3, 3)], [torch.randn(2, 2, 3, 3)], {"transform": "dft"}, ValueError, "transform"),
@@ -356,11 +365,13 @@ def test_bad_input(student, teacher, options, error, match):
 
 
 @pytest.mark.parametrize("backend", ALL_BACKENDS)
-def test_nan_weights_are_named(backend):
-    w = torch.randn(3, 2, 3, 3)
+def test_nan_weights_are_named(backend, monkeypatch):
+    monkeypatch.setenv("VKD_CHECK_FINITE", "1")  # on by default on the CPU only
+    w = torch.randn(3, 2, 3, 3, device=DEVICE)
     w[1, 1, 2, 2] = float("nan")
+    teacher = [torch.randn(2, 2, 3, 3, device=DEVICE)] * 2
     with pytest.raises(ValueError, match=r"student\[1\] contains NaN"):
-        weight_spectrum_distance([torch.randn(2, 2, 3, 3), w], [torch.randn(2, 2, 3, 3)] * 2, backend=backend)
+        weight_spectrum_distance([torch.randn(2, 2, 3, 3, device=DEVICE), w], teacher, backend=backend)
 
 
 @pytest.mark.skipif("cpu" not in FUSED_BACKENDS, reason="the CPU extension is not built")

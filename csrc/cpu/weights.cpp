@@ -1,7 +1,8 @@
 // Weight-spectrum distance on the CPU: OpenMP over (split, group) work items, table
-// walk from common/weights.h. A tile of kRows rows is converted once to the
-// accumulation type and transposed (P x kRows), so the Gram entries are dot products
-// over rows and dW^T = M^T tile^T is a sum of scaled rows: both vectorize across rows.
+// walk from common/weights.h. Forward: a tile of kRows rows is converted once to the
+// accumulation type and transposed (P x kRows), so the Gram entries are dot products over
+// rows that vectorize. Backward: dW = W M in register blocks of rows by columns, reading
+// and writing the rows in place.
 #include <algorithm>
 #include <cstring>
 #include <vector>
@@ -65,41 +66,54 @@ VKD_INLINE void tile_gram_upper(const acc_t* tile, int64_t P, acc_t* out) {
     }
 }
 
-// out[j][l] = sum_i M[i*P + j] tile[i][l]: (W M)^T of a tile, P x kRows. Register
-// blocks of four j by two 32-byte vectors of rows (GCC vector extensions, so the block
-// stays in registers).
-template <typename acc_t>
-VKD_INLINE void tile_times_matrix(const acc_t* tile, const acc_t* M, int64_t P, acc_t* out) {
+// dw[r] = w[r] M for rows [0, n): M zero padded to ld = a multiple of kCols columns.
+// Register blocks of three rows by kCols columns (GCC vector extensions, so the block
+// stays in registers); the rows are read and written in place, no transposes.
+template <typename scalar_t, typename acc_t>
+VKD_INLINE void rows_times_matrix(const scalar_t* w, const acc_t* M, int64_t P, int64_t ld, int64_t n,
+                                  scalar_t* dw) {
   typedef acc_t vec __attribute__((vector_size(32)));
-  constexpr int64_t kChunk = 2 * int64_t(sizeof(vec) / sizeof(acc_t));  // rows per register block
-  static_assert(kRows % kChunk == 0, "kRows must be a multiple of the register block");
-  for (int64_t j0 = 0; j0 < P; j0 += 4) {
-    const int64_t nj = P - j0 < 4 ? P - j0 : 4;
-    for (int64_t l0 = 0; l0 < kRows; l0 += kChunk) {
-      vec acc[4][2] = {};
+  constexpr int64_t kVecs = 4, kBlockRows = 3, kCols = kVecs * int64_t(sizeof(vec) / sizeof(acc_t));
+  for (int64_t c0 = 0; c0 < P; c0 += kCols) {
+    const int64_t nc = P - c0 < kCols ? P - c0 : kCols;
+    for (int64_t r = 0; r < n; r += kBlockRows) {
+      const int64_t nr = n - r < kBlockRows ? n - r : kBlockRows;
+      vec acc[kBlockRows][kVecs] = {};
       for (int64_t i = 0; i < P; ++i) {
-        vec x[2];
-        std::memcpy(x, tile + i * kRows + l0, sizeof(x));
-        const acc_t* m = M + i * P + j0;
-        for (int jj = 0; jj < 4; ++jj) {
-          const acc_t mj = jj < nj ? m[jj] : acc_t(0);
-          acc[jj][0] += mj * x[0];
-          acc[jj][1] += mj * x[1];
+        vec m[kVecs];
+        std::memcpy(m, M + i * ld + c0, sizeof(m));
+        for (int64_t rr = 0; rr < kBlockRows; ++rr) {
+          const acc_t x = rr < nr ? Element<scalar_t>::load(w + (r + rr) * P + i) : acc_t(0);
+          for (int64_t v = 0; v < kVecs; ++v) acc[rr][v] += x * m[v];
         }
       }
-      for (int64_t jj = 0; jj < nj; ++jj) std::memcpy(out + (j0 + jj) * kRows + l0, acc[jj], sizeof(acc[jj]));
+      for (int64_t rr = 0; rr < nr; ++rr) {
+        acc_t out[kCols];
+        std::memcpy(out, acc[rr], sizeof(out));
+        for (int64_t c = 0; c < nc; ++c) Element<scalar_t>::store(dw + (r + rr) * P + c0 + c, out[c]);
+      }
     }
   }
 }
 
+// Columns of the padded M of rows_times_matrix.
+template <typename acc_t>
+constexpr int64_t padded_columns(int64_t P) {
+  constexpr int64_t kCols = 4 * 32 / int64_t(sizeof(acc_t));
+  return (P + kCols - 1) / kCols * kCols;
+}
+
 VKD_CLONES void tile_gram(const float* tile, int64_t P, float* out) { tile_gram_upper(tile, P, out); }
 VKD_CLONES void tile_gram(const double* tile, int64_t P, double* out) { tile_gram_upper(tile, P, out); }
-VKD_CLONES void tile_matmul(const float* tile, const float* M, int64_t P, float* out) {
-  tile_times_matrix(tile, M, P, out);
-}
-VKD_CLONES void tile_matmul(const double* tile, const double* M, int64_t P, double* out) {
-  tile_times_matrix(tile, M, P, out);
-}
+#define VKD_ROWS_TIMES_MATRIX(scalar_t, acc_t)                                                        \
+  VKD_CLONES void rows_matmul(const scalar_t* w, const acc_t* M, int64_t P, int64_t ld, int64_t n, scalar_t* dw) { \
+    rows_times_matrix(w, M, P, ld, n, dw);                                                            \
+  }
+VKD_ROWS_TIMES_MATRIX(float, float)
+VKD_ROWS_TIMES_MATRIX(double, double)
+VKD_ROWS_TIMES_MATRIX(Half, float)
+VKD_ROWS_TIMES_MATRIX(BFloat16, float)
+#undef VKD_ROWS_TIMES_MATRIX
 
 // tile[i][l] = w[(r0 + l) * P + i] in the accumulation type, zero for l >= n.
 template <typename scalar_t, typename acc_t>
@@ -144,21 +158,17 @@ void gram_backward(const WeightGramArgs& a) {
   const int64_t items = tb.splits * tb.num_groups;
 #pragma omp parallel
   {
-    std::vector<acc_t> tile(kMaxP * kRows), out(kMaxP * kRows);
+    std::vector<acc_t> padded(kMaxP * padded_columns<acc_t>(kMaxP));
 #pragma omp for schedule(dynamic)
     for (int64_t item = 0; item < items; ++item) {
       const int64_t g = item % tb.num_groups, u = item / tb.num_groups, P = tb.group(g, kP);
+      const int64_t ld = padded_columns<acc_t>(P);
       const acc_t* Mg = M + tb.group(g, kOffset);
+      for (int64_t i = 0; i < P; ++i)
+        for (int64_t j = 0; j < ld; ++j) padded[i * ld + j] = j < P ? Mg[i * P + j] : acc_t(0);
       for_each_segment(tb, g, u, [&](Segment s) {
-        const scalar_t* w = weight_rows<scalar_t>(tb, s.tensor);
-        scalar_t* dw = grad_rows<scalar_t>(tb, s.tensor);
-        for (int64_t r0 = s.begin; r0 < s.end; r0 += kRows) {
-          const int64_t n = std::min(kRows, s.end - r0);
-          load_tile(w, P, r0, n, tile.data());
-          tile_matmul(tile.data(), Mg, P, out.data());
-          for (int64_t l = 0; l < n; ++l)
-            for (int64_t j = 0; j < P; ++j) Element<scalar_t>::store(dw + (r0 + l) * P + j, out[j * kRows + l]);
-        }
+        rows_matmul(weight_rows<scalar_t>(tb, s.tensor) + s.begin * P, padded.data(), P, ld, s.end - s.begin,
+                    grad_rows<scalar_t>(tb, s.tensor) + s.begin * P);
       });
     }
   }

@@ -142,11 +142,12 @@ def _items(name: str, value) -> list:
     return list(value)
 
 
-def _resolve(groups: List[List[torch.Tensor]], backend: str) -> str:
+def _resolve(groups: List[List[torch.Tensor]], backend: str, name: str) -> str:
+    """The backend for ``groups`` (the first ones named ``name[i]``), all on one device."""
     device = groups[0][0].device
     for i, group in enumerate(groups):
         if group[0].device != device:
-            raise ValueError(f"the weights of pair {i} are on {group[0].device} but those of pair 0 on {device}")
+            raise ValueError(f"{name}[{i}] is on {group[0].device} but {name}[0] is on {device}")
     largest = max(math.prod(_kernel(g)) for g in groups)
 
     def why(name: str) -> Optional[str]:
@@ -242,17 +243,21 @@ def weight_spectrum_distance(student: Sequence[Group], teacher: Sequence[Union[G
         kernel, bins = _kernel(s_group), math.prod(_kernel(s_group)) - drop_dc
         if isinstance(item, torch.Tensor) and item.dim() == 1:
             check_float_tensor(f"teacher[{i}]", item)
+            if item.device != s_group[0].device:
+                raise ValueError(f"teacher[{i}] is on {item.device} but student[{i}] is on {s_group[0].device}")
             if item.shape[0] != bins:
                 raise ValueError(f"teacher[{i}] is a distribution of {item.shape[0]} bins but student[{i}] has "
                                  f"kernels {kernel}: {bins} bins{' (drop_dc)' if drop_dc else ''}")
             t_side.append(item)
             continue
         group = _group(f"teacher[{i}]", item)
+        if group[0].device != s_group[0].device:
+            raise ValueError(f"teacher[{i}] is on {group[0].device} but student[{i}] is on {s_group[0].device}")
         if _kernel(group) != kernel:
             raise ValueError(f"teacher[{i}] has kernel size {_kernel(group)} but student[{i}] has {kernel}")
         t_side.append(group)
     t_groups = [t for t in t_side if isinstance(t, list)]
-    chosen = _resolve(s_groups + t_groups, backend)
+    chosen = _resolve(s_groups + t_groups, backend, "student")
     if chosen == "reference":
         result = weight_spectrum_distance_reference(s_groups, t_side, transform=transform, distance=distance,
                                                     drop_dc=drop_dc, reduction=reduction, eps=eps)
@@ -288,7 +293,7 @@ def weight_spectrum(weights, *, transform: str = "dct", drop_dc: bool = False, e
         isinstance(weights, (list, tuple)) and weights and all(isinstance(w, torch.Tensor) for w in weights))
     items = [weights] if single else _items("weights", weights)
     groups = [_group("weights" if single else f"weights[{i}]", item) for i, item in enumerate(items)]
-    chosen = _resolve(groups, backend)
+    chosen = _resolve(groups, backend, "weights")
     if chosen == "reference":
         spectra = [spectrum_reference(g, transform, drop_dc, eps) for g in groups]
     else:
