@@ -173,12 +173,21 @@ def _fused_spectra(groups: List[List[torch.Tensor]], transform: str, drop_dc: bo
         part = [(w, g) for w, g in flat if w.dtype == dtype]
         Gd = _gram_op([w for w, _ in part], [g for _, g in part], len(groups), Pmax, backend).to(acc)
         G = Gd if G is None else G + Gd
-    counts = torch.tensor([sum(w.numel() // math.prod(k) for w in group) for group, k in zip(groups, kernels)],
-                          dtype=acc, device=G.device)
-    basis = padded_basis(kernels, transform, drop_dc, Pmax, acc, G.device)
-    e = (torch.bmm(basis, G / counts[:, None, None]) * basis).sum(-1)
-    if transform == "fft":
-        e = e.view(len(groups), 2, Pmax).sum(1)
+    # e = diag(B G B^T) / #kernels, batched per kernel size (not padded to Pmax: a
+    # (3,7,7) stem would make every 3x3x3 group cost 147^3)
+    sizes: dict = {}
+    for g, kernel in enumerate(kernels):
+        sizes.setdefault(kernel, []).append(g)
+    e = None
+    for kernel, members in sizes.items():
+        P, n = math.prod(kernel), len(members)
+        counts = torch.tensor([sum(w.numel() // P for w in groups[g]) for g in members], dtype=acc, device=G.device)
+        index = torch.tensor(members, device=G.device)
+        Gk = (G if n == len(groups) else G.index_select(0, index))[:, :P, :P] / counts[:, None, None]
+        basis = padded_basis((kernel,) * n, transform, drop_dc, P, acc, G.device)
+        ek = (torch.bmm(basis, Gk) * basis).sum(-1)
+        ek = F.pad(ek.view(n, -1, P).sum(1), (0, Pmax - P))
+        e = ek if len(sizes) == 1 else (G.new_zeros(len(groups), Pmax) if e is None else e).index_put((index,), ek)
     return normalize(e, eps)
 
 
