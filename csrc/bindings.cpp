@@ -51,6 +51,15 @@ vkd::attention::MapProblem attention_problem(int64_t N, int64_t C, int64_t P, do
   return {N, C, P, q};
 }
 
+vkd::WeightGramArgs weight_args(int dtype, uintptr_t tensors, uintptr_t groups, int64_t num_tensors,
+                                int64_t num_groups, int64_t splits, int64_t flat_size, uintptr_t partials,
+                                uintptr_t M, uintptr_t stream) {
+  if (splits < 1 || num_groups < 1) throw std::invalid_argument("vkd: weight gram needs splits, groups >= 1");
+  return vkd::WeightGramArgs{{ptr<const int64_t>(tensors), ptr<const int64_t>(groups), num_tensors, num_groups,
+                              splits, flat_size},
+                             vkd::DType(dtype), ptr<void>(partials), ptr<const void>(M), stream};
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -192,4 +201,26 @@ PYBIND11_MODULE(_C, m) {
         py::arg("M"), py::arg("eps"), py::arg("dtype"), py::arg("Z"), py::arg("w"), py::arg("gamma"),
         py::arg("beta"), py::arg("H"), py::arg("stats"), py::arg("dH"), py::arg("dZ"), py::arg("dgamma"),
         py::arg("dbeta"), py::arg("stream"));
+  // Weight-spectrum distance (kernels.h WeightGramArgs): forward and backward take the
+  // same tables; `buffer` is the partials (forward, written) or M_flat (backward, read).
+  // Tables, partials and M live on `device`.
+  const auto bind_weight_op = [&m](const char* name, bool forward) {
+    m.def(name,
+          [forward](const std::string& device, int dtype, uintptr_t tensors, uintptr_t groups, int64_t num_tensors,
+                    int64_t num_groups, int64_t splits, int64_t flat_size, uintptr_t buffer, uintptr_t stream) {
+            const auto a = weight_args(dtype, tensors, groups, num_tensors, num_groups, splits, flat_size,
+                                       forward ? buffer : 0, forward ? 0 : buffer, stream);
+            const bool cuda = on_cuda(device);
+            py::gil_scoped_release release;
+#ifdef VKD_WITH_CUDA
+            if (cuda) return forward ? vkd::weight_gram_cuda(a) : vkd::weight_gram_backward_cuda(a);
+#endif
+            (void)cuda;
+            forward ? vkd::weight_gram_cpu(a) : vkd::weight_gram_backward_cpu(a);
+          },
+          py::arg("device"), py::arg("dtype"), py::arg("tensors"), py::arg("groups"), py::arg("num_tensors"),
+          py::arg("num_groups"), py::arg("splits"), py::arg("flat_size"), py::arg("buffer"), py::arg("stream"));
+  };
+  bind_weight_op("weight_gram", true);
+  bind_weight_op("weight_gram_backward", false);
 }

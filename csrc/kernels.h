@@ -5,6 +5,7 @@
 #include <cstdint>
 #include "common/spectrum.h"
 #include "common/attention.h"
+#include "common/weights.h"
 
 namespace vkd {
 
@@ -85,6 +86,25 @@ void head_norm_backward_cpu(const HeadNormArgs& args);
 #ifdef VKD_WITH_CUDA
 void head_norm_forward_cuda(const HeadNormArgs& args);
 void head_norm_backward_cuda(const HeadNormArgs& args);
+#endif
+
+// Weight-spectrum distance (common/weights.h). Forward: writes partials
+// (splits, flat_size) in the accumulation dtype (float64 for float64 weights, else
+// float32). Backward: writes dW = W M for every tensor (at its gradient pointer), M_flat
+// (flat_size,) in the accumulation dtype. Tables live on the kernels' device.
+struct WeightGramArgs {
+  weights::Tables tables;
+  DType dtype;
+  void* partials;       // forward output
+  const void* M;        // backward input
+  uintptr_t stream;
+};
+
+void weight_gram_cpu(const WeightGramArgs& args);
+void weight_gram_backward_cpu(const WeightGramArgs& args);
+#ifdef VKD_WITH_CUDA
+void weight_gram_cuda(const WeightGramArgs& args);
+void weight_gram_backward_cuda(const WeightGramArgs& args);
 #endif
 
 }  // namespace vkd

@@ -8,7 +8,8 @@ from triton_aot import compile_module  # noqa: E402
 
 # Each op's Triton module: it lists its launched kernels in KERNELS and yields every
 # launchable config from aot_specs().
-TRITON_MODULES = ["vkd_kernels.spectrum.triton_kernels", "vkd_kernels.attention.triton_kernels"]
+TRITON_MODULES = ["vkd_kernels.spectrum.triton_kernels", "vkd_kernels.attention.triton_kernels",
+                  "vkd_kernels.weights.triton_kernels"]
 
 
 @pytest.mark.parametrize("module_name", TRITON_MODULES)

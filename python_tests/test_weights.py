@@ -1,0 +1,393 @@
+"""Weight-spectrum distance: every backend against the reference, the reference against
+an independent float64 transform, gradients, teacher caching, groups, registration,
+errors (engineering.md recipe)."""
+import itertools
+import math
+
+import pytest
+import torch
+from conftest import DEVICE, FUSED_BACKENDS, assert_close, relative_error
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from vkd_kernels import WeightSpectrumLoss, conv_weight_groups, weight_spectrum, weight_spectrum_distance
+from vkd_kernels.weights import layout as weights_layout
+from vkd_kernels.weights.op import _gram_backward_op, _gram_op
+from vkd_kernels.weights.reference import energy_reference
+
+ALL_BACKENDS = ["reference"] + FUSED_BACKENDS
+DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+# (student item shapes, teacher item shapes): a tensor is a shape, a group a list of shapes.
+# 2-d and 3-d, non-square, grouped/depthwise (I = 1 or 2), pooled groups, odd counts.
+PAIRS = [
+    ((5, 3, 3, 3), (7, 2, 3, 3)),
+    ([(4, 3, 3, 3, 3), (6, 4, 3, 3, 3)], (9, 1, 3, 3, 3)),
+    ((3, 2, 1, 3, 3), [(5, 5, 1, 3, 3)]),
+    ((6, 1, 3, 1, 1), (4, 3, 3, 1, 1)),
+    ((3, 4, 2, 3), (2, 3, 2, 3)),
+    ((2, 3, 3, 7, 7), (3, 1, 3, 7, 7)),
+]
+
+
+def make(shapes, dtype=torch.float32, requires_grad=True):
+    """Items of random weights (a list of shapes makes a group)."""
+    def one(shape):
+        return (torch.randn(shape, device=DEVICE) * 0.1).to(dtype).requires_grad_(requires_grad)
+    return [[one(s) for s in item] if isinstance(item, list) else one(item) for item in shapes]
+
+
+def leaves(items):
+    flat = []
+    for item in items:
+        flat += item if isinstance(item, list) else [item]
+    return [x for x in flat if isinstance(x, torch.Tensor) and x.requires_grad]
+
+
+def as_double(items):
+    def one(x):
+        return x.detach().double().requires_grad_(x.requires_grad) if isinstance(x, torch.Tensor) else x
+    return [[one(x) for x in item] if isinstance(item, list) else one(item) for item in items]
+
+
+def run(backend, student, teacher, grad=1.7, **options):
+    loss = weight_spectrum_distance(student, teacher, backend=backend, **options)
+    wrt = leaves(student) + leaves(teacher)
+    return loss, torch.autograd.grad(loss * grad, wrt)
+
+
+def check_backend(backend, student, teacher, dtype, **options):
+    """Loss and the gradients of every weight (student and teacher) against the float64
+    reference on the same values. Where the result is ill-conditioned in float32 (a
+    small KL/JS from logs of O(1) p) the tolerance is 4x the eager reference's own error
+    in float32 on the same values, never less than the per-dtype bound."""
+    loss, grads = run(backend, student, teacher, **options)
+    expected, expected_grads = run("reference", as_double(student), as_double(teacher), **options)
+    eager, eager_grads = run("reference", student, teacher, **options)
+    assert loss.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    for i, (got, same, exp) in enumerate(zip((loss, *grads), (eager, *eager_grads), (expected, *expected_grads))):
+        assert got.dtype == (loss.dtype if i == 0 else dtype)
+        floor = 0.0 if dtype == torch.float64 else 4 * relative_error(same, exp)
+        assert_close(got, exp, dtype, f"{backend} {'loss' if i == 0 else f'grad {i - 1}'}", floor=floor)
+
+
+# ---- the reference against an independent float64 transform ---------------------------
+
+def direct_energy(weights, transform):
+    """e by the definitions, one kernel axis at a time (no Kronecker product, no FFT)."""
+    total, count = 0, 0
+    for w in weights:
+        x = w.double().reshape(-1, *w.shape[2:]).to(torch.complex128)
+        for axis, n in enumerate(w.shape[2:], start=1):
+            f = torch.arange(n, dtype=torch.float64)[:, None]
+            t = torch.arange(n, dtype=torch.float64)[None, :]
+            if transform == "dct":
+                m = torch.cos(math.pi * (2 * t + 1) * f / (2 * n)) * torch.sqrt((2 - (f == 0).double()) / n)
+                m = m.to(torch.complex128)
+            else:
+                m = torch.exp(-2j * math.pi * f * t / n) / n ** 0.5
+            x = torch.movedim(torch.tensordot(x, m, dims=([axis], [1])), -1, axis)
+        total = total + x.abs().square().reshape(len(x), -1).sum(0)
+        count += len(x)
+    return total / count
+
+
+@pytest.mark.parametrize("transform", weights_layout.TRANSFORMS)
+@pytest.mark.parametrize("kernel", [(3, 3), (2, 3), (5, 4), (1, 3, 3), (3, 1, 1), (3, 3, 3), (2, 3, 4), (3, 7, 7)])
+def test_reference_matches_direct_transform(transform, kernel):
+    group = [torch.randn((4, 3) + kernel, dtype=torch.float64), torch.randn((2, 5) + kernel, dtype=torch.float64)]
+    assert_close(energy_reference(group, transform), direct_energy(group, transform), torch.float64)
+
+
+def test_dct_energy_sums_to_the_squared_norm():
+    """Parseval: the orthonormal transforms keep each kernel's energy."""
+    w = torch.randn(6, 4, 3, 3, 3, dtype=torch.float64)
+    for transform in weights_layout.TRANSFORMS:
+        e = energy_reference([w], transform)
+        assert torch.allclose(e.sum(), w.square().sum() / (6 * 4), rtol=1e-12)
+
+
+# ---- every backend against the reference ---------------------------------------------
+
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+@pytest.mark.parametrize("transform", weights_layout.TRANSFORMS)
+@pytest.mark.parametrize("distance", weights_layout.DISTANCES)
+@pytest.mark.parametrize("drop_dc", (False, True))
+def test_options(backend, transform, distance, drop_dc):
+    shapes = PAIRS[:3] if backend == "triton" else PAIRS
+    if transform == "fft" and drop_dc:  # length-3 kernels: p = (0, 1/2, 1/2) always, gradient 0
+        shapes = [pair for pair in shapes if pair is not PAIRS[3]]
+    student, teacher = make([s for s, _ in shapes]), make([t for _, t in shapes])
+    reduction = "sum" if drop_dc else "mean"
+    check_backend(backend, student, teacher, torch.float32, transform=transform, distance=distance,
+                  drop_dc=drop_dc, reduction=reduction)
+
+
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("pair", PAIRS, ids=lambda p: str(p[0]))
+def test_dtypes_and_kernels(backend, dtype, pair):
+    student, teacher = make([pair[0]], dtype), make([pair[1]], dtype)
+    check_backend(backend, student, teacher, dtype, distance="js")
+
+
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+def test_many_splits_and_pooled_groups(backend):
+    """Groups longer than ROWS_PER_SPLIT are split across programs; one group pools
+    three tensors whose rows straddle the split boundaries."""
+    student = make([[(64, 70, 3, 3), (33, 40, 3, 3), (5, 3, 3, 3)], (40, 20, 3, 3, 3)])
+    teacher = make([(50, 50, 3, 3), (10, 7, 3, 3, 3)])
+    layout = weights_layout.layout_of([w for w in student[0]] + [student[1]], [0, 0, 0, 1], 2)
+    assert layout.splits > 1
+    check_backend(backend, student, teacher, torch.float32, transform="fft", distance="kl")
+
+
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+def test_mixed_dtypes_and_noncontiguous(backend):
+    """A float16 teacher with a float32 student (one launch per dtype) and weights in
+    channels_last_3d / transposed memory (copied contiguous)."""
+    student = [torch.randn(6, 4, 3, 3, 3, device=DEVICE).to(memory_format=torch.channels_last_3d).requires_grad_(),
+               torch.randn(5, 4, 3, 2, device=DEVICE).transpose(2, 3).requires_grad_()]
+    teacher = [torch.randn(4, 6, 3, 3, 3, dtype=torch.float16, device=DEVICE).requires_grad_(),
+               torch.randn(3, 2, 2, 3, device=DEVICE).requires_grad_()]
+    assert not student[0].is_contiguous() and not student[1].is_contiguous()
+    loss, grads = run(backend, student, teacher)
+    expected, expected_grads = run("reference", as_double(student), as_double(teacher))
+    assert_close(loss, expected, torch.float16)
+    for got, exp in zip(grads, expected_grads):
+        assert_close(got, exp, got.dtype)
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_precomputed_teacher(backend):
+    """weight_spectrum matches the reference; distributions as the teacher give the same
+    loss and student gradients as the teacher weights."""
+    student = make([s for s, _ in PAIRS[:4]])
+    teacher = make([t for _, t in PAIRS[:4]], requires_grad=False)
+    for drop_dc in (False, True):
+        spectra = weight_spectrum(teacher, drop_dc=drop_dc, backend=backend)
+        expected = weight_spectrum(as_double(teacher), drop_dc=drop_dc, backend="reference")
+        assert isinstance(spectra, list) and len(spectra) == len(teacher)
+        for got, exp, item in zip(spectra, expected, teacher):
+            group = item if isinstance(item, list) else [item]
+            assert got.shape == (math.prod(group[0].shape[2:]) - drop_dc,)
+            assert_close(got, exp, torch.float32)
+        mixed = [spectra[0], teacher[1], spectra[2], teacher[3]]
+        loss, grads = run(backend, student, mixed, drop_dc=drop_dc)
+        loss_w, grads_w = run(backend, student, teacher, drop_dc=drop_dc)
+        assert_close(loss, loss_w, torch.float32)
+        for got, exp in zip(grads, grads_w):
+            assert_close(got, exp, torch.float32)
+
+
+def test_weight_spectrum_shapes():
+    w = torch.randn(4, 3, 3, 3)
+    assert weight_spectrum(w).shape == (9,)
+    assert weight_spectrum([w, torch.randn(2, 2, 3, 3)], drop_dc=True).shape == (8,)
+    out = weight_spectrum([[w], w])
+    assert isinstance(out, list) and len(out) == 2 and torch.allclose(out[0].sum(), torch.tensor(1.0))
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+@pytest.mark.parametrize("distance", weights_layout.DISTANCES)
+def test_zero_kernels_give_finite_gradients(backend, distance):
+    """All-zero kernels (e = 0) and DC-only kernels with drop_dc: p has zero bins."""
+    zero = torch.zeros(3, 2, 3, 3, device=DEVICE, requires_grad=True)
+    constant = torch.ones(4, 2, 3, 3, device=DEVICE, requires_grad=True)
+    teacher = [torch.randn(5, 2, 3, 3, device=DEVICE), torch.zeros(2, 2, 3, 3, device=DEVICE)]
+    for drop_dc in (False, True):
+        loss, grads = run(backend, [zero, constant], teacher, distance=distance, drop_dc=drop_dc)
+        assert torch.isfinite(loss) and all(torch.isfinite(g).all() for g in grads)
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_conjugate_bins_without_dc_are_constant(backend):
+    """fft of a real length-3 kernel: bins 1 and 2 are conjugate, so with drop_dc every
+    such group has p = (1/2, 1/2): the distance and its gradient vanish."""
+    student = [torch.randn(6, 1, 3, 1, 1, device=DEVICE, requires_grad=True)]
+    loss, grads = run(backend, student, [torch.randn(4, 3, 3, 1, 1, device=DEVICE)], transform="fft", drop_dc=True)
+    assert abs(loss.item()) < 1e-6 and grads[0].abs().max() < 1e-4
+    assert torch.allclose(weight_spectrum(student[0], transform="fft", drop_dc=True, backend=backend),
+                          torch.tensor([0.5, 0.5], device=DEVICE))
+
+
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+def test_deterministic(backend):
+    student, teacher = make([(40, 30, 3, 3, 3)]), make([(20, 30, 3, 3, 3)])
+    first, second = run(backend, student, teacher), run(backend, student, teacher)
+    assert torch.equal(first[0], second[0]) and all(torch.equal(a, b) for a, b in zip(first[1], second[1]))
+
+
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(kernel=st.lists(st.integers(1, 5), min_size=2, max_size=3).filter(lambda k: math.prod(k) > 1),
+       counts=st.lists(st.tuples(st.integers(1, 9), st.integers(1, 6)), min_size=1, max_size=3),
+       transform=st.sampled_from(weights_layout.TRANSFORMS))
+def test_fuzz_shapes(backend, kernel, counts, transform):
+    student = [[torch.randn((o, i) + tuple(kernel), dtype=torch.float64, device=DEVICE).requires_grad_()
+                for o, i in counts]]
+    teacher = [torch.randn((3, 2) + tuple(kernel), dtype=torch.float64, device=DEVICE)]
+    check_backend(backend, student, teacher, torch.float64, transform=transform)
+
+
+# ---- gradcheck in float64 --------------------------------------------------------------
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+@pytest.mark.parametrize("transform,distance", [("dct", "kl"), ("fft", "js"), ("dct", "l2")])
+def test_gradcheck_float64(backend, transform, distance):
+    def w(*shape):
+        return torch.randn(shape, dtype=torch.float64, device=DEVICE, requires_grad=True)
+    s, t = [w(3, 2, 3, 2), w(2, 2, 1, 3, 3)], [w(2, 2, 3, 2), w(4, 1, 1, 3, 3)]
+
+    def f(a, b, c, d):
+        return weight_spectrum_distance([a, b], [c, d], transform=transform, distance=distance, drop_dc=True,
+                                        backend=backend)
+    assert torch.autograd.gradcheck(f, (*s, *t))
+
+
+# ---- registration, compile, module ------------------------------------------------------
+
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+def test_opcheck(backend):
+    weights = [torch.randn(shape, device=DEVICE, requires_grad=True)  # group 0: P = 6, group 1: P = 9
+               for shape in ((4, 3, 3, 3), (3, 2, 2, 3), (2, 2, 3, 3))]
+    torch.library.opcheck(_gram_op, (weights, [1, 0, 1], 2, 9, backend))
+    grad = torch.randn(2, 9, 9, device=DEVICE)
+    torch.library.opcheck(_gram_backward_op, (grad, [w.detach() for w in weights], [1, 0, 1], 2, backend),
+                          test_utils=("test_schema", "test_faketensor"))
+
+
+@pytest.mark.parametrize("backend", ["cpu"] if "cpu" in FUSED_BACKENDS else FUSED_BACKENDS[:1])
+def test_compile_fullgraph(backend):
+    student, teacher = make([(4, 3, 3, 3, 3), (5, 2, 3, 3)]), make([(6, 3, 3, 3, 3), (2, 2, 3, 3)], requires_grad=False)
+
+    def f(a, b):
+        return weight_spectrum_distance([a, b], teacher, distance="js", backend=backend)
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    expected, got = f(*student), compiled(*student)
+    assert_close(got, expected, torch.float32)
+    got.backward()
+
+
+class TinyNet(nn.Module):
+    """Stem, two stages with a 1x1 conv, a depthwise conv and mixed sizes in stage2."""
+
+    def __init__(self, width=4):
+        super().__init__()
+        self.stem = nn.Conv3d(3, width, (3, 7, 7))
+        self.layer1 = nn.Sequential(nn.Conv3d(width, width, 3), nn.Conv3d(width, width, 1),
+                                    nn.Conv3d(width, width, 3, groups=width))
+        self.layer2 = nn.Sequential(nn.Conv3d(width, 2 * width, (3, 1, 1)), nn.Conv3d(2 * width, 2 * width, (1, 3, 3)))
+
+
+def test_conv_weight_groups():
+    net = TinyNet()
+    layers = conv_weight_groups(net)
+    assert [g[0] is w for g, w in zip(layers, [net.stem.weight, net.layer1[0].weight, net.layer1[2].weight,
+                                                 net.layer2[0].weight, net.layer2[1].weight])] == [True] * 5
+    stages = conv_weight_groups(net, ["stem", "layer1", "layer2.1"])
+    assert [len(g) for g in stages] == [1, 2, 1]
+    with pytest.raises(ValueError, match="mix kernel sizes"):
+        conv_weight_groups(net, ["layer2"])
+    with pytest.raises(ValueError, match="'head'"):
+        conv_weight_groups(net, ["head"])
+    with pytest.raises(ValueError, match="by must be"):
+        conv_weight_groups(net, "stage")
+    with pytest.raises(TypeError, match="by must be"):
+        conv_weight_groups(net, [1])
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_module_caches_a_frozen_teacher(backend):
+    student, teacher = TinyNet(4).to(DEVICE), TinyNet(6).to(DEVICE).requires_grad_(False)
+    loss_fn = WeightSpectrumLoss(student, teacher, student_groups="layer", teacher_groups="layer",
+                                 distance="js", backend=backend)
+    first = loss_fn.teacher_spectra()
+    assert loss_fn.teacher_spectra() is first  # cached
+    loss = loss_fn()
+    loss.backward()
+    assert student.stem.weight.grad is not None and teacher.stem.weight.grad is None
+    direct = weight_spectrum_distance(conv_weight_groups(student), conv_weight_groups(teacher), distance="js",
+                                      backend=backend)
+    assert_close(loss.detach(), direct.detach(), torch.float32)
+    with torch.no_grad():
+        teacher.stem.weight.mul_(2.0).add_(0.1)  # an in-place update invalidates the cache
+    second = loss_fn.teacher_spectra()
+    assert second is not first and not torch.equal(second[0], first[0])
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_module_trains_the_teacher(backend):
+    student, teacher = TinyNet(4).to(DEVICE), TinyNet(6).to(DEVICE)
+    loss_fn = WeightSpectrumLoss(student, teacher, student_groups=["stem", "layer1"],
+                                 teacher_groups=["stem", "layer1"], backend=backend)
+    loss_fn().backward()
+    assert teacher.stem.weight.grad is not None and teacher.layer1[2].weight.grad.abs().sum() > 0
+    assert student.layer1[0].weight.grad.abs().sum() > 0 and "stem" in repr(loss_fn)
+
+
+# ---- bad input ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("student,teacher,options,error,match", [
+    ([torch.randn(2, 2, 1, 1)], [torch.randn(2, 2, 1, 1)], {}, ValueError, r"student\[0\] has 1x1"),
+    ([[torch.randn(2, 2, 3, 3), torch.randn(2, 2, 1, 3, 3)]], [torch.randn(2, 2, 3, 3)], {}, ValueError,
+     r"student\[0\]\[1\] has kernel size"),
+    ([torch.randn(2, 2, 3, 3)], [torch.randn(2, 2, 3, 2)], {}, ValueError, r"teacher\[0\] has kernel size"),
+    ([torch.randn(2, 2, 3, 3)], [torch.rand(8)], {}, ValueError, r"teacher\[0\] is a distribution of 8"),
+    ([torch.randn(2, 2, 3, 3)], [torch.rand(9)], {"drop_dc": True}, ValueError, "drop_dc"),
+    ([torch.randn(2, 2, 3, 3)], [], {}, TypeError, "teacher"),
+    ([torch.randn(2, 2, 3, 3)] * 2, [torch.randn(2, 2, 3, 3)], {}, ValueError, "pair by position"),
+    ([torch.randn(2, 3, 3)], [torch.randn(2, 2, 3, 3)], {}, ValueError, r"student\[0\] must be a conv weight"),
+    ([torch.ones(2, 2, 3, 3, dtype=torch.int64)], [torch.randn(2, 2, 3, 3)], {}, TypeError, r"student\[0\]"),
+    ([torch.randn(0, 2, 3, 3)], [torch.randn(2, 2, 3, 3)], {}, ValueError, r"student\[0\] is empty"),
+    ([[]], [torch.randn(2, 2, 3, 3)], {}, ValueError, "empty group"),
+    ([[torch.randn(2, 2, 3, 3), torch.randn(2, 2, 3, 3, device="meta")]], [torch.randn(2, 2, 3, 3)], {}, ValueError,
+     r"student\[0\]\[1\] is on meta"),
+    ([torch.randn(2, 2, 3, 3)], [torch.randn(2, 2, 3, 3, device="meta")], {}, ValueError,
+     r"teacher\[0\] is on meta but student\[0\] is on cpu"),
+    ([torch.randn(2, 2, 3, 3), torch.randn(2, 2, 3, 3, device="meta")], [torch.rand(9)] * 2, {}, ValueError,
+     r"teacher\[1\] is on cpu but student\[1\] is on meta"),
+    ([torch.randn(2, 2, 3, 3), torch.randn(2, 2, 3, 3, device="meta")], [torch.rand(9), torch.rand(9, device="meta")],
+     {}, ValueError,
+     r"student\[1\] is on meta but student\[0\] is on cpu"),
+    (["w"], [torch.randn(2, 2, 3, 3)], {}, TypeError, r"student\[0\]"),
+    ([torch.randn(2, 2, 3, 3)], [torch.randn(2, 2, 3, 3)], {"distance": "cos"}, ValueError, "distance"),
+    ([torch.randn(2, 2, 3, 3)], [torch.randn(2, 2, 3, 3)], {"transform": "dft"}, ValueError, "transform"),
+    ([torch.randn(2, 2, 3, 3)], [torch.randn(2, 2, 3, 3)], {"reduction": "none"}, ValueError, "reduction"),
+    ([torch.randn(2, 2, 3, 3)], [torch.randn(2, 2, 3, 3)], {"eps": 0.0}, ValueError, "eps"),
+    ([torch.randn(2, 2, 3, 3)], [torch.randn(2, 2, 3, 3)], {"drop_dc": 1}, TypeError, "drop_dc"),
+    ([torch.randn(2, 2, 3, 3)], [torch.randn(2, 2, 3, 3)], {"backend": "gpu"}, ValueError, "backend"),
+])
+def test_bad_input(student, teacher, options, error, match):
+    with pytest.raises(error, match=match):
+        weight_spectrum_distance(student, teacher, **options)
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_nan_weights_are_named(backend, monkeypatch):
+    monkeypatch.setenv("VKD_CHECK_FINITE", "1")  # on by default on the CPU only
+    w = torch.randn(3, 2, 3, 3, device=DEVICE)
+    w[1, 1, 2, 2] = float("nan")
+    teacher = [torch.randn(2, 2, 3, 3, device=DEVICE)] * 2
+    with pytest.raises(ValueError, match=r"student\[1\] contains NaN"):
+        weight_spectrum_distance([torch.randn(2, 2, 3, 3, device=DEVICE), w], teacher, backend=backend)
+
+
+@pytest.mark.skipif("cpu" not in FUSED_BACKENDS, reason="the CPU extension is not built")
+def test_kernels_beyond_max_p_fall_back():
+    big = [torch.randn(2, 1, 9, 9, 9)]  # 729 > MAX_P
+    with pytest.raises(ValueError, match="exceeds the fused kernels' limit of 512"):
+        weight_spectrum_distance(big, big, backend="cpu")
+    with pytest.warns(RuntimeWarning, match="reference"):
+        weight_spectrum_distance(big, big, backend="auto")
+
+
+def test_layout_tables():
+    """The offset tables: tensors ordered by group, rows and offsets per group."""
+    layout = weights_layout.make_layout(((3, 3), (2, 2), (3, 3)), (18, 8, 27), (1, 0, 1), 2)
+    assert layout.order == (1, 0, 2) and layout.rows == (2, 2, 3) and layout.row_start == (0, 0, 2)
+    assert (layout.P, layout.first, layout.end, layout.group_rows, layout.offset) == \
+        ((4, 9), (0, 1), (1, 3), (2, 5), (0, 16))
+    assert layout.flat_size == 16 + 81 and layout.splits == 1
+    assert list(itertools.chain(*layout.group_table()))[:5] == [4, 0, 1, 2, 0]
