@@ -144,7 +144,8 @@ def make_phases(method, t: Dict, epochs: int) -> list:
     out = []
     for name, params, options in method_phases(method):
         if options and options.get("optimizer") == "adam":
-            optimizer = torch.optim.Adam(params, lr=float(options["lr"]), betas=tuple(options.get("betas", (0.9, 0.999))))
+            betas = tuple(options.get("betas", (0.9, 0.999)))
+            optimizer = torch.optim.Adam(params, lr=float(options["lr"]), betas=betas)
             scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 1.0)
         else:
             groups = [{"params": [p for p in params if id(p) not in no_decay]},
@@ -181,8 +182,9 @@ def fit(cfg: Dict, out_dir, *, resume: bool = False, stop_after: Optional[int] =
     method = build_method(cfg.get("method", "ce"), student, teacher, probe=probe, **method_cfg).to(device)
     trained = method
     if world > 1:
-        trained = torch.nn.parallel.DistributedDataParallel(method, device_ids=[device.index] if device.type == "cuda" else None,
-                                                            find_unused_parameters=len(method_phases(method)) > 1)
+        trained = torch.nn.parallel.DistributedDataParallel(
+            method, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=len(method_phases(method)) > 1)   # a phase leaves the others' parameters unused
 
     epochs = int(t["epochs"])
     phases = make_phases(method, t, epochs)
