@@ -40,6 +40,7 @@ def test_gkd_net_reads_the_shapes_of_any_model(spec, shape):
     feature, lam = net.features(clips)
     assert tuple(feature.shape[1:]) == shape and tuple(lam.shape) == (2, shape[0], shape[1])
     assert ((lam > 0) & (lam < 1)).all() and net(clips).shape == (2, 5)
+    assert net.options["dropout"] == (0.0 if spec["name"] == "resnet3d" else 0.5)    # the backbone head's rate
     C = shape[0]            # group counts adapt to C: 48 (C1 24) -> 24 groups, 50 (C1 25) -> 25
     assert C % net.cvae.encoder_norm.num_groups == 0 and C % net.head.gn2.num_groups == 0
     rebuilt = build_model({**spec, "gkd": net.options}, 5)       # what load_model does with model.pt

@@ -85,9 +85,14 @@ class GKDNet(nn.Module):
         self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(channels, num_classes))
 
     @classmethod
-    def for_model(cls, backbone: nn.Module, probe: torch.Tensor, stage: Optional[str] = None, **options) -> "GKDNet":
-        """Read num_classes and the stage's (C, T, H, W) from one forward of ``probe``."""
+    def for_model(cls, backbone: nn.Module, probe: torch.Tensor, stage: Optional[str] = None,
+                  dropout: Optional[float] = None, **options) -> "GKDNet":
+        """Read num_classes and the stage's (C, T, H, W) from one forward of ``probe``;
+        ``dropout`` None: the rate of the backbone's own classifier (0 if it has none)."""
         stage = stage or backbone.feature_names[-1]
+        if dropout is None:
+            rates = [m.p for m in getattr(backbone, "head", nn.Identity()).modules() if isinstance(m, nn.Dropout)]
+            dropout = rates[0] if rates else 0.0
         with FeatureHooks(backbone, [stage]) as hooks, torch.no_grad():
             was_training = backbone.training
             backbone.eval()
@@ -95,7 +100,7 @@ class GKDNet(nn.Module):
             backbone.train(was_training)
             feature = as_video(hooks.pop()[0], getattr(backbone, "num_segments", None))
         C, T, H, W = feature.shape[1:]
-        return cls(backbone, num_classes, stage, C, T, (H, W), **options)
+        return cls(backbone, num_classes, stage, C, T, (H, W), dropout=dropout, **options)
 
     def features(self, clips: torch.Tensor):
         """(F, lambda): the (adapted) stage feature (N, C, T, H, W) and its attention (N, C, T)."""
@@ -124,7 +129,7 @@ class GKD(Method):
 
     Options (methods.md defaults): beta 0.1 (L_AD), gd_weight 0.01, rec_weight 0.5,
     rec_ramp 20 (epochs), kl_weight 0.1, cvae_lr 1e-4, cvae_betas (0.8, 0.999),
-    gn_groups 32, dropout 0, fused True (fused head tail), per_sample True
+    gn_groups 32, dropout None (the backbone classifier's rate), fused True (fused head tail), per_sample True
     (attention_apply sums per sample; False: over the batch, as the published code).
     """
 
@@ -134,7 +139,7 @@ class GKD(Method):
 
     def __init__(self, student, teacher=None, *, probe=None, gd: bool = True, ad: bool = True, beta: float = 0.1,
                  gd_weight: float = 0.01, rec_weight: float = 0.5, rec_ramp: int = 20, kl_weight: float = 0.1,
-                 cvae_lr: float = 1e-4, cvae_betas=(0.8, 0.999), gn_groups: int = 32, dropout: float = 0.0,
+                 cvae_lr: float = 1e-4, cvae_betas=(0.8, 0.999), gn_groups: int = 32, dropout: Optional[float] = None,
                  fused: bool = True, per_sample: bool = True, **kwargs):
         if probe is None:
             raise ValueError("probe: a sample input batch is needed to read the feature shape")
