@@ -126,6 +126,8 @@ def test_bad_input():
     clips, _ = _batch(2)
     with pytest.raises(ValueError, match="gkd_repr"):
         build_method("gkd", build_model(STUDENT, 3), build_model(TEACHER, 3), probe=clips)
+    with pytest.raises(ValueError, match="weights"):
+        build_method("gkd_repr", build_model(STUDENT, 3), None, probe=clips, weights={"ce": 2.0})
     with pytest.raises(ValueError, match="probe"):
         build_method("gkd_repr", build_model(STUDENT, 3), None)
     method = build_method("gkd_repr", build_model(STUDENT, 3), None, probe=clips)

@@ -129,8 +129,9 @@ class GKD(Method):
 
     Options (methods.md defaults): beta 0.1 (L_AD), gd_weight 0.01, rec_weight 0.5,
     rec_ramp 20 (epochs), kl_weight 0.1, cvae_lr 1e-4, cvae_betas (0.8, 0.999),
-    gn_groups 32, dropout None (the backbone classifier's rate), fused True (fused head tail), per_sample True
-    (attention_apply sums per sample; False: over the batch, as the published code).
+    gn_groups 32, dropout None (the backbone classifier's rate), fused True (fused head
+    tail), per_sample True (attention_apply sums per sample; False: over the batch, as the
+    published code).
     """
 
     uses_teacher = True
@@ -143,6 +144,8 @@ class GKD(Method):
                  fused: bool = True, per_sample: bool = True, **kwargs):
         if probe is None:
             raise ValueError("probe: a sample input batch is needed to read the feature shape")
+        if kwargs.get("weights"):
+            raise ValueError("weights: GKD's term weights are the options beta, gd_weight and rec_weight")
         if teacher is not None and self.uses_teacher and not isinstance(teacher, GKDNet):
             raise ValueError("teacher: GKD needs a teacher trained with gkd_repr (its model.pt holds the "
                              "attention head and CVAE); this one is a plain model")
