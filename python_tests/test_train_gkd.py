@@ -1,9 +1,11 @@
 """GKD in the trainer: the network on any model, each pass trains only its part, the
-teacher is never updated and builds no graph, losses fall, exact resume, CLI end to end."""
+teacher is never updated and builds no graph, losses fall, exact resume, DDP, CLI end to end."""
 import json
+import socket
 
 import pytest
 import torch
+import torch.multiprocessing as mp
 
 from vkd_kernels.train import cli
 from vkd_kernels.train.config import load_recipe, run_config
@@ -176,3 +178,16 @@ def test_cli_reproduce_gkd_end_to_end(tmp_path, capsys):
     assert cli.main(["evaluate", "--recipe", "synthetic-quick", "--checkpoint", checkpoint]
                     + sum((["--set", i] for i in TINY), [])) == 0
     assert "top1" in json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def test_ddp_two_gloo_processes_with_two_phases(tmp_path):
+    from test_train_engine import _ddp_worker
+    cfg = run_config(load_recipe("synthetic-quick", TINY + ["train.epochs=1"]), "student", method="gkd_repr")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_ddp_worker, args=(port, str(tmp_path), cfg), nprocs=2, join=True)
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1))
+    assert r0["row"]["train_loss"] != r1["row"]["train_loss"]          # each rank saw its own half
+    assert all(torch.equal(r0["state"][k], r1["state"][k]) for k in r0["state"] if "running" not in k)
+    assert any(k.startswith("cvae.") for k in r0["state"])
