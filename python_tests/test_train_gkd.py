@@ -55,6 +55,8 @@ def test_student_narrower_than_teacher_gets_an_adapter():
     clips, labels = _batch()
     method = build_method("gkd", build_model(STUDENT, 3), _teacher(clips), probe=clips[:2])
     assert isinstance(method.student.adapter[0], torch.nn.Conv3d)
+    same = build_method("gkd_repr", build_model(STUDENT, 3), _teacher(clips), probe=clips[:2])
+    assert same.student.options == method.student.options and same.teacher_model is None     # width only
     assert method.student.options["in_channels"] == 32 and method.student.options["channels"] == 64
     for phase in ("cvae", "net"):
         method.set_phase(phase, 5)

@@ -149,8 +149,10 @@ class GKD(Method):
         if teacher is not None and self.uses_teacher and not isinstance(teacher, GKDNet):
             raise ValueError("teacher: GKD needs a teacher trained with gkd_repr (its model.pt holds the "
                              "attention head and CVAE); this one is a plain model")
-        super().__init__(student, teacher, **kwargs)
-        channels = teacher.options["channels"] if self.uses_teacher else None
+        # a GKD teacher sets the width (adapter) even without KD terms, so that every
+        # ablation has the same student network
+        channels = teacher.options["channels"] if isinstance(teacher, GKDNet) else None
+        super().__init__(student, teacher if self.uses_teacher else None, **kwargs)
         self.student = GKDNet.for_model(student, probe, channels=channels, gn_groups=gn_groups, dropout=dropout,
                                         fused=fused, per_sample=per_sample)
         self.gd, self.ad = gd and self.uses_teacher, ad and self.uses_teacher
@@ -235,10 +237,7 @@ class GKD(Method):
 
 
 class GKDRepr(GKD):
-    """Head + CVAE with the two passes and no KD term (the teacher phase, and the
-    'feature representation only' ablation of a student)."""
+    """Head + CVAE with the two passes and no KD term: the teacher phase (no teacher), and
+    the 'feature representation only' ablation of a student (a GKD teacher given only sets
+    the width, so the student network is the same as in gkd, gkd_gd, gkd_ad)."""
     uses_teacher = False
-    teacher_method = None
-
-    def __init__(self, student, teacher=None, **kwargs):
-        super().__init__(student, None, **kwargs)
