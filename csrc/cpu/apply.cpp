@@ -16,8 +16,8 @@ void reduce(const ApplyArgs& a) {
   auto* rows = static_cast<acc_t*>(a.rows);
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < pr.rows(); ++i)
-    rows[i] = reduce_row(x + row_offset(pr, a.x_strides, i), a.x_strides.s,
-                         y ? y + row_offset(pr, a.y_strides, i) : nullptr, a.y_strides.s, pr.S, 0, 1);
+    rows[i] = reduce_row<1>(x + row_offset(pr, a.x_strides, i), a.x_strides.s,
+                            y ? y + row_offset(pr, a.y_strides, i) : nullptr, a.y_strides.s, pr.S, 0);
 }
 
 template <typename scalar_t>
@@ -30,8 +30,8 @@ void affine(const ApplyArgs& args) {
   auto* out = static_cast<scalar_t*>(args.out);
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < pr.rows(); ++i)
-    affine_row(x + row_offset(pr, args.x_strides, i), args.x_strides.s, a[i], b ? b[i] : acc_t(0),
-               out + row_offset(pr, args.out_strides, i), args.out_strides.s, pr.S, 0, 1);
+    affine_row<1>(x + row_offset(pr, args.x_strides, i), args.x_strides.s, a[i], b ? b[i] : acc_t(0),
+                  out + row_offset(pr, args.out_strides, i), args.out_strides.s, pr.S, 0);
 }
 
 }  // namespace
