@@ -135,6 +135,10 @@ BAD = [
     (lambda: attention_apply(torch.ones(2, 4, 3), [1.0]), TypeError, "lam must be"),
     (lambda: attention_apply(torch.ones(2, 4, 3, 0), torch.ones(2, 4, 3)), ValueError, "F is empty"),
     (lambda: attention_apply(torch.ones(2, 4, 3), torch.ones(2, 4, 3), backend="gpu"), ValueError, "backend"),
+    (lambda: attention_apply(torch.ones(2, 4, 3).index_fill(0, torch.tensor([1]), float("nan")),
+                             torch.ones(2, 4, 3), backend="cpu"), ValueError, "F contains NaN"),
+    (lambda: attention_apply(torch.ones(2, 4, 3), torch.ones(2, 4, 3).index_fill(2, torch.tensor([0]), float("inf")),
+                             backend="cpu"), ValueError, "lam contains NaN or inf"),
     (lambda: attention_apply(torch.ones(2, 4, 3), torch.ones(2, 4, 3), backend="cuda"), ValueError,
      "backend='cuda' cannot run attention_apply"),
 ]

@@ -28,7 +28,7 @@ import torch
 
 from .. import _backend
 from .._backend import BACKENDS
-from .._checks import check_choice, check_float_tensor, new_output
+from .._checks import check_choice, check_float_tensor, finite_check_enabled, new_output, raise_if_not_finite
 from . import native
 from .layout import accumulation_dtype
 
@@ -67,8 +67,11 @@ def _apply_op(F: torch.Tensor, lam: torch.Tensor, per_sample: bool,
     N, C, T, _ = rows.shape
     q = new_output((N, C * T), accumulation_dtype(F.dtype), F.device)
     _impl(backend).apply_reduce(rows, None, q)
+    alpha = _factors(q, lam, per_sample)[0]
+    if finite_check_enabled(F.device):  # on the (N, C T) factors: NaN/inf in F or lam reach them
+        raise_if_not_finite(alpha, F=F, lam=lam)
     out = new_output(rows.shape, F.dtype, F.device)
-    _impl(backend).apply_affine(rows, _factors(q, lam, per_sample)[0], None, out)
+    _impl(backend).apply_affine(rows, alpha, None, out)
     return out.view(F.shape), q
 
 
