@@ -350,13 +350,14 @@ def aot_specs(int_type: str = "i32") -> Iterator[tuple]:
         tensors = {name: f"*{ty}" for name in ("z_ptr", "w_ptr", "gamma_ptr", "beta_ptr", "h_ptr", "dh_ptr",
                                                 "dz_ptr", "dgamma_ptr", "dbeta_ptr")}
         tensors["stats_ptr"] = f"*{acc}"
-        # the row kernels with y / b present (a superset of the code without)
+        # the row kernels, with and without y / b (forward and backward)
         apply_pointers = {"x_ptr": f"*{ty}", "y_ptr": f"*{ty}", "out_ptr": f"*{ty}", "rows_ptr": f"*{acc}",
                           "a_ptr": f"*{acc}", "b_ptr": f"*{acc}"}
-        yield _apply_reduce, _signature(_apply_reduce, apply_pointers, int_type), \
-            dict(apply_constexprs(dtype), HAS_Y=True), dict(num_warps=4)
-        yield _apply_affine, _signature(_apply_affine, apply_pointers, int_type), \
-            dict(apply_constexprs(dtype), HAS_B=True), dict(num_warps=4)
+        for present in (True, False):
+            yield _apply_reduce, _signature(_apply_reduce, apply_pointers, int_type), \
+                dict(apply_constexprs(dtype), HAS_Y=present), dict(num_warps=4)
+            yield _apply_affine, _signature(_apply_affine, apply_pointers, int_type), \
+                dict(apply_constexprs(dtype), HAS_B=present), dict(num_warps=4)
         for kernel in (_head_norm_forward, _head_norm_backward):
             yield kernel, _signature(kernel, tensors, int_type), c, dict(num_warps=4)
         for q in (2.0, 1.0, 1.5):
