@@ -9,12 +9,13 @@ the one place configs are chosen and ``aot_specs`` enumerates all of them.
 """
 from __future__ import annotations
 
-import inspect
 from typing import Iterator
 
 import torch
 import triton
 import triton.language as tl
+
+from .._triton_specs import TRITON_TYPES, aot_signature
 
 POWERS = {2.0: 0, 1.0: 1}  # exponent -> POWER; anything else -> 2
 
@@ -338,12 +339,9 @@ def apply_affine(x: torch.Tensor, a: torch.Tensor, b, out: torch.Tensor) -> None
                         HAS_B=b is not None, **c, num_warps=4)
 
 
-_TRITON_TYPES = {torch.float32: "fp32", torch.float64: "fp64", torch.float16: "fp16", torch.bfloat16: "bf16"}
-
-
 def aot_specs(int_type: str = "i32") -> Iterator[tuple]:
     """(kernel, signature, constexprs, options) for every config launch_constexprs can produce."""
-    for dtype, ty in _TRITON_TYPES.items():
+    for dtype, ty in TRITON_TYPES.items():
         acc = "fp64" if dtype == torch.float64 else "fp32"
         # the head kernels with gamma and beta present (a superset of the code without)
         c = dict(head_constexprs(dtype), HAS_GAMMA=True, HAS_BETA=True)
@@ -369,12 +367,4 @@ def aot_specs(int_type: str = "i32") -> Iterator[tuple]:
 
 
 def _signature(kernel, pointers: dict, int_type: str) -> dict:
-    """Triton signature of a launch: q, M, eps are fp32, other scalars int_type."""
-    fn = getattr(kernel, "fn", kernel)
-    sig = {}
-    for name, param in inspect.signature(fn).parameters.items():
-        if "constexpr" in str(param.annotation):
-            sig[name] = "constexpr"
-        else:
-            sig[name] = pointers.get(name, "fp32" if name in ("q", "M", "eps") else int_type)
-    return sig
+    return aot_signature(kernel, pointers, int_type, ("q", "M", "eps"))
