@@ -1,0 +1,130 @@
+"""Trainer data: the synthetic benchmark's design, frame folders, PyAV videos, sampling."""
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from vkd_kernels.train.data import build_dataset, collate_skip
+from vkd_kernels.train.data import synthetic
+from vkd_kernels.train.data.sampling import dense_indices, segment_indices, train_transform, val_transform
+
+
+def test_synthetic_is_deterministic_balanced_and_split_dependent():
+    a, la = synthetic.generate(32, seed=3, split="train")
+    b, lb = synthetic.generate(32, seed=3, split="train")
+    c, _ = synthetic.generate(32, seed=3, split="val")
+    assert a.shape == (32, 3, 8, 32, 32) and a.dtype == torch.uint8
+    assert torch.equal(a, b) and torch.equal(la, lb)
+    assert not torch.equal(a, c)
+    assert torch.bincount(la, minlength=12).tolist() == [3] * 8 + [2] * 4
+
+
+@pytest.mark.parametrize("label", range(12))
+def test_reversed_clip_is_the_opposite_direction_same_frequency(label):
+    """The generator's design: the frames of a clip played backwards are exactly a
+    clip of another class (opposite direction, same frequency): appearance alone
+    cannot give the label, only the order of the frames can."""
+    rng = np.random.default_rng(label)
+    p = synthetic.sample_params(rng, label)
+    q = synthetic.reverse_params(p)
+    assert q["label"] != label and q["label"] % 3 == label % 3
+    np.testing.assert_allclose(synthetic.render(q), synthetic.render(p)[::-1], atol=1e-5)
+
+
+def test_appearance_alone_does_not_give_the_label():
+    """A nearest-class-mean classifier on time-averaged clips (appearance, no motion)
+    stays near chance (1/8) on held-out clips; the class parameters are what they say."""
+    train, train_labels = synthetic.generate(800, seed=0, split="train")
+    val, val_labels = synthetic.generate(400, seed=0, split="val")
+    feature = lambda c: c.float().mean(2).flatten(1)                     # noqa: E731  (N, 3*H*W)
+    means = torch.stack([feature(train)[train_labels == k].mean(0) for k in range(12)])
+    predicted = torch.cdist(feature(val), means).argmin(1)
+    assert (predicted == val_labels).float().mean() < 0.16            # chance: 1/12
+    rng = np.random.default_rng(0)
+    for label, direction in zip((0, 3, 6, 9), ((1, 0), (0, 1), (-1, 0), (0, -1))):
+        p = synthetic.sample_params(rng, label)
+        assert np.dot(p["v"], direction) > 0.9 * np.linalg.norm(p["v"])
+        assert [synthetic.sample_params(rng, label + j)["freq"] for j in range(3)] == [1.0, 2.0, 3.0]
+
+
+def test_fresh_clips_each_epoch_are_deterministic():
+    a = synthetic.SyntheticMotion(16, fresh_each_epoch=True)
+    first = a.clips.clone()
+    a.set_epoch(3)
+    b = synthetic.SyntheticMotion(16, fresh_each_epoch=True)
+    b.set_epoch(3)
+    assert torch.equal(a.clips, b.clips) and not torch.equal(a.clips, first)
+
+
+def test_sampling_indices():
+    rng = np.random.default_rng(0)
+    idx = segment_indices(80, 8, True, rng)
+    assert ((idx >= np.arange(8) * 10) & (idx < np.arange(1, 9) * 10)).all()
+    assert segment_indices(80, 8, False, rng).tolist() == [5, 15, 25, 35, 45, 55, 65, 75]
+    assert segment_indices(3, 8, False, rng).max() <= 2
+    assert dense_indices(10, 4, 2, False, rng).tolist() == [1, 3, 5, 7]
+    assert dense_indices(3, 5, 1, True, rng).tolist() == [0, 1, 2, 0, 1]
+
+
+def test_transforms_shapes_and_flip():
+    frames = torch.randint(0, 255, (4, 30, 40, 3), dtype=torch.uint8)
+    assert val_transform(frames, 24, 28).shape == (3, 4, 24, 24)
+    assert train_transform(frames, 16, np.random.default_rng(0)).shape == (3, 4, 16, 16)
+    # flip=False never mirrors: every random crop equals the same crop without flip
+    for seed in range(6):
+        a = train_transform(frames, 16, np.random.default_rng(seed), flip=False)
+        b = train_transform(frames, 16, np.random.default_rng(seed), flip=True)
+        assert torch.equal(a, b) or torch.equal(a.flip(-1), b)
+
+
+def _write_frames(folder, n, size=(20, 24)):
+    from PIL import Image
+    folder.mkdir(parents=True)
+    for i in range(n):
+        value = np.full((*size, 3), 10 * i, np.uint8)
+        Image.fromarray(value).save(folder / f"img_{i + 1:05d}.jpg", quality=95)
+
+
+def test_frame_folders_round_trip_and_skip_missing(tmp_path):
+    _write_frames(tmp_path / "a", 16)
+    _write_frames(tmp_path / "b", 8)
+    (tmp_path / "list.txt").write_text("a 16 0\nb 8 1\nmissing 8 2\n")
+    cfg = dict(name="frames", root=str(tmp_path), annotations=str(tmp_path / "list.txt"), sampling="segments",
+               num_segments=4, size=16, scale_size=16, num_classes=3)
+    ds = build_dataset(cfg, "val")
+    clip, label = ds[0]
+    assert clip.shape == (3, 4, 16, 16) and label == 0
+    # segment centres 2, 6, 10, 14 of 16 frames: brightness 10 * index (JPEG-rounded)
+    means = (clip * torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1, 1)
+             + torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1, 1)).mean((0, 2, 3)) * 255
+    np.testing.assert_allclose(means.numpy(), [20, 60, 100, 140], atol=3)
+    with pytest.warns(UserWarning, match="skipping unreadable sample"):
+        batch = collate_skip([ds[i] for i in range(3)])
+    clips, labels, skipped = batch
+    assert clips.shape == (2, 3, 4, 16, 16) and labels.tolist() == [0, 1] and skipped == 1
+
+
+def test_video_files_round_trip_and_skip_corrupt(tmp_path):
+    import av                                         # PyAV: in the [video] and [dev] extras
+    path = tmp_path / "clip.mp4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=8)
+        stream.width, stream.height, stream.pix_fmt = 32, 32, "yuv420p"
+        for i in range(12):
+            frame = av.VideoFrame.from_ndarray(np.full((32, 32, 3), 20 * i, np.uint8), format="rgb24")
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    (tmp_path / "bad.mp4").write_bytes(b"not a video at all")
+    (tmp_path / "list.txt").write_text("clip.mp4 4\nbad.mp4 5\nnothere.mp4 1\n")
+    cfg = dict(name="video", root=str(tmp_path), annotations=str(tmp_path / "list.txt"), sampling="dense",
+               clip_len=4, frame_interval=3, size=24, num_classes=6)
+    ds = build_dataset(cfg, "train")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        clips, labels, skipped = collate_skip([ds[i] for i in range(3)])
+    assert clips.shape == (1, 3, 4, 24, 24) and labels.tolist() == [4] and skipped == 2
+    assert sum("skipping unreadable sample" in str(w.message) for w in caught) == 2
+    # frames 3 apart: the decoded brightness steps by 60 between sampled frames
+    bright = (clips[0] * 0.226 + 0.449).mean((0, 2, 3)) * 255
+    assert np.allclose(np.diff(bright.numpy()), 60, atol=6)

@@ -1,0 +1,58 @@
+"""Trainer models: forward shapes, stage features through FeatureHooks, temporal shift."""
+import pytest
+import torch
+
+from vkd_kernels.train.hooks import FeatureHooks, as_video
+from vkd_kernels.train.models import build_model, temporal_shift
+
+CASES = [
+    (dict(name="resnet3d", depth=10, width=4, stem_pool=False), {"layer4": (2, 32, 4, 2, 2)}),
+    (dict(name="resnet3d", depth=50, width=2, temporal_strides=(1, 2, 1, 1)), {"layer2": (2, 16, 2, 4, 4)}),
+    (dict(name="i3d", width=0.05, temporal_pool=False), {"Mixed_5c": (2, 50, 4, 1, 1)}),
+    (dict(name="top_heavy_i3d", width=0.05), {"Mixed_4f": (2, 41, 1, 2, 2)}),
+    (dict(name="tsm_resnet", depth=18, width=4, num_segments=4), {"layer4": (8, 32, 1, 1)}),
+]
+
+
+@pytest.mark.parametrize("spec,features", CASES, ids=[c[0]["name"] + str(c[0].get("depth", "")) for c in CASES])
+def test_forward_and_feature_hooks(spec, features):
+    torch.manual_seed(0)
+    model = build_model(spec, num_classes=5).eval()
+    x = torch.randn(2, 3, 4, 32, 32)
+    with FeatureHooks(model, list(features)) as hooks:
+        logits = model(x)
+        assert logits.shape == (2, 5) and torch.isfinite(logits).all()
+        for name, shape in features.items():
+            assert tuple(hooks[name].shape) == shape
+        got = hooks.pop()
+    assert not hooks.handles
+    video = as_video(got[0], getattr(model, "num_segments", None))
+    assert video.dim() == 5 and video.shape[0] == 2
+
+
+def test_top_heavy_low_stages_are_per_frame():
+    model = build_model(dict(name="top_heavy_i3d", width=0.05, temporal_pool=False), 3)
+    kt = lambda m: [c.kernel_size[0] for c in m.modules() if isinstance(c, torch.nn.Conv3d)]  # noqa: E731
+    assert set(kt(model.stem)) == {1} and set(kt(model.Mixed_3c)) == {1}
+    assert 3 in kt(model.Mixed_4b) and 3 in kt(model.Mixed_5c)
+    assert 3 in kt(build_model(dict(name="i3d", width=0.05), 3).Mixed_3b)
+
+
+def test_temporal_shift_moves_channel_folds_in_time():
+    x = torch.arange(2 * 3 * 8, dtype=torch.float32).view(2 * 3, 8, 1, 1)     # N=2, T=3, C=8
+    y = temporal_shift(x, num_segments=3, shift_div=4).view(2, 3, 8)
+    v = x.view(2, 3, 8)
+    assert torch.equal(y[:, :-1, :2], v[:, 1:, :2]) and (y[:, -1, :2] == 0).all()
+    assert torch.equal(y[:, 1:, 2:4], v[:, :-1, 2:4]) and (y[:, 0, 2:4] == 0).all()
+    assert torch.equal(y[:, :, 4:], v[:, :, 4:])
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="depth"):
+        build_model(dict(name="resnet3d", depth=11), 3)
+    with pytest.raises(ValueError, match="model name"):
+        build_model(dict(name="nope"), 3)
+    with pytest.raises(ValueError, match="names"):
+        FeatureHooks(torch.nn.Linear(2, 2), ["layer9"])
+    with pytest.raises(ValueError, match="num_segments"):
+        build_model(dict(name="tsm_resnet", depth=18, width=4, num_segments=4), 3)(torch.randn(1, 3, 5, 16, 16))

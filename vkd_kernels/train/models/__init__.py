@@ -1,0 +1,25 @@
+"""Video models of the trainer (no torchvision): ``build_model({"name": ..., **kwargs}, num_classes)``."""
+from __future__ import annotations
+
+from typing import Dict
+
+from torch import nn
+
+from .i3d import I3D, top_heavy_i3d
+from .resnet3d import ResNet3D
+from .tsm import TSMResNet, temporal_shift
+
+MODELS = {"resnet3d": ResNet3D, "i3d": I3D, "top_heavy_i3d": top_heavy_i3d, "tsm_resnet": TSMResNet}
+
+
+def build_model(spec: Dict, num_classes: int) -> nn.Module:
+    """``spec`` = {"name": one of MODELS, other keys: the model's keyword arguments}."""
+    spec = dict(spec)
+    name = spec.pop("name", None)
+    if name not in MODELS:
+        raise ValueError(f"model name must be one of {sorted(MODELS)}, got {name!r}")
+    spec.pop("features", None)
+    return MODELS[name](num_classes=num_classes, **spec)
+
+
+__all__ = ["I3D", "MODELS", "ResNet3D", "TSMResNet", "build_model", "temporal_shift", "top_heavy_i3d"]
