@@ -223,4 +223,28 @@ PYBIND11_MODULE(_C, m) {
   };
   bind_weight_op("weight_gram", true);
   bind_weight_op("weight_gram_backward", false);
+
+  // attention_apply row passes (kernels.h ApplyArgs): rows (N, C, T, S) with 4 strides each;
+  // affine=false reduces x (times y) into rows, affine=true writes out = x a + b. Pointers 0 for null.
+  m.def("apply_rows",
+        [](const std::string& device, bool affine, int64_t N, int64_t C, int64_t T, int64_t S, int dtype,
+           uintptr_t x, std::array<int64_t, 4> xs, uintptr_t y, std::array<int64_t, 4> ys, uintptr_t rows,
+           uintptr_t a, uintptr_t b, uintptr_t out, std::array<int64_t, 4> os, uintptr_t stream) {
+          if (N < 1 || C < 1 || T < 1 || S < 1) throw std::invalid_argument("vkd: attention_apply sizes must be >= 1");
+          if (affine ? (a == 0 || out == 0) : rows == 0)
+            throw std::invalid_argument("vkd: apply_rows is missing an output or the row factors");
+          vkd::ApplyArgs args{{N, C, T, S}, vkd::DType(dtype), ptr<const void>(x), {xs[0], xs[1], xs[2], xs[3]},
+                              ptr<const void>(y), {ys[0], ys[1], ys[2], ys[3]}, ptr<void>(rows), ptr<const void>(a),
+                              ptr<const void>(b), ptr<void>(out), {os[0], os[1], os[2], os[3]}, stream};
+          const bool cuda = on_cuda(device);
+          py::gil_scoped_release release;
+#ifdef VKD_WITH_CUDA
+          if (cuda) return affine ? vkd::apply_affine_cuda(args) : vkd::apply_reduce_cuda(args);
+#endif
+          (void)cuda;
+          affine ? vkd::apply_affine_cpu(args) : vkd::apply_reduce_cpu(args);
+        },
+        py::arg("device"), py::arg("affine"), py::arg("N"), py::arg("C"), py::arg("T"), py::arg("S"),
+        py::arg("dtype"), py::arg("x"), py::arg("x_strides"), py::arg("y"), py::arg("y_strides"), py::arg("rows"),
+        py::arg("a"), py::arg("b"), py::arg("out"), py::arg("out_strides"), py::arg("stream"));
 }

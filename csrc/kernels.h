@@ -6,6 +6,7 @@
 #include "common/spectrum.h"
 #include "common/attention.h"
 #include "common/weights.h"
+#include "common/apply.h"
 
 namespace vkd {
 
@@ -105,6 +106,27 @@ void weight_gram_backward_cpu(const WeightGramArgs& args);
 #ifdef VKD_WITH_CUDA
 void weight_gram_cuda(const WeightGramArgs& args);
 void weight_gram_backward_cuda(const WeightGramArgs& args);
+#endif
+
+// attention_apply row passes (common/apply.h), rows (N, C, T, S) strided, one dtype for
+// x, y, out; a, b and the row results in the accumulation dtype, contiguous (N C T,).
+// Reduce: out_rows = sum_s x (y null) or sum_s x y. Affine: out = x a + b (b null: 0).
+struct ApplyArgs {
+  apply::RowProblem problem;
+  DType dtype;
+  const void* x; apply::RowStrides x_strides;
+  const void* y; apply::RowStrides y_strides;   // reduce only, may be null
+  void* rows;                                    // reduce output
+  const void* a; const void* b;                  // affine only, b may be null
+  void* out; apply::RowStrides out_strides;      // affine output
+  uintptr_t stream;
+};
+
+void apply_reduce_cpu(const ApplyArgs& args);
+void apply_affine_cpu(const ApplyArgs& args);
+#ifdef VKD_WITH_CUDA
+void apply_reduce_cuda(const ApplyArgs& args);
+void apply_affine_cuda(const ApplyArgs& args);
 #endif
 
 }  // namespace vkd

@@ -1,5 +1,5 @@
 """The GKD attention head: the compact tail against the plain layers (exactness, every
-gradient, FLOPs, no (N, C, L) tensor), attention_apply, the module, errors."""
+gradient, FLOPs, no (N, C, L) tensor), the module, errors (attention_apply: test_attention_apply.py)."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -7,7 +7,7 @@ from conftest import FUSED_BACKENDS, assert_close, relative_error
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
-from vkd_kernels import GenerativeAttentionHead, attention_apply, attention_head_tail
+from vkd_kernels import GenerativeAttentionHead, attention_head_tail
 from vkd_kernels.attention.head import column_classes
 
 NAMES = ("y", "conv_weight", "conv_bias", "gn_weight", "gn_bias", "linear_weight", "linear_bias")
@@ -138,47 +138,6 @@ def test_flop_reduction_at_the_papers_shape():
     assert flops["reference"] >= 20 * flops["auto"] > 0, flops
 
 
-# ---- attention_apply -------------------------------------------------------------------
-
-@pytest.mark.parametrize("per_sample", (True, False))
-@pytest.mark.parametrize("dtype", (torch.float64, torch.float32, torch.bfloat16))
-def test_apply_matches_formula(per_sample, dtype):
-    F_ = torch.randn(3, 4, 5, 3, 7, dtype=torch.float64).abs().to(dtype).requires_grad_()
-    lam = torch.rand(3, 4, 5, dtype=torch.float64).to(dtype).requires_grad_()
-    got = attention_apply(F_, lam, per_sample=per_sample)
-    F64, lam64 = (x.detach().double().requires_grad_() for x in (F_, lam))
-    expected = attention_apply(F64, lam64, per_sample=per_sample, backend="reference")
-    grad = torch.randn_like(expected)
-    assert got.dtype == dtype
-    assert_close(got, expected, dtype, "F_fg")
-    for name, g, e in zip(("dF", "dlam"), torch.autograd.grad(got, (F_, lam), grad.to(dtype)),
-                          torch.autograd.grad(expected, (F64, lam64), grad)):
-        assert_close(g, e, dtype, name)
-
-
-def test_apply_per_sample_differs_from_batch_global():
-    F_, lam = torch.randn(2, 3, 4, 5, 5).abs(), torch.rand(2, 3, 4)
-    assert not torch.allclose(attention_apply(F_, lam), attention_apply(F_, lam, per_sample=False))
-
-
-@pytest.mark.parametrize("per_sample", (True, False))
-def test_apply_gradcheck(per_sample):
-    F_ = torch.randn(2, 3, 4, 2, 3, dtype=torch.float64, requires_grad=True)
-    lam = torch.rand(2, 3, 4, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda a, b: attention_apply(a, b, per_sample=per_sample), (F_, lam))
-
-
-def test_apply_zero_denominator_gives_zero_not_nan():
-    F_ = torch.randn(2, 3, 4, 2, 2, requires_grad=True)
-    lam = torch.rand(2, 3, 4)
-    lam[0] = 0
-    lam.requires_grad_()
-    out = attention_apply(F_, lam)
-    out.sum().backward()
-    assert out[0].abs().max() == 0 and out[1].abs().max() > 0
-    assert torch.isfinite(F_.grad).all() and torch.isfinite(lam.grad).all()
-
-
 # ---- the module ------------------------------------------------------------------------
 
 def test_module_fused_and_plain_agree_with_one_state_dict():
@@ -211,9 +170,6 @@ BAD = [
      "must match y"),
     (lambda a: attention_head_tail(*a[:5], 2, *a[5:], upsample_length=9, eps=0), ValueError, "eps must be"),
     (lambda a: attention_head_tail(*a[:5], 2, *a[5:], upsample_length=9, backend="gpu"), ValueError, "backend"),
-    (lambda a: attention_apply(torch.ones(2, 4, 3, 2), torch.ones(2, 4)), ValueError, "lam must be"),
-    (lambda a: attention_apply(torch.ones(2, 4, 3, 2), torch.ones(2, 4, 3).double()), TypeError, "lam has dtype"),
-    (lambda a: attention_apply(torch.ones(2, 4, 3), torch.ones(2, 4, 3), per_sample=1), TypeError, "per_sample"),
     (lambda a: GenerativeAttentionHead(48, 8, 3, gn_groups=32), ValueError, "must divide in_channels"),
     (lambda a: GenerativeAttentionHead(64, 8, 3, gn_groups=8)(torch.ones(1, 64, 8, 4, 3)), ValueError,
      "features must be"),

@@ -9,12 +9,13 @@ the one place configs are chosen and ``aot_specs`` enumerates all of them.
 """
 from __future__ import annotations
 
-import inspect
 from typing import Iterator
 
 import torch
 import triton
 import triton.language as tl
+
+from .._triton_specs import TRITON_TYPES, aot_signature
 
 POWERS = {2.0: 0, 1.0: 1}  # exponent -> POWER; anything else -> 2
 
@@ -214,7 +215,58 @@ def _head_norm_backward(
                      mask=mask)
 
 
-KERNELS = (_map_forward, _map_backward, _head_norm_forward, _head_norm_backward)
+@triton.jit
+def _row_offsets(r, C, T, sn, sc, st):
+    """Offsets of element (row r, 0) of a (N, C, T, S) tensor, rows r = (n, c, t) flattened."""
+    return r // (C * T) * sn + r // T % C * sc + r % T * st
+
+
+@triton.jit
+def _apply_reduce(
+    x_ptr, y_ptr,              # (N, C, T, S) strided; y unused unless HAS_Y
+    rows_ptr,                  # (N C T,) output: sum_s x (or x y), accumulation dtype
+    C, T, S, R,                # sizes, R = N C T rows
+    x_sn, x_sc, x_st, x_ss,
+    y_sn, y_sc, y_st, y_ss,
+    HAS_Y: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_S: tl.constexpr, IS_FP64: tl.constexpr,
+):
+    r = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    x_row = _row_offsets(r, C, T, x_sn, x_sc, x_st)
+    y_row = _row_offsets(r, C, T, y_sn, y_sc, y_st)
+    acc = tl.zeros((BLOCK_R, BLOCK_S), tl.float64 if IS_FP64 else tl.float32)
+    for s0 in range(0, S, BLOCK_S):
+        s = s0 + tl.arange(0, BLOCK_S).to(tl.int64)
+        mask = (r[:, None] < R) & (s[None, :] < S)
+        x = tl.load(x_ptr + x_row[:, None] + s[None, :] * x_ss, mask=mask, other=0.0).to(acc.dtype)
+        if HAS_Y:
+            x *= tl.load(y_ptr + y_row[:, None] + s[None, :] * y_ss, mask=mask, other=0.0).to(acc.dtype)
+        acc += x
+    tl.store(rows_ptr + r, tl.sum(acc, axis=1), mask=r < R)
+
+
+@triton.jit
+def _apply_affine(
+    x_ptr,                     # (N, C, T, S) strided
+    a_ptr, b_ptr,              # (N C T,) row factors, accumulation dtype; b unused unless HAS_B
+    out_ptr,                   # (N, C, T, S) strided output: x a + b
+    C, T, S, R,
+    x_sn, x_sc, x_st, x_ss,
+    o_sn, o_sc, o_st, o_ss,
+    HAS_B: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_S: tl.constexpr, IS_FP64: tl.constexpr,
+):
+    r = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    s = tl.program_id(1).to(tl.int64) * BLOCK_S + tl.arange(0, BLOCK_S)
+    mask = (r[:, None] < R) & (s[None, :] < S)
+    a = tl.load(a_ptr + r, mask=r < R, other=0.0)
+    x = tl.load(x_ptr + _row_offsets(r, C, T, x_sn, x_sc, x_st)[:, None] + s[None, :] * x_ss, mask=mask, other=0.0)
+    out = x.to(tl.float64 if IS_FP64 else tl.float32) * a[:, None]
+    if HAS_B:
+        out += tl.load(b_ptr + r, mask=r < R, other=0.0)[:, None]
+    tl.store(out_ptr + _row_offsets(r, C, T, o_sn, o_sc, o_st)[:, None] + s[None, :] * o_ss,
+             out.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+KERNELS = (_map_forward, _map_backward, _head_norm_forward, _head_norm_backward, _apply_reduce, _apply_affine)
 
 
 def launch_constexprs(q: float, dtype: torch.dtype) -> dict:
@@ -263,18 +315,47 @@ def head_norm_backward(Z, w, gamma, beta, stats, dH, groups: int, M: float, dZ, 
                                        **head_constexprs(Z.dtype), num_warps=4)
 
 
-_TRITON_TYPES = {torch.float32: "fp32", torch.float64: "fp64", torch.float16: "fp16", torch.bfloat16: "bf16"}
+def apply_constexprs(dtype: torch.dtype) -> dict:
+    """The constexprs of the attention_apply row kernels (besides HAS_Y / HAS_B)."""
+    return dict(BLOCK_R=16 if dtype == torch.float64 else 32, BLOCK_S=64, IS_FP64=dtype == torch.float64)
+
+
+def apply_reduce(x: torch.Tensor, y, rows: torch.Tensor) -> None:
+    """Writes rows (N C T,) = sum_s x (y None) or sum_s x y for x, y (N, C, T, S) strided."""
+    N, C, T, S = x.shape
+    c = apply_constexprs(x.dtype)
+    has_y = y is not None
+    y = y if has_y else x
+    _apply_reduce[(triton.cdiv(N * C * T, c["BLOCK_R"]),)](x, y, rows, C, T, S, N * C * T, *x.stride(), *y.stride(),
+                                                          HAS_Y=has_y, **c, num_warps=4)
+
+
+def apply_affine(x: torch.Tensor, a: torch.Tensor, b, out: torch.Tensor) -> None:
+    """Writes out = x a[row] + b[row] (b None: 0) for x, out (N, C, T, S) strided."""
+    N, C, T, S = x.shape
+    c = apply_constexprs(x.dtype)
+    grid = (triton.cdiv(N * C * T, c["BLOCK_R"]), triton.cdiv(S, c["BLOCK_S"]))
+    _apply_affine[grid](x, a, a if b is None else b, out, C, T, S, N * C * T, *x.stride(), *out.stride(),
+                        HAS_B=b is not None, **c, num_warps=4)
 
 
 def aot_specs(int_type: str = "i32") -> Iterator[tuple]:
     """(kernel, signature, constexprs, options) for every config launch_constexprs can produce."""
-    for dtype, ty in _TRITON_TYPES.items():
+    for dtype, ty in TRITON_TYPES.items():
         acc = "fp64" if dtype == torch.float64 else "fp32"
         # the head kernels with gamma and beta present (a superset of the code without)
         c = dict(head_constexprs(dtype), HAS_GAMMA=True, HAS_BETA=True)
         tensors = {name: f"*{ty}" for name in ("z_ptr", "w_ptr", "gamma_ptr", "beta_ptr", "h_ptr", "dh_ptr",
                                                 "dz_ptr", "dgamma_ptr", "dbeta_ptr")}
         tensors["stats_ptr"] = f"*{acc}"
+        # the row kernels, with and without y / b (forward and backward)
+        apply_pointers = {"x_ptr": f"*{ty}", "y_ptr": f"*{ty}", "out_ptr": f"*{ty}", "rows_ptr": f"*{acc}",
+                          "a_ptr": f"*{acc}", "b_ptr": f"*{acc}"}
+        for present in (True, False):
+            yield _apply_reduce, _signature(_apply_reduce, apply_pointers, int_type), \
+                dict(apply_constexprs(dtype), HAS_Y=present), dict(num_warps=4)
+            yield _apply_affine, _signature(_apply_affine, apply_pointers, int_type), \
+                dict(apply_constexprs(dtype), HAS_B=present), dict(num_warps=4)
         for kernel in (_head_norm_forward, _head_norm_backward):
             yield kernel, _signature(kernel, tensors, int_type), c, dict(num_warps=4)
         for q in (2.0, 1.0, 1.5):
@@ -286,12 +367,4 @@ def aot_specs(int_type: str = "i32") -> Iterator[tuple]:
 
 
 def _signature(kernel, pointers: dict, int_type: str) -> dict:
-    """Triton signature of a launch: q, M, eps are fp32, other scalars int_type."""
-    fn = getattr(kernel, "fn", kernel)
-    sig = {}
-    for name, param in inspect.signature(fn).parameters.items():
-        if "constexpr" in str(param.annotation):
-            sig[name] = "constexpr"
-        else:
-            sig[name] = pointers.get(name, "fp32" if name in ("q", "M", "eps") else int_type)
-    return sig
+    return aot_signature(kernel, pointers, int_type, ("q", "M", "eps"))

@@ -17,7 +17,6 @@ for sm_80 and sm_90 in the test suite.
 """
 from __future__ import annotations
 
-import inspect
 from typing import Iterator, Optional
 
 import torch
@@ -25,6 +24,7 @@ import triton
 import triton.language as tl
 
 from .._checks import new_output
+from .._triton_specs import DOT_PRECISION, TRITON_TYPES, aot_signature
 from .layout import MAX_FUSED_T, SpectrumProblem, accumulation_dtype, view_strides
 
 
@@ -259,9 +259,6 @@ def _group_backward(
 
 KERNELS = (_pixel_forward, _pixel_backward, _group_forward, _group_backward)
 
-_PRECISION = {torch.float32: "tf32x3", torch.float64: "ieee", torch.float16: "tf32", torch.bfloat16: "tf32"}
-
-
 def _pad(n: int) -> int:
     return max(16, triton.next_power_of_2(n))
 
@@ -271,7 +268,7 @@ def launch_constexprs(T: int, dtype: torch.dtype) -> dict:
     T_PAD = _pad(T)
     block = max(16, min(128, 2048 // T_PAD)) // (2 if dtype == torch.float64 else 1)
     return dict(T_PAD=T_PAD, K_PAD=_pad(T_PAD // 2 + 1), BLOCK_L=max(16, block),
-                PRECISION=_PRECISION[dtype], IS_FP64=dtype == torch.float64)
+                PRECISION=DOT_PRECISION[dtype], IS_FP64=dtype == torch.float64)
 
 
 def _launch_options(T: int) -> dict:
@@ -314,16 +311,13 @@ def backward(pr: SpectrumProblem, xs: torch.Tensor, xt: torch.Tensor, w: torch.T
                         **c, **_launch_options(pr.T))
 
 
-_TRITON_TYPES = {torch.float32: "fp32", torch.float64: "fp64", torch.float16: "fp16", torch.bfloat16: "bf16"}
-
-
 def aot_specs(int_type: str = "i32") -> Iterator[tuple]:
     """(kernel, signature, constexprs, options) for every config launch_constexprs can
     produce, with every constexpr branch (STORE_D both ways; NEED_S and NEED_T on, a
     superset of the code of the other combinations)."""
     seen = set()
     for T in range(2, MAX_FUSED_T + 1):
-        for dtype, ty in _TRITON_TYPES.items():
+        for dtype, ty in TRITON_TYPES.items():
             c = launch_constexprs(T, dtype)
             key = (tuple(sorted(c.items())), tuple(sorted(_launch_options(T).items())))
             if key in seen:
@@ -347,14 +341,4 @@ _FLOAT_ARGS = ("scale", "eps", "grad_scale")  # mode is an int
 
 
 def _signature(kernel, pointers: dict, int_type: str) -> dict:
-    """Triton signature of a launch: Python floats are fp32, ints int_type."""
-    fn = getattr(kernel, "fn", kernel)  # the Python function, also under TRITON_INTERPRET=1
-    sig = {}
-    for name, param in inspect.signature(fn).parameters.items():
-        if "constexpr" in str(param.annotation):
-            sig[name] = "constexpr"
-        elif name in pointers:
-            sig[name] = pointers[name]
-        else:
-            sig[name] = "fp32" if name in _FLOAT_ARGS else int_type
-    return sig
+    return aot_signature(kernel, pointers, int_type, _FLOAT_ARGS)

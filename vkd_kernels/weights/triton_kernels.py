@@ -22,7 +22,7 @@ import triton
 import triton.language as tl
 
 from .._checks import new_output
-from ..spectrum.triton_kernels import _PRECISION, _TRITON_TYPES, _signature
+from .._triton_specs import DOT_PRECISION, TRITON_TYPES, aot_signature
 from .layout import GROUP_FIELDS, MAX_P, TENSOR_FIELDS, Layout, tables
 
 
@@ -119,7 +119,7 @@ KERNELS = (_gram_kernel, _gram_backward_kernel)
 def launch_constexprs(Pmax: int, dtype: torch.dtype) -> dict:
     """The constexprs of a launch: the one place configs are chosen."""
     return dict(BLOCK_R=32 if dtype == torch.float64 else 64, BLOCK_P=min(64, max(16, triton.next_power_of_2(Pmax))),
-                PRECISION=_PRECISION[dtype], IS_FP64=dtype == torch.float64)
+                PRECISION=DOT_PRECISION[dtype], IS_FP64=dtype == torch.float64)
 
 
 def gram(layout: Layout, weights: Sequence[torch.Tensor], acc: torch.dtype) -> torch.Tensor:
@@ -147,7 +147,7 @@ def aot_specs(int_type: str = "i32") -> Iterator[tuple]:
     """(kernel, signature, constexprs, options) for every config launch_constexprs can produce."""
     seen = set()
     for Pmax in range(2, MAX_P + 1):
-        for dtype, ty in _TRITON_TYPES.items():
+        for dtype, ty in TRITON_TYPES.items():
             c = launch_constexprs(Pmax, dtype)
             key = tuple(sorted(c.items()))
             if key in seen:
@@ -155,9 +155,9 @@ def aot_specs(int_type: str = "i32") -> Iterator[tuple]:
             seen.add(key)
             acc = "*fp64" if dtype == torch.float64 else "*fp32"
             tables_ = {"tensors_ptr": "*i64", "groups_ptr": "*i64", "carrier_ptr": f"*{ty}"}
-            yield _gram_kernel, _signature(_gram_kernel, dict(tables_, partials_ptr=acc), int_type), c, \
+            yield _gram_kernel, aot_signature(_gram_kernel, dict(tables_, partials_ptr=acc), int_type), c, \
                 dict(num_warps=4)
-            yield _gram_backward_kernel, _signature(_gram_backward_kernel, dict(tables_, m_ptr=acc), int_type), c, \
+            yield _gram_backward_kernel, aot_signature(_gram_backward_kernel, dict(tables_, m_ptr=acc), int_type), c, \
                 dict(num_warps=4)
 
 

@@ -1,0 +1,50 @@
+"""Cases for ``vkd_kernels.attention_apply`` (op name ``apply``): F * lam * sum(F) / sum(F * lam).
+
+Providers: ``vkd`` (backend="auto": the fused C++ row kernels on CPU, Triton on CUDA),
+``eager`` (the formula in torch, backend="reference") and ``compile`` (``torch.compile``
+of that formula). The scalar loss is out.square().sum() for every provider, so the
+backward reads a dense gradient as in training. F and lam both require grad.
+"""
+from __future__ import annotations
+
+from typing import List
+
+import torch
+
+from vkd_kernels import attention_apply
+
+from harness import Case
+
+OP = "apply"
+# F (N, C, T, H, W): the GKD shape, and a larger one
+SHAPES = [(6, 1024, 8, 7, 7), (8, 2048, 8, 14, 14)]
+
+
+def _provider(backend):
+    def run(F, lam):
+        return attention_apply(F, lam, backend=backend).square().sum()
+    return run
+
+
+def make_case(shape, device: str, dtype: torch.dtype = torch.float32) -> Case:
+    def make_inputs():
+        gen = torch.Generator().manual_seed(0)
+        F = torch.rand(shape, generator=gen, dtype=dtype).to(device).requires_grad_()
+        lam = torch.rand(shape[:3], generator=gen, dtype=dtype).to(device).requires_grad_()
+        return F, lam
+
+    eager = _provider("reference")
+    size = torch.tensor([], dtype=dtype).element_size() * torch.Size(shape).numel()
+    return Case(
+        op=OP,
+        label="F " + "x".join(map(str, shape)),
+        make_inputs=make_inputs,
+        providers={"vkd": lambda: _provider("auto"), "eager": lambda: eager,
+                   "compile": lambda: torch.compile(eager, dynamic=False)},
+        # forward reads F and writes out; backward reads F and g, writes dF
+        min_bytes={"forward": 2 * size, "backward": 3 * size, "full": 5 * size},
+    )
+
+
+def cases(device: str, quick: bool = False) -> List[Case]:
+    return [make_case(shape, device) for shape in (SHAPES[:1] if quick else SHAPES)]

@@ -1,0 +1,43 @@
+// attention_apply row passes on the CPU: OpenMP over the N C T rows, each row's loop over
+// S vectorized (math in common/apply.h). Deterministic: each row sums in a fixed order.
+#include "../kernels.h"
+
+namespace vkd {
+using namespace apply;
+
+namespace {
+
+template <typename scalar_t>
+void reduce(const ApplyArgs& a) {
+  using acc_t = typename Element<scalar_t>::acc_t;
+  const RowProblem& pr = a.problem;
+  const auto* x = static_cast<const scalar_t*>(a.x);
+  const auto* y = static_cast<const scalar_t*>(a.y);
+  auto* rows = static_cast<acc_t*>(a.rows);
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < pr.rows(); ++i)
+    rows[i] = reduce_row<1>(x + row_offset(pr, a.x_strides, i), a.x_strides.s,
+                            y ? y + row_offset(pr, a.y_strides, i) : nullptr, a.y_strides.s, pr.S, 0);
+}
+
+template <typename scalar_t>
+void affine(const ApplyArgs& args) {
+  using acc_t = typename Element<scalar_t>::acc_t;
+  const RowProblem& pr = args.problem;
+  const auto* x = static_cast<const scalar_t*>(args.x);
+  const auto* a = static_cast<const acc_t*>(args.a);
+  const auto* b = static_cast<const acc_t*>(args.b);
+  auto* out = static_cast<scalar_t*>(args.out);
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < pr.rows(); ++i)
+    affine_row<1>(x + row_offset(pr, args.x_strides, i), args.x_strides.s, a[i], b ? b[i] : acc_t(0),
+                  out + row_offset(pr, args.out_strides, i), args.out_strides.s, pr.S, 0);
+}
+
+}  // namespace
+
+void apply_reduce_cpu(const ApplyArgs& args) { VKD_DISPATCH_DTYPE(args.dtype, [&] { reduce<scalar_t>(args); }); }
+
+void apply_affine_cpu(const ApplyArgs& args) { VKD_DISPATCH_DTYPE(args.dtype, [&] { affine<scalar_t>(args); }); }
+
+}  // namespace vkd

@@ -1,0 +1,77 @@
+// attention_apply row passes on CUDA: one warp per row (rows are short, S ~ 49..196),
+// its 32 lanes striding over S (coalesced for contiguous rows), a fixed-order warp
+// shuffle sum for the reduction (deterministic, no atomics). Math in common/apply.h.
+#include <cuda_runtime.h>
+#include <algorithm>
+#include <stdexcept>
+#include <string>
+#include "../kernels.h"
+
+namespace vkd {
+using namespace apply;
+
+namespace {
+
+constexpr int kThreads = 256, kWarp = 32, kRowsPerBlock = kThreads / kWarp;
+
+// Calls body(row, lane) for each row of this thread's warp (grid-stride; a whole warp per row).
+template <typename Body>
+__device__ void for_each_warp_row(int64_t rows, Body body) {
+  for (int64_t i = blockIdx.x * int64_t(kRowsPerBlock) + threadIdx.x / kWarp; i < rows;
+       i += int64_t(gridDim.x) * kRowsPerBlock)
+    body(i, int(threadIdx.x % kWarp));
+}
+
+template <typename scalar_t>
+__global__ void reduce_kernel(ApplyArgs a) {
+  using acc_t = typename Element<scalar_t>::acc_t;
+  const RowProblem& pr = a.problem;
+  const auto* x = static_cast<const scalar_t*>(a.x);
+  const auto* y = static_cast<const scalar_t*>(a.y);
+  for_each_warp_row(pr.rows(), [&](int64_t i, int lane) {
+    const scalar_t* y_row = y ? y + row_offset(pr, a.y_strides, i) : nullptr;
+    acc_t acc = reduce_row<kWarp>(x + row_offset(pr, a.x_strides, i), a.x_strides.s, y_row, a.y_strides.s, pr.S, lane);
+    for (int offset = kWarp / 2; offset > 0; offset /= 2) acc += __shfl_down_sync(0xffffffffu, acc, offset);
+    if (lane == 0) static_cast<acc_t*>(a.rows)[i] = acc;
+  });
+}
+
+template <typename scalar_t>
+__global__ void affine_kernel(ApplyArgs args) {
+  using acc_t = typename Element<scalar_t>::acc_t;
+  const RowProblem& pr = args.problem;
+  const auto* a = static_cast<const acc_t*>(args.a);
+  const auto* b = static_cast<const acc_t*>(args.b);
+  const auto* x = static_cast<const scalar_t*>(args.x);
+  auto* out = static_cast<scalar_t*>(args.out);
+  for_each_warp_row(pr.rows(), [&](int64_t i, int lane) {
+    affine_row<kWarp>(x + row_offset(pr, args.x_strides, i), args.x_strides.s, a[i], b ? b[i] : acc_t(0),
+                      out + row_offset(pr, args.out_strides, i), args.out_strides.s, pr.S, lane);
+  });
+}
+
+int blocks(int64_t rows) { return int(std::min<int64_t>((rows + kRowsPerBlock - 1) / kRowsPerBlock, 65535)); }
+
+void check(cudaError_t error) {
+  if (error != cudaSuccess) throw std::runtime_error(std::string("vkd attention_apply: ") + cudaGetErrorString(error));
+}
+
+}  // namespace
+
+void apply_reduce_cuda(const ApplyArgs& args) {
+  VKD_DISPATCH_DTYPE(args.dtype, [&] {
+    reduce_kernel<scalar_t><<<blocks(args.problem.rows()), kThreads, 0,
+                              reinterpret_cast<cudaStream_t>(args.stream)>>>(args);
+  });
+  check(cudaGetLastError());
+}
+
+void apply_affine_cuda(const ApplyArgs& args) {
+  VKD_DISPATCH_DTYPE(args.dtype, [&] {
+    affine_kernel<scalar_t><<<blocks(args.problem.rows()), kThreads, 0,
+                              reinterpret_cast<cudaStream_t>(args.stream)>>>(args);
+  });
+  check(cudaGetLastError());
+}
+
+}  // namespace vkd

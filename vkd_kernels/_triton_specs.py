@@ -1,0 +1,33 @@
+"""What every op's Triton module shares: dtype names and dot precisions of a launch, and
+the signature its ``aot_specs()`` hands to the ahead-of-time compile harness
+(python_tests/triton_aot.py). Imports neither Triton nor the kernels."""
+from __future__ import annotations
+
+import inspect
+from typing import Iterable
+
+import torch
+
+# Triton's name of each tensor dtype, as written in a signature ("*fp32" for a pointer).
+TRITON_TYPES = {torch.float32: "fp32", torch.float64: "fp64", torch.float16: "fp16", torch.bfloat16: "bf16"}
+
+# tl.dot input_precision per input dtype: tf32x3 keeps float32 dots at ~1e-6 relative error
+# on tensor cores, float64 dots are exact ("ieee"), half types are upcast to float32 first.
+DOT_PRECISION = {torch.float32: "tf32x3", torch.float64: "ieee", torch.float16: "tf32", torch.bfloat16: "tf32"}
+
+
+def aot_signature(kernel, pointers: dict, int_type: str, float_args: Iterable[str] = ()) -> dict:
+    """Triton signature of a launch of ``kernel``: constexpr parameters as "constexpr",
+    ``pointers`` (name -> "*fp32" ...) as given, the scalars named in ``float_args`` as
+    fp32 (Python floats), every other scalar as ``int_type`` ("i32" or "i64")."""
+    fn = getattr(kernel, "fn", kernel)  # the Python function, also under TRITON_INTERPRET=1
+    float_args = set(float_args)
+    signature = {}
+    for name, param in inspect.signature(fn).parameters.items():
+        if "constexpr" in str(param.annotation):
+            signature[name] = "constexpr"
+        elif name in pointers:
+            signature[name] = pointers[name]
+        else:
+            signature[name] = "fp32" if name in float_args else int_type
+    return signature
