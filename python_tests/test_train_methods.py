@@ -18,7 +18,7 @@ def _batch():
     return torch.randn(4, 3, 8, 16, 16, generator=g), torch.tensor([0, 1, 2, 1])
 
 
-@pytest.mark.parametrize("name", sorted(REGISTRY))
+@pytest.mark.parametrize("name", sorted(n for n in REGISTRY if not n.startswith("gkd")))  # gkd: test_train_gkd.py
 def test_method_step_lowers_its_loss(name):
     torch.manual_seed(0)
     clips, labels = _batch()

@@ -41,6 +41,7 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a teacher or a student with cross-entropy")
     _common(p)
     p.add_argument("--role", choices=("teacher", "student"), default="teacher")
+    p.add_argument("--method", default="ce", help="a method without teacher: ce, or gkd_repr (a GKD teacher)")
     p.add_argument("--seed", type=int, default=0)
     p = sub.add_parser("distill", help="train the student with a distillation method")
     _common(p)
@@ -69,12 +70,24 @@ def reproduce(recipe, out: Path, seeds, methods, resume: bool, progress: bool) -
         fit(run_config(recipe, "teacher", seed=int(recipe.get("teacher_seed", 0))), teacher_dir,
             resume=resume, progress=progress)
     teacher = json.loads((teacher_dir / "summary.json").read_text())
+
+    def teacher_for(method: str) -> Path:
+        """The ce teacher, or for GKD a teacher trained with its own method (``teacher_method``)."""
+        name = getattr(REGISTRY[method][0], "teacher_method", None)
+        if name is None:
+            return teacher_dir
+        path = out / f"teacher-{name}"
+        if not (path / "summary.json").exists():
+            fit(run_config(recipe, "teacher", method=name, seed=int(recipe.get("teacher_seed", 0))), path,
+                resume=resume, progress=progress)
+        return path
     runs, curves = {}, {"teacher": [teacher["curve_top1"]]}
     for method in methods:
         for seed in seeds:
             run_dir = out / method / f"seed{seed}"
             if not (run_dir / "summary.json").exists():
-                cfg = run_config(recipe, "student", method=method, seed=seed, teacher=str(teacher_dir / "model.pt"))
+                cfg = run_config(recipe, "student", method=method, seed=seed,
+                                 teacher=str(teacher_for(method) / "model.pt"))
                 fit(cfg, run_dir, resume=resume, progress=progress)
             summary = json.loads((run_dir / "summary.json").read_text())
             runs.setdefault(method, []).append(summary)
@@ -102,7 +115,8 @@ def main(argv=None) -> int:
     recipe = load_recipe(args.recipe, args.set)
     progress = not getattr(args, "no_progress", False)
     if args.command == "train":
-        summary = fit(run_config(recipe, args.role, seed=args.seed), args.out, resume=args.resume, progress=progress)
+        summary = fit(run_config(recipe, args.role, method=args.method, seed=args.seed), args.out,
+                      resume=args.resume, progress=progress)
         if summary:
             print(json.dumps(summary))
     elif args.command == "distill":

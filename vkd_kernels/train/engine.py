@@ -5,11 +5,13 @@
 * data order: ``DistributedSampler(shuffle=True, seed=seed)`` with ``set_epoch``,
   also with one process, so the order is a function of (seed, epoch, rank);
 * SGD (momentum, weight decay; the method's uncertainty weights get none), cosine
-  learning rate per epoch, AMP (float16 autocast + GradScaler) on CUDA;
+  learning rate per epoch, AMP (float16 autocast + GradScaler) on CUDA; a method may
+  declare phases (``phases()``: e.g. GKD's CVAE pass with Adam, then its network pass),
+  each one pass over the data per epoch with its own optimiser and scheduler;
 * multi-GPU / multi-process through ``torchrun``: DDP (NCCL on CUDA, gloo on CPU);
 * every epoch: one CSV row in ``log.csv`` (TensorBoard too if ``tensorboard: true``)
   and an atomic checkpoint ``last.pt`` (write to a temp file, then ``os.replace``)
-  with model, optimiser, scheduler, scaler, the RNG states of torch, numpy and
+  with model, the optimiser and scheduler of every phase, scaler, the RNG states of torch, numpy and
   python, and the epoch; ``resume=True`` continues from it and ends with the same
   weights as a run that was never interrupted;
 * at the end: ``model.pt`` (the trained model's weights and spec) and
@@ -125,6 +127,37 @@ def cosine(epochs: int, warmup: int = 0):
     return factor
 
 
+def method_phases(method) -> list:
+    """[(name, parameters, optimizer options)]: ``method.phases()`` if it declares phases
+    (each one pass over the data per epoch, in order, after ``method.set_phase(name, epoch)``),
+    else one phase with every trainable parameter. Options None: SGD + cosine."""
+    if hasattr(method, "phases"):
+        return method.phases()
+    return [("train", [p for p in method.parameters() if p.requires_grad], None)]
+
+
+def make_phases(method, t: Dict, epochs: int) -> list:
+    """[(name, optimizer, scheduler)]. SGD (momentum, weight decay except the method's
+    ``no_decay_parameters``) with the cosine schedule, or for options
+    {"optimizer": "adam", "lr", "betas"} Adam at a constant rate."""
+    no_decay = {id(p) for p in method.no_decay_parameters()}
+    out = []
+    for name, params, options in method_phases(method):
+        if options and options.get("optimizer") == "adam":
+            betas = tuple(options.get("betas", (0.9, 0.999)))
+            optimizer = torch.optim.Adam(params, lr=float(options["lr"]), betas=betas)
+            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 1.0)
+        else:
+            groups = [{"params": [p for p in params if id(p) not in no_decay]},
+                      {"params": [p for p in params if id(p) in no_decay], "weight_decay": 0.0}]
+            optimizer = torch.optim.SGD(groups, lr=float(t["lr"]), momentum=float(t.get("momentum", 0.9)),
+                                        weight_decay=float(t.get("weight_decay", 5e-4)),
+                                        nesterov=bool(t.get("nesterov", False)))
+            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine(epochs, int(t.get("warmup_epochs", 0))))
+        out.append((name, optimizer, scheduler))
+    return out
+
+
 def fit(cfg: Dict, out_dir, *, resume: bool = False, stop_after: Optional[int] = None,
         progress: bool = True, callback: Optional[Callable] = None) -> Dict:
     """Train ``cfg["model"]`` with ``cfg["method"]`` (and ``cfg["teacher"]``, a model.pt path).
@@ -149,16 +182,12 @@ def fit(cfg: Dict, out_dir, *, resume: bool = False, stop_after: Optional[int] =
     method = build_method(cfg.get("method", "ce"), student, teacher, probe=probe, **method_cfg).to(device)
     trained = method
     if world > 1:
-        trained = torch.nn.parallel.DistributedDataParallel(method, device_ids=[device.index] if device.type == "cuda" else None)
+        trained = torch.nn.parallel.DistributedDataParallel(
+            method, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=len(method_phases(method)) > 1)   # a phase leaves the others' parameters unused
 
-    no_decay = {id(p) for p in method.no_decay_parameters()}
-    params = [p for p in method.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if id(p) not in no_decay]},
-              {"params": [p for p in params if id(p) in no_decay], "weight_decay": 0.0}]
-    optimizer = torch.optim.SGD(groups, lr=float(t["lr"]), momentum=float(t.get("momentum", 0.9)),
-                                weight_decay=float(t.get("weight_decay", 5e-4)), nesterov=bool(t.get("nesterov", False)))
     epochs = int(t["epochs"])
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine(epochs, int(t.get("warmup_epochs", 0))))
+    phases = make_phases(method, t, epochs)
     amp = bool(t.get("amp", True)) and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
 
@@ -167,8 +196,9 @@ def fit(cfg: Dict, out_dir, *, resume: bool = False, stop_after: Optional[int] =
     if resume and ckpt_path.exists():
         ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
         method.load_state_dict(ckpt["method"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
+        for (_, optimizer, scheduler), state in zip(phases, ckpt["phases"]):
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(ckpt["scaler"])
         set_rng_state(ckpt["rng"])
         start_epoch, history = ckpt["epoch"] + 1, ckpt["history"]
@@ -185,33 +215,36 @@ def fit(cfg: Dict, out_dir, *, resume: bool = False, stop_after: Optional[int] =
             train_set.set_epoch(epoch)
         method.train()
         method.loss_seconds = 0.0
-        sums, seen, skipped, began = {}, 0, 0, time.perf_counter()
-        bar = tqdm(train_loader, desc=f"{cfg.get('name', 'run')} epoch {epoch + 1}/{epochs}", leave=False)
-        for clips, labels, n_skipped in bar:
-            skipped += n_skipped
-            if clips is None:
-                continue
-            clips, labels = clips.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-            with torch.autocast(device.type, torch.float16, enabled=amp):
-                loss, logits, terms = trained(clips, labels)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            n = len(labels)
-            seen += n
-            terms = {"loss": loss.detach(), **terms, "acc": (logits.argmax(1) == labels).float().mean() * 100}
-            for k, v in terms.items():
-                sums[k] = sums.get(k, 0.0) + float(v) * n
-            if hasattr(bar, "set_postfix"):
-                bar.set_postfix(loss=f"{float(loss):.3f}")
-        lr = optimizer.param_groups[0]["lr"]
-        scheduler.step()
+        began, row = time.perf_counter(), {"epoch": epoch + 1, "lr": phases[-1][1].param_groups[0]["lr"]}
+        for name, optimizer, scheduler in phases:       # one pass over the data per phase
+            if len(phases) > 1:
+                method.set_phase(name, epoch)
+            sums, seen, skipped = {}, 0, 0
+            bar = tqdm(train_loader, desc=f"{cfg.get('name', 'run')} epoch {epoch + 1}/{epochs}", leave=False)
+            for clips, labels, n_skipped in bar:
+                skipped += n_skipped
+                if clips is None:
+                    continue
+                clips, labels = clips.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+                with torch.autocast(device.type, torch.float16, enabled=amp):
+                    loss, logits, terms = trained(clips, labels)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                n = len(labels)
+                seen += n
+                terms = {"loss": loss.detach(), **terms, "acc": (logits.argmax(1) == labels).float().mean() * 100}
+                for k, v in terms.items():
+                    sums[k] = sums.get(k, 0.0) + float(v) * n
+                if hasattr(bar, "set_postfix"):
+                    bar.set_postfix(loss=f"{float(loss):.3f}")
+            prefix = "train_" if name == phases[-1][0] else f"train_{name}_"   # the last phase: plain names
+            row.update({f"{prefix}{k}": v / max(seen, 1) for k, v in sums.items()})
+            scheduler.step()
         epoch_seconds = time.perf_counter() - began
         if skipped:
             print(f"[vkd] epoch {epoch + 1}: skipped {skipped} unreadable samples")
-        row = {"epoch": epoch + 1, "lr": lr}
-        row.update({f"train_{k}": v / max(seen, 1) for k, v in sums.items()})
         if rank == 0:
             row.update({f"val_{k}": v for k, v in evaluate(method.student, val_loader, device, amp).items()})
         row.update(epoch_seconds=epoch_seconds, loss_seconds=method.loss_seconds, skipped=skipped)
@@ -219,8 +252,9 @@ def fit(cfg: Dict, out_dir, *, resume: bool = False, stop_after: Optional[int] =
             row.update({f"s_{n}": float(v) for n, v in zip(method.term_names, method.log_vars.detach())})
         history.append(row)
         if rank == 0:
-            atomic_save({"method": method.state_dict(), "optimizer": optimizer.state_dict(),
-                         "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": rng_state(),
+            atomic_save({"method": method.state_dict(), "scaler": scaler.state_dict(), "rng": rng_state(),
+                         "phases": [{"name": n, "optimizer": o.state_dict(), "scheduler": s.state_dict()}
+                                    for n, o, s in phases],
                          "epoch": epoch, "history": history, "config": cfg}, ckpt_path)
             _write_csv(out / "log.csv", history)
             if writer is not None:
@@ -237,7 +271,7 @@ def fit(cfg: Dict, out_dir, *, resume: bool = False, stop_after: Optional[int] =
         writer.close()
     if rank != 0 or len(history) < epochs:
         return {}
-    spec = dict(cfg["model"])
+    spec = {**cfg["model"], **(method.spec_extra() if hasattr(method, "spec_extra") else {})}
     atomic_save({"spec": spec, "num_classes": num_classes, "state_dict": method.student.state_dict()}, out / "model.pt")
     summary = {
         "name": cfg.get("name"), "method": cfg.get("method", "ce"), "seed": seed,

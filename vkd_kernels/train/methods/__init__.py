@@ -29,6 +29,14 @@ if hasattr(vkd_kernels, "WeightSpectrumLoss"):
         "collab_fixed": (Collab, {"uncertainty": False}),
         "collab_mutual": (Collab, {"mutual": True}),
     })
+if hasattr(vkd_kernels, "GenerativeAttentionHead"):    # GKD (method A) and its ablations
+    from .gkd import GKD, GKDRepr
+    REGISTRY.update({
+        "gkd_repr": (GKDRepr, {}),
+        "gkd_gd": (GKD, {"ad": False}),
+        "gkd_ad": (GKD, {"gd": False}),
+        "gkd": (GKD, {}),
+    })
 
 
 def build_method(name: str, student, teacher=None, *, probe=None, **options) -> Method:

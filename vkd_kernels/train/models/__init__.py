@@ -19,7 +19,12 @@ def build_model(spec: Dict, num_classes: int) -> nn.Module:
     if name not in MODELS:
         raise ValueError(f"model name must be one of {sorted(MODELS)}, got {name!r}")
     spec.pop("features", None)
-    return MODELS[name](num_classes=num_classes, **spec)
+    gkd = spec.pop("gkd", None)     # a GKD network (backbone + attention head + CVAE), see train/methods/gkd.py
+    model = MODELS[name](num_classes=num_classes, **spec)
+    if gkd is not None:
+        from ..methods.gkd import GKDNet
+        model = GKDNet(model, num_classes, **gkd)
+    return model
 
 
 __all__ = ["I3D", "MODELS", "ResNet3D", "TSMResNet", "build_model", "temporal_shift", "top_heavy_i3d"]

@@ -1,0 +1,243 @@
+"""GKD (methods.md, method A) in the trainer: the network with its attention head and
+CVAE (:class:`GKDNet`) and the method with its two passes per epoch (:class:`GKD`).
+
+A :class:`GKDNet` wraps any trainer model: the backbone runs up to its last feature
+stage F (N, C, T, H, W) (read with a forward hook, so any model works; TSM layouts are
+turned into video layout), then::
+
+    lambda = GenerativeAttentionHead(F)            (N, C, T), the fused compact tail
+    F_fg   = attention_apply(F, lambda)             per-sample sums
+    logits = mean_t Linear(Dropout(mean_hw F_fg))  per-time-step logits averaged over T
+
+and the :class:`~vkd_kernels.methods.gkd.ConditionalVAE` of (F, lambda). The
+backbone's own classifier (``head``) is replaced by the GKD one. T, H, W and C are
+read from one probe forward; group-norm group counts adapt to C (``group_count``).
+With ``channels`` different from the backbone's width, a 1x1x1 conv adapter maps F to
+``channels`` first (conv + BN + ReLU, so F stays non-negative as attention_apply's
+normalisation needs) and is part of the network (head, CVAE and classifier see the
+adapted feature), so a narrower student is compared with the teacher like with like.
+
+Two passes over the data per epoch (phases ``cvae`` then ``net``):
+
+* ``cvae`` (networks frozen and in eval mode, CVAE trained; Adam 1e-4, betas
+  (0.8, 0.999)): L_cvae(F_s, lambda_s) + gd_weight * L_GD, with L_GD = mean((F_hat_s -
+  F_hat_t)^2), both CVAEs fed the student's (F_s, lambda_s), teacher CVAE frozen;
+* ``net`` (CVAE frozen, network trained; the trainer's SGD + cosine):
+  CE + rec_weight * min(epoch, rec_ramp) / rec_ramp * L_rec + beta * L_AD, with
+  L_rec = mean((Dec(e + lambda, lambda) - F)^2), L_AD = mean((lambda_s - lambda_t)^2).
+
+The teacher phase is ``gkd_repr`` (the same alternation, no KD terms); its ``model.pt``
+holds backbone, head and CVAE. The teacher runs under ``torch.no_grad()`` throughout.
+"""
+from __future__ import annotations
+
+import math
+import time
+from typing import Dict, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import vkd_kernels
+from vkd_kernels.methods.gkd import (ConditionalVAE, attention_distillation_loss, cvae_loss,
+                                     generative_distillation_loss, group_count)
+
+from ..hooks import FeatureHooks, as_video
+from ..models.resnet3d import conv_bn
+from .base import Method
+
+
+class GKDNet(nn.Module):
+    """A backbone with the GKD attention head, classifier and CVAE on stage ``stage``.
+
+    Args:
+        backbone: a trainer model (its ``head`` is replaced by the GKD classifier).
+        num_classes: classifier outputs. in_channels, time_steps, spatial_size: the shape
+            (C, T, (H, W)) of the stage's output. channels: width of head and CVAE
+            (default in_channels; otherwise a 1x1x1 adapter maps to it).
+    Use :meth:`for_model` to read the shapes from a probe batch.
+    """
+
+    def __init__(self, backbone: nn.Module, num_classes: int, stage: str, in_channels: int, time_steps: int,
+                 spatial_size, channels: Optional[int] = None, gn_groups: int = 32, dropout: float = 0.0,
+                 fused: bool = True, per_sample: bool = True):
+        super().__init__()
+        channels = channels or in_channels
+        H, W = spatial_size
+        self.options = dict(stage=stage, in_channels=in_channels, time_steps=time_steps, spatial_size=[H, W],
+                            channels=channels, gn_groups=gn_groups, dropout=dropout, fused=fused,
+                            per_sample=per_sample)
+        self.backbone, self.stage, self.per_sample = backbone, stage, per_sample
+        if hasattr(backbone, "head"):
+            backbone.head = nn.Identity()
+        self.num_segments = getattr(backbone, "num_segments", None)
+        self.feature_names = tuple(f"backbone.{n}" for n in getattr(backbone, "feature_names", (stage,)))
+        self._hooks = FeatureHooks(backbone, [stage])
+        # Conv + BN + ReLU: F stays non-negative like a stage output, so attention_apply's
+        # sum(F * lambda) cannot approach 0 (a plain conv made it, and F_fg, blow up)
+        self.adapter = nn.Identity() if channels == in_channels else conv_bn(in_channels, channels, 1)
+        hidden = max(1, channels // 2)
+        self.head = vkd_kernels.GenerativeAttentionHead(channels, time_steps, (H, W), hidden_channels=hidden,
+                                                        gn_groups=group_count(math.gcd(channels, hidden), gn_groups),
+                                                        fused=fused)
+        self.cvae = ConditionalVAE(channels, (H, W), gn_groups)
+        self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(channels, num_classes))
+
+    @classmethod
+    def for_model(cls, backbone: nn.Module, probe: torch.Tensor, stage: Optional[str] = None,
+                  dropout: Optional[float] = None, **options) -> "GKDNet":
+        """Read num_classes and the stage's (C, T, H, W) from one forward of ``probe``;
+        ``dropout`` None: the rate of the backbone's own classifier (0 if it has none)."""
+        stage = stage or backbone.feature_names[-1]
+        if dropout is None:
+            rates = [m.p for m in getattr(backbone, "head", nn.Identity()).modules() if isinstance(m, nn.Dropout)]
+            dropout = rates[0] if rates else 0.0
+        with FeatureHooks(backbone, [stage]) as hooks, torch.no_grad():
+            was_training = backbone.training
+            backbone.eval()
+            num_classes = backbone(probe).shape[1]
+            backbone.train(was_training)
+            feature = as_video(hooks.pop()[0], getattr(backbone, "num_segments", None))
+        C, T, H, W = feature.shape[1:]
+        return cls(backbone, num_classes, stage, C, T, (H, W), dropout=dropout, **options)
+
+    def features(self, clips: torch.Tensor):
+        """(F, lambda): the (adapted) stage feature (N, C, T, H, W) and its attention (N, C, T)."""
+        self.backbone(clips)
+        feature = self.adapter(as_video(self._hooks.pop()[0], self.num_segments))
+        return feature, self.head(feature)
+
+    def classify(self, feature: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+        """Logits (N, K) of F_fg = attention_apply(F, lambda): per-time logits averaged over T."""
+        fg = vkd_kernels.attention_apply(feature, lam, per_sample=self.per_sample)
+        return self.classifier(fg.mean((3, 4)).transpose(1, 2)).mean(1)
+
+    def forward(self, clips: torch.Tensor) -> torch.Tensor:
+        return self.classify(*self.features(clips))
+
+
+def _resize(x: torch.Tensor, size) -> torch.Tensor:
+    """Adaptive average pooling of (N, C, *S) to spatial size ``size`` (no-op if equal)."""
+    if tuple(x.shape[2:]) == tuple(size):
+        return x
+    return (F.adaptive_avg_pool1d if x.dim() == 3 else F.adaptive_avg_pool3d)(x, size)
+
+
+class GKD(Method):
+    """GKD and its ablations: ``gd`` (L_GD in the CVAE pass), ``ad`` (L_AD in the network pass).
+
+    Options (methods.md defaults): beta 0.1 (L_AD), gd_weight 0.01, rec_weight 0.5,
+    rec_ramp 20 (epochs), kl_weight 0.1, cvae_lr 1e-4, cvae_betas (0.8, 0.999),
+    gn_groups 32, dropout None (the backbone classifier's rate), fused True (fused head
+    tail), per_sample True (attention_apply sums per sample; False: over the batch, as the
+    published code).
+    """
+
+    uses_teacher = True
+    teacher_method = "gkd_repr"       # vkd reproduce trains the teacher with this first
+    phase_names = ("cvae", "net")
+
+    def __init__(self, student, teacher=None, *, probe=None, gd: bool = True, ad: bool = True, beta: float = 0.1,
+                 gd_weight: float = 0.01, rec_weight: float = 0.5, rec_ramp: int = 20, kl_weight: float = 0.1,
+                 cvae_lr: float = 1e-4, cvae_betas=(0.8, 0.999), gn_groups: int = 32, dropout: Optional[float] = None,
+                 fused: bool = True, per_sample: bool = True, **kwargs):
+        if probe is None:
+            raise ValueError("probe: a sample input batch is needed to read the feature shape")
+        if kwargs.get("weights"):
+            raise ValueError("weights: GKD's term weights are the options beta, gd_weight and rec_weight")
+        if teacher is not None and self.uses_teacher and not isinstance(teacher, GKDNet):
+            raise ValueError("teacher: GKD needs a teacher trained with gkd_repr (its model.pt holds the "
+                             "attention head and CVAE); this one is a plain model")
+        # a GKD teacher sets the width (adapter) even without KD terms, so that every
+        # ablation has the same student network
+        channels = teacher.options["channels"] if isinstance(teacher, GKDNet) else None
+        super().__init__(student, teacher if self.uses_teacher else None, **kwargs)
+        self.student = GKDNet.for_model(student, probe, channels=channels, gn_groups=gn_groups, dropout=dropout,
+                                        fused=fused, per_sample=per_sample)
+        self.gd, self.ad = gd and self.uses_teacher, ad and self.uses_teacher
+        self.beta, self.gd_weight, self.rec_weight, self.rec_ramp = beta, gd_weight, rec_weight, rec_ramp
+        self.kl_weight, self.cvae_lr, self.cvae_betas = kl_weight, cvae_lr, tuple(cvae_betas)
+        self.phase, self.epoch = "net", 0
+
+    def spec_extra(self) -> Dict:
+        """Keys added to the model spec in model.pt (``build_model`` rebuilds the GKDNet)."""
+        return {"gkd": dict(self.student.options)}
+
+    def phases(self):
+        """[(name, parameters, optimizer options)]: the CVAE pass (Adam) and the network pass
+        (None: the trainer's SGD + cosine schedule)."""
+        cvae = list(self.student.cvae.parameters())
+        ids = {id(p) for p in cvae}
+        net = [p for p in self.parameters() if id(p) not in ids]
+        return [("cvae", cvae, {"optimizer": "adam", "lr": self.cvae_lr, "betas": self.cvae_betas}),
+                ("net", net, None)]
+
+    def set_phase(self, name: str, epoch: int) -> None:
+        """Freeze what the phase does not train (requires_grad) and put frozen networks in eval mode."""
+        if name not in self.phase_names:
+            raise ValueError(f"phase must be one of {self.phase_names}, got {name!r}")
+        self.phase, self.epoch = name, epoch
+        cvae = {id(p) for p in self.student.cvae.parameters()}
+        for p in self.parameters():
+            p.requires_grad_((id(p) in cvae) == (name == "cvae"))
+        self.train(self.training)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if mode and self.phase == "cvae":          # networks frozen: no BN statistics, no dropout
+            self.student.eval()
+            self.student.cvae.train()
+        return self
+
+    def forward(self, clips: torch.Tensor, labels: torch.Tensor):
+        student, teacher = self.student, self.teacher_model
+        with torch.set_grad_enabled(self.phase == "net" and torch.is_grad_enabled()):
+            fs, lam_s = student.features(clips)
+            logits = student.classify(fs, lam_s)
+        lam_t = None
+        if self.ad and self.phase == "net":
+            with torch.no_grad():
+                lam_t = teacher.features(clips)[1]
+        start = time.perf_counter()
+        terms = self.cvae_terms(fs, lam_s) if self.phase == "cvae" else self.net_terms(logits, labels, fs, lam_s, lam_t)
+        self.loss_seconds += time.perf_counter() - start
+        return self.combine(terms), logits, {k: v.detach() for k, v in terms.items()}
+
+    def cvae_terms(self, fs, lam_s) -> Dict[str, torch.Tensor]:
+        fs, lam_s = fs.float(), lam_s.float()
+        noise = torch.randn_like(lam_s)
+        rec, mu, logvar = self.student.cvae(fs, lam_s, noise)
+        terms = {"cvae": cvae_loss(fs, rec, mu, logvar, lam_s, self.kl_weight)}
+        if self.gd:          # the teacher's CVAE on the student's (F_s, lambda_s), resized to its shape
+            teacher = self.teacher_model.options
+            size = (teacher["time_steps"],) + tuple(teacher["spatial_size"])
+            with torch.no_grad():
+                rec_t = self.teacher_model.cvae(_resize(fs, size), _resize(lam_s, size[:1]),
+                                                _resize(noise, size[:1]))[0]
+            terms["gd"] = generative_distillation_loss(_resize(rec, size), rec_t)
+        return terms
+
+    def net_terms(self, logits, labels, fs, lam_s, lam_t) -> Dict[str, torch.Tensor]:
+        terms = {"ce": F.cross_entropy(logits.float(), labels)}
+        if self.coefficients()["rec"] > 0:
+            terms["rec"] = F.mse_loss(self.student.cvae.generate(lam_s.float()), fs.float())
+        if lam_t is not None:
+            terms["ad"] = attention_distillation_loss(_resize(lam_s.float(), lam_t.shape[2:]), lam_t.float())
+        return terms
+
+    def coefficients(self) -> Dict[str, float]:
+        """The weight of each term (rec ramps up over the first rec_ramp epochs, epoch counted from 0)."""
+        return {"cvae": 1.0, "gd": self.gd_weight, "ce": 1.0, "ad": self.beta,
+                "rec": self.rec_weight * min(self.epoch, self.rec_ramp) / self.rec_ramp}
+
+    def combine(self, terms: Dict[str, torch.Tensor]) -> torch.Tensor:
+        weights = self.coefficients()
+        return sum(weights[name] * value for name, value in terms.items())
+
+
+class GKDRepr(GKD):
+    """Head + CVAE with the two passes and no KD term: the teacher phase (no teacher), and
+    the 'feature representation only' ablation of a student (a GKD teacher given only sets
+    the width, so the student network is the same as in gkd, gkd_gd, gkd_ad)."""
+    uses_teacher = False
