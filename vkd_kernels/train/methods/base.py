@@ -31,11 +31,17 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
     return F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True) * temperature ** 2
 
 
+def pool_to(x: torch.Tensor, size) -> torch.Tensor:
+    """Adaptive average pooling of (N, C, *S), 1 to 3 axes in S, to S = ``size`` (identity if equal)."""
+    if tuple(x.shape[2:]) == tuple(size):
+        return x
+    return (F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d)[x.dim() - 3](x, size)
+
+
 def match_size(fs: torch.Tensor, ft: torch.Tensor):
     """Adaptive-average-pool the larger of two (N, C, T, H, W) features to the smaller (T, H, W)."""
     size = tuple(min(a, b) for a, b in zip(fs.shape[2:], ft.shape[2:]))
-    pool = lambda x: x if tuple(x.shape[2:]) == size else F.adaptive_avg_pool3d(x, size)  # noqa: E731
-    return pool(fs), pool(ft)
+    return pool_to(fs, size), pool_to(ft, size)
 
 
 class Method(nn.Module):

@@ -45,7 +45,7 @@ from vkd_kernels.methods.gkd import (ConditionalVAE, attention_distillation_loss
 
 from ..hooks import FeatureHooks, as_video
 from ..models.resnet3d import conv_bn
-from .base import Method
+from .base import Method, pool_to
 
 
 class GKDNet(nn.Module):
@@ -115,13 +115,6 @@ class GKDNet(nn.Module):
 
     def forward(self, clips: torch.Tensor) -> torch.Tensor:
         return self.classify(*self.features(clips))
-
-
-def _resize(x: torch.Tensor, size) -> torch.Tensor:
-    """Adaptive average pooling of (N, C, *S) to spatial size ``size`` (no-op if equal)."""
-    if tuple(x.shape[2:]) == tuple(size):
-        return x
-    return (F.adaptive_avg_pool1d if x.dim() == 3 else F.adaptive_avg_pool3d)(x, size)
 
 
 class GKD(Method):
@@ -213,9 +206,9 @@ class GKD(Method):
             teacher = self.teacher_model.options
             size = (teacher["time_steps"],) + tuple(teacher["spatial_size"])
             with torch.no_grad():
-                rec_t = self.teacher_model.cvae(_resize(fs, size), _resize(lam_s, size[:1]),
-                                                _resize(noise, size[:1]))[0]
-            terms["gd"] = generative_distillation_loss(_resize(rec, size), rec_t)
+                rec_t = self.teacher_model.cvae(pool_to(fs, size), pool_to(lam_s, size[:1]),
+                                                pool_to(noise, size[:1]))[0]
+            terms["gd"] = generative_distillation_loss(pool_to(rec, size), rec_t)
         return terms
 
     def net_terms(self, logits, labels, fs, lam_s, lam_t) -> Dict[str, torch.Tensor]:
@@ -223,7 +216,7 @@ class GKD(Method):
         if self.coefficients()["rec"] > 0:
             terms["rec"] = F.mse_loss(self.student.cvae.generate(lam_s.float()), fs.float())
         if lam_t is not None:
-            terms["ad"] = attention_distillation_loss(_resize(lam_s.float(), lam_t.shape[2:]), lam_t.float())
+            terms["ad"] = attention_distillation_loss(pool_to(lam_s.float(), lam_t.shape[2:]), lam_t.float())
         return terms
 
     def coefficients(self) -> Dict[str, float]:
