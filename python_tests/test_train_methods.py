@@ -73,6 +73,50 @@ def test_collab_spectrum_uses_the_public_op_and_uncertainty_weights():
     assert method.log_vars.grad is not None and method.no_decay_parameters() == [method.log_vars]
 
 
+def test_collab_log_variances_are_projected_into_log_var_range():
+    torch.manual_seed(0)
+    clips, labels = _batch()
+    student, teacher = build_model(STUDENT, 3), build_model(TEACHER, 3)
+    method = build_method("collab_spectrum", student, teacher, probe=clips[:2])     # default range (0, None)
+    with torch.no_grad():
+        method.log_vars.copy_(torch.tensor([-2.0, 0.5, -0.1]))
+    loss, _, terms = method(clips, labels)
+    torch.testing.assert_close(method.log_vars.detach(), torch.tensor([0.0, 0.5, 0.0]))
+    torch.testing.assert_close(method.log_variances, torch.tensor([0.0, 0.5, 0.0]))
+    expected = terms["ce"] + torch.exp(torch.tensor(-0.5)) * terms["kd"] + 0.5 + terms["spectrum"]
+    torch.testing.assert_close(loss.detach(), expected)
+    free = build_method("collab_spectrum", student, teacher, probe=clips[:2], log_var_range=None)
+    with torch.no_grad():
+        free.log_vars.copy_(torch.tensor([-2.0, 0.5, -0.1]))
+    free(clips, labels)
+    torch.testing.assert_close(free.log_vars.detach(), torch.tensor([-2.0, 0.5, -0.1]))
+    with pytest.raises(ValueError, match="log_var_range"):
+        build_method("collab_spectrum", student, teacher, probe=clips[:2], log_var_range=(1.0, 0.0))
+
+
+@pytest.mark.parametrize("log_var_range", [(0.0, None), None])
+def test_collab_weight_of_a_vanishing_term_stays_bounded(log_var_range):
+    """The failure the default range prevents: under SGD 0.1 + momentum 0.9 (the recipes'),
+    s_i runs to log L_i, so a term near 0 (here 1e-3, as the parameter term reached) gets
+    a weight ~ 1 / L_i, which made training diverge (reproduction/RESULTS.md)."""
+    student, teacher = build_model(STUDENT, 3), build_model(TEACHER, 3)
+    method = build_method("collab_spectrum", student, teacher, probe=_batch()[0][:2], log_var_range=log_var_range)
+    opt = torch.optim.SGD([method.log_vars], lr=0.1, momentum=0.9)
+    terms = {"ce": torch.tensor(0.04), "kd": torch.tensor(20.0), "spectrum": torch.tensor(1e-3)}
+    largest = 0.0
+    for _ in range(40):
+        loss = method.combine(terms)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        largest = max(largest, float(torch.exp(-method.log_variances).max()))
+    if log_var_range is None:
+        assert largest > 100          # unbounded: the vanishing terms' weights explode
+    else:
+        assert largest <= 1.0         # bounded: never above the fixed weight 1
+        assert float(method.log_variances[1]) > 1.0    # the large kd term is still turned down
+
+
 def test_readme_drop_in_recipe_on_an_unmodified_model():
     """FeatureHooks + a vkd-kernels loss added to a plain loop, no model edit."""
     torch.manual_seed(0)

@@ -249,7 +249,7 @@ def fit(cfg: Dict, out_dir, *, resume: bool = False, stop_after: Optional[int] =
             row.update({f"val_{k}": v for k, v in evaluate(method.student, val_loader, device, amp).items()})
         row.update(epoch_seconds=epoch_seconds, loss_seconds=method.loss_seconds, skipped=skipped)
         if getattr(method, "uncertainty", False):
-            row.update({f"s_{n}": float(v) for n, v in zip(method.term_names, method.log_vars.detach())})
+            row.update({f"s_{n}": float(v) for n, v in zip(method.term_names, method.log_variances)})
         history.append(row)
         if rank == 0:
             atomic_save({"method": method.state_dict(), "scaler": scaler.state_dict(), "rng": rng_state(),

@@ -12,7 +12,14 @@ Only the paper's abstract is public; this is our reading (methods.md, method B):
 * standard logit KD at temperature 4, and CE;
 * "collaborative learning from a probabilistic view": learned homoscedastic
   uncertainty weighting ``L = sum_i exp(-s_i) L_i + s_i`` over the terms, ``s_i``
-  learnable (initialised 0) and excluded from weight decay.
+  learnable (initialised 0) and excluded from weight decay, and kept inside
+  ``log_var_range`` (default ``s_i >= 0``: a weight ``exp(-s_i)`` never exceeds 1) by
+  projection before each use. Unbounded (``log_var_range=None``), each ``s_i`` runs
+  towards ``log L_i``, so a term the networks can drive towards 0 gets a weight ~ 1 / L_i:
+  measured on synthetic-full under SGD 0.1 + momentum, the parameter term's weight
+  reached ~3000 in the first epoch and then jumped to ~0, and with ``mutual=True``
+  the trained teacher's own CE (0.04) was up-weighted until both networks fell to
+  chance (reproduction/RESULTS.md).
 
 Ablations: ``spectrum=False`` / ``param=False`` drop a term, ``uncertainty=False``
 uses the fixed ``weights`` (default 1), ``mutual=True`` trains the teacher too
@@ -35,7 +42,8 @@ class Collab(Adapted):
     def __init__(self, student, teacher=None, *, spectrum: bool = True, param: bool = True,
                  uncertainty: bool = True, spectrum_options: Optional[Dict] = None,
                  student_groups: Optional[Sequence[str]] = None, teacher_groups: Optional[Sequence[str]] = None,
-                 param_options: Optional[Dict] = None, **kwargs):
+                 param_options: Optional[Dict] = None,
+                 log_var_range: Optional[Sequence[Optional[float]]] = (0.0, None), **kwargs):
         super().__init__(student, teacher, **kwargs)
         if not (spectrum or param):
             raise ValueError("collab needs spectrum=True or param=True")
@@ -48,6 +56,10 @@ class Collab(Adapted):
         names = ["ce", "kd"] + ["spectrum"] * spectrum + ["param"] * param + ["ce_teacher"] * self.mutual
         self.term_names = names
         self.log_vars = nn.Parameter(torch.zeros(len(names)), requires_grad=uncertainty)
+        low, high = (None, None) if log_var_range is None else tuple(log_var_range)
+        if low is not None and high is not None and low > high:
+            raise ValueError(f"log_var_range must be (min, max) with min <= max, got {log_var_range!r}")
+        self.log_var_range = (low, high)
 
     def terms(self, logits, t_logits, fs, ft, labels) -> Dict:
         out = {"kd": kd_loss(logits, t_logits.detach(), self.temperature)}
@@ -58,9 +70,17 @@ class Collab(Adapted):
             out["param"] = self.param_loss()
         return out
 
+    @property
+    def log_variances(self) -> torch.Tensor:
+        """The ``s_i`` in use: ``log_vars`` inside ``log_var_range`` (detached)."""
+        s = self.log_vars.detach()
+        return s if self.log_var_range == (None, None) else s.clamp(*self.log_var_range)
+
     def combine(self, terms: Dict[str, torch.Tensor]) -> torch.Tensor:
         if not self.uncertainty:
             return super().combine(terms)
+        with torch.no_grad():          # projected SGD: the last step may have left the range
+            self.log_vars.copy_(self.log_variances)
         s = self.log_vars
         return sum(torch.exp(-s[i]) * terms[name] + s[i] for i, name in enumerate(self.term_names))
 
