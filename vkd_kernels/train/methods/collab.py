@@ -17,7 +17,7 @@ Only the paper's abstract is public; this is our reading (methods.md, method B):
   projection before each use. Unbounded (``log_var_range=None``), each ``s_i`` runs
   towards ``log L_i``, so a term the networks can drive towards 0 gets a weight ~ 1 / L_i:
   measured on synthetic-full under SGD 0.1 + momentum, the parameter term's weight
-  reached ~3000 in the first epoch and then jumped to ~0, and with ``mutual=True``
+  reached ~3700 in the first epoch and then jumped to ~0, and with ``mutual=True``
   the trained teacher's own CE (0.04) was up-weighted until both networks fell to
   chance (reproduction/RESULTS.md).
 
