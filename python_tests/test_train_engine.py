@@ -47,14 +47,15 @@ def _ddp_worker(rank, port, out, cfg):
     torch.set_num_threads(1)
 
     def save(epoch, method, row):
-        torch.save({"state": method.student.state_dict(), "row": row}, os.path.join(out, f"rank{rank}.pt"))
+        torch.save({"state": method.state_dict(), "row": row}, os.path.join(out, f"rank{rank}.pt"))
 
     fit(cfg, out, progress=False, callback=save)
     torch.distributed.destroy_process_group()
 
 
-def test_ddp_two_gloo_processes(tmp_path):
-    cfg = run_config(tiny_recipe("train.epochs=1"), "student", method="kd")
+@pytest.mark.parametrize("method", ["kd", "collab_mutual"])   # collab_mutual: teacher, adapters, log-variances
+def test_ddp_two_gloo_processes(tmp_path, method):
+    cfg = run_config(tiny_recipe("train.epochs=1"), "student", method=method)
     fit(run_config(tiny_recipe("teacher.train.epochs=1"), "teacher"), tmp_path / "t", progress=False)
     cfg["teacher"] = str(tmp_path / "t" / "model.pt")
     (tmp_path / "ddp").mkdir()
@@ -67,7 +68,7 @@ def test_ddp_two_gloo_processes(tmp_path):
     assert r0["row"]["train_loss"] != r1["row"]["train_loss"]
     assert all(torch.equal(r0["state"][k], r1["state"][k]) for k in r0["state"] if "running" not in k)
     summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
-    assert summary["method"] == "kd" and len((tmp_path / "ddp" / "log.csv").read_text().splitlines()) == 2
+    assert summary["method"] == method and len((tmp_path / "ddp" / "log.csv").read_text().splitlines()) == 2
 
 
 def test_cli_reproduce_end_to_end(tmp_path, capsys):
