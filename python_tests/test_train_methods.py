@@ -90,8 +90,9 @@ def test_collab_log_variances_are_projected_into_log_var_range():
         free.log_vars.copy_(torch.tensor([-2.0, 0.5, -0.1]))
     free(clips, labels)
     torch.testing.assert_close(free.log_vars.detach(), torch.tensor([-2.0, 0.5, -0.1]))
-    with pytest.raises(ValueError, match="log_var_range"):
-        build_method("collab_spectrum", student, teacher, probe=clips[:2], log_var_range=(1.0, 0.0))
+    for bad in [(1.0, 0.0), (0.0,), (0.0, 1.0, 2.0)]:
+        with pytest.raises(ValueError, match="log_var_range"):
+            build_method("collab_spectrum", student, teacher, probe=clips[:2], log_var_range=bad)
 
 
 @pytest.mark.parametrize("log_var_range", [(0.0, None), None])

@@ -56,10 +56,11 @@ class Collab(Adapted):
         names = ["ce", "kd"] + ["spectrum"] * spectrum + ["param"] * param + ["ce_teacher"] * self.mutual
         self.term_names = names
         self.log_vars = nn.Parameter(torch.zeros(len(names)), requires_grad=uncertainty)
-        low, high = (None, None) if log_var_range is None else tuple(log_var_range)
-        if low is not None and high is not None and low > high:
-            raise ValueError(f"log_var_range must be (min, max) with min <= max, got {log_var_range!r}")
-        self.log_var_range = (low, high)
+        bounds = (None, None) if log_var_range is None else tuple(log_var_range)
+        if len(bounds) != 2 or (None not in bounds and bounds[0] > bounds[1]):
+            raise ValueError(f"log_var_range must be None or (min, max) with min <= max (either may be None), "
+                             f"got {log_var_range!r}")
+        self.log_var_range = bounds
 
     def terms(self, logits, t_logits, fs, ft, labels) -> Dict:
         out = {"kd": kd_loss(logits, t_logits.detach(), self.temperature)}
