@@ -192,4 +192,4 @@ def test_ddp_two_gloo_processes_with_two_phases(tmp_path):
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1))
     assert r0["row"]["train_loss"] != r1["row"]["train_loss"]          # each rank saw its own half
     assert all(torch.equal(r0["state"][k], r1["state"][k]) for k in r0["state"] if "running" not in k)
-    assert any(k.startswith("cvae.") for k in r0["state"])
+    assert any(k.startswith("student.cvae.") for k in r0["state"])     # the whole method state: CVAE too
