@@ -74,6 +74,15 @@ def _styles(names: List[str]) -> Dict[str, Dict]:
                        lw=2.2 if name in ("teacher", "ce") else 1.2) for i, name in enumerate(names)}
 
 
+def _save(fig, ax, path: Path) -> str:
+    """Grid, legend beside the axes, write ``path``; returns its file name."""
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return path.name
+
+
 def plots(out: Path, curves: Dict[str, List[List[float]]], spectra: Dict[str, np.ndarray]) -> List[str]:
     """accuracy.png (val top-1 per epoch, mean over seeds) and spectra.png; [] without matplotlib."""
     try:
@@ -89,22 +98,14 @@ def plots(out: Path, curves: Dict[str, List[List[float]]], spectra: Dict[str, np
     for name, runs in curves.items():
         ax.plot(np.arange(1, len(runs[0]) + 1), np.mean(runs, axis=0), label=name, **style[name])
     ax.set(xlabel="epoch", ylabel="val top-1 (%)", title="accuracy (mean over seeds)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    fig.tight_layout()
-    fig.savefig(out / "accuracy.png", dpi=120)
-    written.append("accuracy.png")
+    written.append(_save(fig, ax, out / "accuracy.png"))
     if spectra:
         fig, ax = plt.subplots(figsize=(8.5, 4.5))
         for name, s in spectra.items():
             ax.plot(np.arange(len(s)), s, marker="o", label=name, **style[name])
         ax.set(xlabel="temporal frequency bin k (cycles per clip)", ylabel="share of mean |rfft|",
                title="last-stage temporal spectra: teacher vs students (seed 0)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
-        fig.tight_layout()
-        fig.savefig(out / "spectra.png", dpi=120)
-        written.append("spectra.png")
+        written.append(_save(fig, ax, out / "spectra.png"))
     plt.close("all")
     return written
 
