@@ -244,3 +244,37 @@ def test_label_outside_num_classes_is_rejected(ucf):
                num_classes=2, **CLIP)
     with pytest.raises(ValueError, match=r"testlist01.txt: label 2 of YoYo/v_YoYo_g01_c01.avi is outside num_classes=2"):
         build_dataset(cfg, "val")
+
+
+def test_real_data_recipes_read_the_official_layouts(tmp_path, monkeypatch):
+    """Each real-data recipe, unchanged but for sizes, builds its val split from a tiny
+    tree in the official layout at the recipe's paths."""
+    from vkd_kernels.train.config import load_recipe
+    monkeypatch.chdir(tmp_path)
+    d = tmp_path / "data"
+    (d / "ucf101/ucfTrainTestlist").mkdir(parents=True)
+    (d / "ucf101/ucfTrainTestlist/classInd.txt").write_text("1 Archery\n")
+    (d / "ucf101/ucfTrainTestlist/testlist01.txt").write_text("Archery/v_Archery_g01_c01.avi\n")
+    write_video(d / "ucf101/UCF-101/Archery/v_Archery_g01_c01.avi", frames=8)
+    (d / "hmdb51/testTrainMulti_7030_splits").mkdir(parents=True)
+    (d / "hmdb51/testTrainMulti_7030_splits/wave_test_split1.txt").write_text("w0.avi 2\nw1.avi 1\n")
+    write_video(d / "hmdb51/videos/wave/w0.avi", frames=8)
+    (d / "kinetics400/annotations").mkdir(parents=True)
+    _kinetics_csv(d / "kinetics400/annotations/validate.csv", [("zumba", "abc", 1, 11, "val")])
+    write_video(d / "kinetics400/videos/val/zumba/abc_000001_000011.mp4", frames=8)
+    (d / "sthv2/labels").mkdir(parents=True)
+    (d / "sthv2/labels/something-something-v2-labels.json").write_text(json.dumps({"Dropping something": "0"}))
+    (d / "sthv2/labels/something-something-v2-validation.json").write_text(
+        json.dumps([{"id": "7", "template": "Dropping [something]"}]))
+    write_video(d / "sthv2/20bn-something-something-v2/7.webm", frames=8, codec="libvpx-vp9")
+    (d / "jester").mkdir()
+    (d / "jester/jester-v1-labels.csv").write_text("No gesture\n")
+    (d / "jester/jester-v1-validation.csv").write_text("9;No gesture\n")
+    write_frames(d / "jester/20bn-jester-v1/9", 8)
+    small = ["data.size=16", "data.scale_size=16", "data.clip_len=4", "data.num_classes=null"]
+    for name in ("ucf101-i3d", "hmdb51-i3d", "kinetics400-tsm", "ssv2-tsm", "jester-tsm"):
+        recipe = load_recipe(name, small)
+        assert recipe["data"]["format"] in formats.FORMATS
+        ds = build_dataset(recipe["data"], "val")
+        clip, label = ds[0]
+        assert len(ds) == 1 and label == 0 and clip.shape[0] == 3 and clip.shape[-2:] == (16, 16), name
