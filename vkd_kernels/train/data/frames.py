@@ -112,15 +112,12 @@ class FrameFolderDataset(_ClipDataset):
 
 
 class VideoDataset(_ClipDataset):
-    """Video files decoded with PyAV (all frames of the first video stream)."""
+    """Video files decoded with PyAV (:mod:`.decode`: only the frames a clip needs)."""
 
     def load(self, path: Path, num_frames: int, rng) -> torch.Tensor:
         try:
             import av
         except ImportError as error:
             raise ImportError('VideoDataset needs PyAV: pip install "vkd-kernels[video]"') from error
-        with av.open(str(path)) as container:
-            decoded = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
-        if not decoded:
-            raise ValueError("no video frames")
-        return torch.from_numpy(np.stack([decoded[i] for i in self.indices(len(decoded), rng)]))
+        from .decode import read_frames             # seeks: decodes only the frames the clip needs
+        return torch.from_numpy(read_frames(path, sample=lambda n: self.indices(n, rng)))
