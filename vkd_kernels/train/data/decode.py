@@ -62,11 +62,14 @@ def decode_all(path) -> np.ndarray:
     return np.stack(frames)
 
 
-def _pyav(path, indices: np.ndarray, sample, stats=None) -> np.ndarray:
+def _pyav(path, indices: np.ndarray, sample, stats=None, threads: int = 0) -> np.ndarray:
     import av
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
+        if threads:
+            stream.thread_count = threads
+        else:
+            stream.thread_type = "AUTO"
         index = index_stream(container, stream)
         n = len(index.pts)
         if n == 0:
@@ -124,7 +127,7 @@ def _seek(container, stream, index: StreamIndex, key: int):
     return container.decode(stream)
 
 
-def _torchcodec(path, indices, sample, stats=None) -> np.ndarray:
+def _torchcodec(path, indices, sample, stats=None, threads=0) -> np.ndarray:
     from torchcodec.decoders import VideoDecoder
     decoder = VideoDecoder(str(path), seek_mode="exact")
     indices = sample(len(decoder)) if callable(sample) else indices
@@ -132,7 +135,7 @@ def _torchcodec(path, indices, sample, stats=None) -> np.ndarray:
     return data.permute(0, 2, 3, 1).numpy()
 
 
-def _decord(path, indices, sample, stats=None) -> np.ndarray:
+def _decord(path, indices, sample, stats=None, threads=0) -> np.ndarray:
     import decord
     reader = decord.VideoReader(str(path))
     indices = sample(len(reader)) if callable(sample) else indices
@@ -143,11 +146,12 @@ BACKENDS = {"pyav": _pyav, "torchcodec": _torchcodec, "decord": _decord}
 
 
 def read_frames(path, indices: Sequence[int] = (), *, sample=None, backend: str = "pyav",
-                stats=None) -> np.ndarray:
+                stats=None, threads: int = 0) -> np.ndarray:
     """uint8 (len(indices), H, W, 3): the frames ``indices`` (presentation order, repeats
     allowed) of the first video stream of ``path``. ``sample(num_frames) -> indices``
     chooses them once the true frame count is known (then ``indices`` is ignored).
-    ``stats``: a dict that counts the frames decoded and the seeks (pyav)."""
+    ``stats``: a dict that counts the frames decoded and the seeks (pyav); ``threads``:
+    decoder threads (0: FFmpeg's choice)."""
     if backend not in BACKENDS:
         raise ValueError(f"decoder backend must be one of {sorted(BACKENDS)}, got {backend!r}")
     if backend != "pyav":
@@ -156,4 +160,4 @@ def read_frames(path, indices: Sequence[int] = (), *, sample=None, backend: str 
         except ImportError as error:
             raise ImportError(f"decoder backend {backend!r} is not installed (pip install {backend}); "
                               "the default 'pyav' needs only PyAV") from error
-    return BACKENDS[backend](path, np.asarray(indices, dtype=np.int64), sample, stats)
+    return BACKENDS[backend](path, np.asarray(indices, dtype=np.int64), sample, stats, threads)
