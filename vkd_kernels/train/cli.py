@@ -55,6 +55,8 @@ def parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--seeds", type=int, nargs="+", help="default: the recipe's reproduce.seeds")
     p.add_argument("--methods", nargs="+", help="default: the recipe's reproduce.methods")
+    from .data.formats import add_data_parser
+    add_data_parser(sub)               # vkd data: official annotation files -> our lists
     return ap
 
 
@@ -112,6 +114,10 @@ def main(argv=None) -> int:
     args = parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.command == "data":
+        from .data.formats import run_data
+        print(json.dumps(run_data(args)))
+        return 0
     recipe = load_recipe(args.recipe, args.set)
     progress = not getattr(args, "no_progress", False)
     if args.command == "train":

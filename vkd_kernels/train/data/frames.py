@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from . import formats
 from .sampling import dense_indices, segment_indices, train_transform, val_transform
 
 
@@ -44,12 +45,23 @@ def read_annotations(path, with_num_frames: Optional[bool] = None) -> List[Tuple
 class _ClipDataset(Dataset):
     def __init__(self, root, annotations, *, train: bool, num_classes: Optional[int] = None,
                  sampling: str = "segments", num_segments: int = 8, clip_len: int = 16, frame_interval: int = 1,
-                 size: int = 224, scale_size: Optional[int] = None, flip: bool = True, seed: int = 0):
+                 size: int = 224, scale_size: Optional[int] = None, flip: bool = True, seed: int = 0,
+                 format: str = "list", split: int = 1, classes=None):
         if sampling not in ("segments", "dense"):
             raise ValueError(f"sampling must be 'segments' or 'dense', got {sampling!r}")
         self.root, self.train, self.sampling = Path(root), train, sampling
-        self.items = read_annotations(annotations)
-        self.num_classes = num_classes or (max(label for _, _, label in self.items) + 1)
+        # the official annotation files (UCF101, HMDB51, Kinetics, SSv2, Jester) or our lists
+        found = formats.read(format, annotations, root=root, train=train, split=split, classes=classes,
+                             videos=not isinstance(self, FrameFolderDataset))
+        if found.missing:
+            warnings.warn(f"{format}: {len(found.missing)} of {len(found.items) + len(found.missing)} videos listed "
+                          f"in {annotations} are not under {root} (first: {found.missing[0]}); left out")
+        self.items, self.classes = found.items, found.classes
+        self.num_classes = num_classes or len(self.classes)
+        wrong = next((item for item in self.items if not 0 <= item[2] < self.num_classes), None)
+        if wrong is not None:
+            raise ValueError(f"annotations {annotations}: label {wrong[2]} of {wrong[0]} is outside "
+                             f"num_classes={self.num_classes}")
         self.num_segments, self.clip_len, self.frame_interval = num_segments, clip_len, frame_interval
         self.size, self.scale_size, self.flip = size, scale_size or round(size * 8 / 7), flip
         self.seed, self.epoch = seed, 0
@@ -88,6 +100,8 @@ class FrameFolderDataset(_ClipDataset):
 
     def load(self, folder: Path, num_frames: int, rng) -> torch.Tensor:
         from PIL import Image
+        if num_frames == -1:                            # an official format: count the folder's frames
+            num_frames = formats.count_frames(folder, Path(self.template).suffix)
         if num_frames < 1:
             raise ValueError(f"num_frames is {num_frames}")
         frames = []
@@ -98,15 +112,12 @@ class FrameFolderDataset(_ClipDataset):
 
 
 class VideoDataset(_ClipDataset):
-    """Video files decoded with PyAV (all frames of the first video stream)."""
+    """Video files decoded with PyAV (:mod:`.decode`: only the frames a clip needs)."""
 
     def load(self, path: Path, num_frames: int, rng) -> torch.Tensor:
         try:
             import av
         except ImportError as error:
             raise ImportError('VideoDataset needs PyAV: pip install "vkd-kernels[video]"') from error
-        with av.open(str(path)) as container:
-            decoded = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
-        if not decoded:
-            raise ValueError("no video frames")
-        return torch.from_numpy(np.stack([decoded[i] for i in self.indices(len(decoded), rng)]))
+        from .decode import read_frames             # seeks: decodes only the frames the clip needs
+        return torch.from_numpy(read_frames(path, sample=lambda n: self.indices(n, rng)))

@@ -12,15 +12,20 @@ from .tsm import TSMResNet, temporal_shift
 MODELS = {"resnet3d": ResNet3D, "i3d": I3D, "top_heavy_i3d": top_heavy_i3d, "tsm_resnet": TSMResNet}
 
 
-def build_model(spec: Dict, num_classes: int) -> nn.Module:
-    """``spec`` = {"name": one of MODELS, other keys: the model's keyword arguments}."""
+def build_model(spec: Dict, num_classes: int, load_weights: bool = True) -> nn.Module:
+    """``spec`` = {"name": one of MODELS, other keys: the model's keyword arguments};
+    ``pretrained: PATH`` loads a checkpoint (models/pretrained.py) unless ``load_weights`` is False."""
     spec = dict(spec)
     name = spec.pop("name", None)
     if name not in MODELS:
         raise ValueError(f"model name must be one of {sorted(MODELS)}, got {name!r}")
     spec.pop("features", None)
     gkd = spec.pop("gkd", None)     # a GKD network (backbone + attention head + CVAE), see train/methods/gkd.py
+    pretrained = spec.pop("pretrained", None)     # a checkpoint path: pytorch-i3d, TSM, torchvision, ours
     model = MODELS[name](num_classes=num_classes, **spec)
+    if pretrained and load_weights:
+        from .pretrained import load_pretrained
+        print(f"[vkd] pretrained: {load_pretrained(model, pretrained)}", flush=True)
     if gkd is not None:
         from ..methods.gkd import GKDNet
         model = GKDNet(model, num_classes, **gkd)
