@@ -190,5 +190,4 @@ def run(device, providers: List[str], ops: Optional[List[str]] = None) -> Tuple[
                             x.grad = None
                     rows.append(row)
             del inputs, wrt
-            torch.cuda.empty_cache()
     return copy, rows

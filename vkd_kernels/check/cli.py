@@ -120,7 +120,8 @@ class Run:
         self.checks: List[Check] = []
         self.skipped: List[dict] = []
         self.phases: Dict[str, float] = {}
-        self.broken: Optional[str] = None   # the CUDA context stopped working
+        self.broken: Optional[str] = None     # the CUDA context stopped working
+        self.no_graphs: Optional[str] = None  # why no further capture can be attempted
 
     def add(self, check: Check) -> None:
         self.checks.append(check)
@@ -147,7 +148,7 @@ def check_all(run: Run, selected, backends: Dict[str, torch.device], dtypes, gpu
                     refs[key] = runner.reference(case, dtype, device, seed + new)
                 return refs[key]
             for backend, device in backends.items():
-                modes = ["plain"]
+                modes, synced = ["plain"], ""
                 if device.type == "cuda" and (quick_case or dtype == torch.float32):
                     modes += gpu_modes
                 for mode in modes:
@@ -159,6 +160,14 @@ def check_all(run: Run, selected, backends: Dict[str, torch.device], dtypes, gpu
                     except Exception as error:  # noqa: BLE001
                         run.add(runner.failed(case, "reference", dtype, mode, error))
                         break
+                    if mode == "graph" and (run.no_graphs or synced):
+                        if run.no_graphs:
+                            run.skip(f"graph {case.label} {backend} {dtype_name(dtype)}", run.no_graphs)
+                        else:
+                            run.add(Check(case.op, case.name, backend, dtype_name(dtype), "graph", False,
+                                          "not captured: the sync check found a host synchronisation, which is "
+                                          "illegal in a CUDA graph capture (" + synced + ")"))
+                        continue
                     try:
                         if mode == "graph":
                             check = runner.run_graph(case, backend, dtype, device, r, ref(device, True))
@@ -170,6 +179,14 @@ def check_all(run: Run, selected, backends: Dict[str, torch.device], dtypes, gpu
                             why = runner.context_healthy(device)
                             if why:
                                 run.broken = f"after {case.label} {backend} {dtype_name(dtype)} {mode}: {why}"
+                            elif mode == "graph":
+                                stuck = runner.allocator_usable(device)
+                                if stuck:
+                                    run.no_graphs = (f"the failed capture of {case.label} {backend} "
+                                                     f"{dtype_name(dtype)} left the caching allocator unusable for "
+                                                     f"captures: {stuck}")
+                    if mode == "sync" and not check.passed and "synchroniz" in (check.error or ""):
+                        synced = check.error[:300]
                     check.seconds = round(time.perf_counter() - start, 3)
                     run.add(check)
         log.info("checked %s", case.label)

@@ -227,7 +227,13 @@ def run_sync(case, backend, dtype, device, ref) -> Check:
 def run_graph(case, backend, dtype, device, ref, ref_new: Reference) -> Check:
     """Warm-up on a side stream (torch.cuda.graphs' rule), capture forward + backward in
     one CUDA graph, copy new values into the static inputs, replay, compare with the
-    reference of the new values (a graph that replays stale results fails)."""
+    reference of the new values (a graph that replays stale results fails).
+
+    A failed capture leaves torch's caching allocator recording to the graph's pool
+    (CUDAGraph::capture_end throws before endAllocateToPool), after which every
+    empty_cache(), including the next capture's, fails an internal assert; the pool is
+    therefore explicit and released here (torch._C._cuda_endAllocateToPool, the call
+    torch.cuda.use_mem_pool makes) when the capture fails."""
     inputs = materialize(ref.values, case, device, dtype)
     grads = _device_grads(ref, device)
     side = torch.cuda.Stream(device)
@@ -238,12 +244,18 @@ def run_graph(case, backend, dtype, device, ref, ref_new: Reference) -> Check:
     torch.cuda.current_stream(device).wait_stream(side)
     torch.cuda.synchronize(device)
     graph = torch.cuda.CUDAGraph()
+    pool = torch.cuda.graph_pool_handle()
     before = torch.cuda.current_stream(device)
     try:
-        with torch.cuda.graph(graph):
+        with torch.cuda.graph(graph, pool=pool):
             static = evaluate(case, backend, inputs, grads)
-    finally:  # a failed capture_end leaves the capture stream current
-        torch.cuda.set_stream(before)
+    except BaseException:
+        torch.cuda.set_stream(before)  # a failed capture_end leaves the capture stream current
+        try:
+            torch._C._cuda_endAllocateToPool(device.index, pool)
+        except Exception:  # noqa: BLE001 - the capture got as far as ending its allocation
+            pass
+        raise
     with torch.no_grad():
         for x, v in zip(inputs, materialize(ref_new.values, case, device, dtype)):
             x.copy_(v)
@@ -254,6 +266,16 @@ def run_graph(case, backend, dtype, device, ref, ref_new: Reference) -> Check:
     got = tuple(t.detach().clone() for t in static)
     del graph
     return judge(case, backend, dtype, "graph", got, ref_new)
+
+
+def allocator_usable(device) -> Optional[str]:
+    """None if torch.cuda.empty_cache() works (the next capture needs it); else why not."""
+    try:
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
+        return None
+    except Exception as error:  # noqa: BLE001
+        return f"{type(error).__name__}: {error}"
 
 
 def run_device1(case, backend, dtype, device, ref) -> Check:
