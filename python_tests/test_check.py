@@ -136,3 +136,90 @@ def test_help_documents_every_option():
     text = cli.parser().format_help()
     for option in ("--bench", "--sanitize", "--backends", "--ops", "--dtypes", "--quick", "--out"):
         assert option in text
+
+
+class FakeCuda:
+    """Stands in for the torch.cuda calls of the GPU modes so that their Python runs on
+    the CPU (what CUDA itself does there is checked only on a GPU). ``replay`` does
+    nothing: a graph check that compared stale results would pass with it."""
+
+    class Stream:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def wait_stream(self, other):
+            pass
+
+    class CUDAGraph:
+        def replay(self):
+            pass
+
+    class _Context:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    def __init__(self, monkeypatch):
+        self.debug_modes = []
+        for name, value in (("synchronize", lambda *a: None), ("Stream", self.Stream), ("stream", self._Context),
+                            ("_sleep", lambda cycles: None), ("current_stream", lambda *a: self.Stream()),
+                            ("set_stream", lambda s: None), ("set_sync_debug_mode", self.debug_modes.append),
+                            ("CUDAGraph", self.CUDAGraph), ("graph", self._Context),
+                            ("graph_pool_handle", lambda: (0, 1))):
+            monkeypatch.setattr(torch.cuda, name, value)
+
+
+def test_the_gpu_modes_run_and_the_graph_check_rejects_a_stale_replay(monkeypatch):
+    fake = FakeCuda(monkeypatch)
+    case, cpu = cases.APPLY[0], torch.device("cpu")
+    ref = runner.reference(case, torch.float32, cpu, 1)
+    assert runner.run_stream(case, "cpu", torch.float32, cpu, ref).passed
+    assert runner.run_sync(case, "cpu", torch.float32, cpu, ref).passed
+    assert fake.debug_modes == ["error", "default"]
+    stale = runner.run_graph(case, "cpu", torch.float32, cpu, ref, runner.reference(case, torch.float32, cpu, 2))
+    assert not stale.passed and "out: relative error" in stale.error
+
+
+def test_the_sync_mode_is_reset_when_the_op_raises(monkeypatch):
+    fake = FakeCuda(monkeypatch)
+    case, cpu = cases.APPLY[0], torch.device("cpu")
+    ref = runner.reference(case, torch.float32, cpu, 1)
+    calls = []
+
+    def call(backend, tensors):
+        calls.append(backend)
+        if len(calls) > 1:  # the warm-up passes, the call under the debug mode "syncs"
+            raise RuntimeError("called a synchronizing CUDA operation")
+        return case.call(backend, tensors)
+    broken = cases.Case(case.op, case.name, case.names, case.grad, case.make, call)
+    with pytest.raises(RuntimeError, match="synchronizing"):
+        runner.run_sync(broken, "cpu", torch.float32, cpu, ref)
+    assert fake.debug_modes == ["error", "default"]
+
+
+def test_a_host_sync_fails_the_graph_check_without_a_capture(monkeypatch):
+    """check_all's order on a CUDA backend: plain, stream, sync, graph; after a sync
+    failure the capture (which that sync would invalidate) is not attempted but listed."""
+    calls = []
+
+    def mode(name, passed=True, error=None):
+        def run(case, backend, dtype, device, *refs):
+            calls.append(name)
+            return runner.Check(case.op, case.name, backend, runner.dtype_name(dtype), name, passed, error)
+        return run
+    monkeypatch.setattr(runner, "reference", lambda *args: None)
+    for name in ("plain", "stream", "graph"):
+        monkeypatch.setattr(runner, f"run_{name}", mode(name))
+    monkeypatch.setattr(runner, "run_sync", mode("sync", False, "RuntimeError: called a synchronizing CUDA operation"))
+    run = cli.Run()
+    cli.check_all(run, cases.WEIGHTS[:1], {"cuda": torch.device("cuda", 0)}, [torch.float32],
+                  ["stream", "sync", "graph"])
+    assert calls == ["plain", "stream", "sync"]
+    graph = [c for c in run.checks if c.mode == "graph"]
+    assert len(graph) == 1 and not graph[0].passed and "not captured" in graph[0].error
+    assert "synchronizing" in graph[0].error

@@ -134,8 +134,11 @@ class Run:
         log.info("skipped %s: %s", what, why)
 
 
-def check_all(run: Run, selected, backends: Dict[str, torch.device], dtypes, gpu_modes: List[str]) -> None:
-    """Every case x dtype x backend x mode; a failure is recorded and the run goes on."""
+def check_all(run: Run, selected, backends: Dict[str, torch.device], dtypes, gpu_modes: List[str],
+              plain: bool = True) -> None:
+    """Every case x dtype x backend x mode; a failure is recorded and the run goes on.
+    ``gpu_modes`` run on CUDA backends for each op's first case in every dtype and for
+    every case in float32; ``plain`` (every case, dtype and backend) unless False."""
     for case in selected:
         quick_case = case is cases_module.ALL[case.op][0]
         seed = zlib.crc32(case.label.encode())
@@ -148,7 +151,7 @@ def check_all(run: Run, selected, backends: Dict[str, torch.device], dtypes, gpu
                     refs[key] = runner.reference(case, dtype, device, seed + new)
                 return refs[key]
             for backend, device in backends.items():
-                modes, synced = ["plain"], ""
+                modes, synced = ["plain"] if plain else [], ""
                 if device.type == "cuda" and (quick_case or dtype == torch.float32):
                     modes += gpu_modes
                 for mode in modes:
@@ -189,7 +192,7 @@ def check_all(run: Run, selected, backends: Dict[str, torch.device], dtypes, gpu
                         synced = check.error[:300]
                     check.seconds = round(time.perf_counter() - start, 3)
                     run.add(check)
-        log.info("checked %s", case.label)
+        log.info("checked %s (%s)", case.label, ", ".join((["plain"] if plain else []) + gpu_modes))
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -220,9 +223,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             run.skip("side-stream, sync-debug, CUDA-graph and second-device checks", "no GPU is visible")
         else:
             gpu_modes = ["stream", "sync", "graph"]
-            if torch.cuda.device_count() > 1:
-                gpu_modes.append("device1")
-            else:
+            if torch.cuda.device_count() <= 1:
                 run.skip("second-device check (cuda:1 while cuda:0 is current)", "only one GPU is visible")
 
         pending = None
@@ -274,6 +275,18 @@ def main(argv: Optional[List[str]] = None) -> int:
                     bench = {"copy_gbps": None, "rows": [], "error": f"{type(error).__name__}: {error}"}
                     log.error("benchmark failed: %s", bench["error"])
                 run.phases["benchmark"] = time.perf_counter() - phase
+
+        # last: a kernel that ignores the inputs' device can leave a sticky illegal-address
+        # error that ends every later CUDA call in this process
+        if cuda and not args.only_correctness and torch.cuda.device_count() > 1 and not run.broken:
+            phase = time.perf_counter()
+            cuda_backends = {b: d for b, d in backends.items() if d.type == "cuda"}
+            check_all(run, cases_module.select(ops, quick), cuda_backends, dtypes, ["device1"], plain=False)
+            run.phases["second device"] = time.perf_counter() - phase
+            if run.broken:
+                run.add(Check("(all)", "(remaining)", "-", "-", "device1", False,
+                              f"the CUDA context stopped working {run.broken}; the remaining checks did not run"))
+            gpu_modes = gpu_modes + ["device1"]
 
         device_name, slug = device_slug()
         failed = [c for c in run.checks if not c.passed]
