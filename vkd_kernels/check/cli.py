@@ -319,6 +319,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                  "".join(f", {n} {what} failed" for n, what in ((sanitizer_failed, "sanitizer runs"),
                                                                    (bench_failed, "benchmark rows")) if n),
                  " and ".join(paths))
+        if data["seconds"] > 300:
+            log.warning("the run took %.0f s, more than the 5-minute budget of a lent GPU: --quick checks only the "
+                        "first case of each op", data["seconds"])
         return exit_code
     finally:
         if saved_poison is None:
