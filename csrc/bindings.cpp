@@ -29,7 +29,7 @@ vkd::spectrum::Problem spectrum_problem(py::dict p) {
   pr.P = p["P"].cast<int64_t>();
   pr.mode = p["mode"].cast<int>();
   pr.eps = p["eps"].cast<double>();
-  pr.weights = ptr<const float>(p["weights"].cast<uintptr_t>());
+  pr.weights = ptr<const void>(p["weights"].cast<uintptr_t>());
   if (pr.T < 2 || pr.T > vkd::spectrum::kMaxT)
     throw std::invalid_argument("vkd: T must be in [2, " + std::to_string(vkd::spectrum::kMaxT) + "]");
   if (pr.P < 1 || pr.S % pr.P != 0) throw std::invalid_argument("vkd: P must divide S");

@@ -12,6 +12,7 @@ from .layout import SpectrumProblem, accumulation_dtype, view_strides
 
 
 def _problem(pr: SpectrumProblem, w: torch.Tensor) -> dict:
+    """The binding's problem dict; w (K,) contiguous in the accumulation dtype."""
     return dict(B=pr.B, T=pr.T, S=pr.S, P=pr.P, mode=pr.mode, eps=pr.eps, weights=_ext.ptr(w))
 
 

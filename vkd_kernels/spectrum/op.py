@@ -13,7 +13,7 @@ import torch
 from .. import _backend
 from .._checks import finite_check_enabled, new_output, raise_if_not_finite
 from . import native
-from .layout import MAX_FUSED_T, SpectrumProblem, effective_weights, make_problem
+from .layout import MAX_FUSED_T, SpectrumProblem, accumulation_dtype, effective_weights, make_problem
 from .reference import temporal_spectrum_loss_reference
 
 _OP = "temporal_spectrum_loss"
@@ -142,7 +142,7 @@ def temporal_spectrum_loss(student: torch.Tensor, teacher: torch.Tensor, *, time
     """
     pr = make_problem(student, teacher, time_dim=time_dim, num_segments=num_segments, spectrum=spectrum,
                       norm=norm, spatial=spatial, reduction=reduction, eps=eps)
-    weights = effective_weights(bin_weights, drop_dc, pr.K, student.device)
+    weights = effective_weights(bin_weights, drop_dc, pr.K, student.device, accumulation_dtype(student.dtype))
     chosen = _backend.resolve(_OP, backend, student.device, _op_unsupported(pr))
     if chosen == "reference":
         plain = bin_weights is None and not drop_dc
