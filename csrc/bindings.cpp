@@ -1,8 +1,11 @@
-// pybind11 module vkd_kernels._C: torch-free entry points taking data pointers
-// (ints), shapes, strides and a stream handle. vkd_kernels/_ext.py is its only caller.
+// pybind11 module vkd_kernels._C: torch-free entry points taking the device ("cpu",
+// "cuda" or "cuda:N"), data pointers (ints), shapes, strides and a stream handle of that
+// device. vkd_kernels/_ext.py builds the arguments; one dispatch template routes every
+// entry point to its CPU or CUDA launcher.
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 #include <array>
+#include <type_traits>
 #include "kernels.h"
 #ifdef _OPENMP
 #include <omp.h>
@@ -26,23 +29,48 @@ vkd::spectrum::Problem spectrum_problem(py::dict p) {
   pr.P = p["P"].cast<int64_t>();
   pr.mode = p["mode"].cast<int>();
   pr.eps = p["eps"].cast<double>();
-  pr.weights = ptr<const float>(p["weights"].cast<uintptr_t>());
+  pr.weights = ptr<const void>(p["weights"].cast<uintptr_t>());
   if (pr.T < 2 || pr.T > vkd::spectrum::kMaxT)
     throw std::invalid_argument("vkd: T must be in [2, " + std::to_string(vkd::spectrum::kMaxT) + "]");
   if (pr.P < 1 || pr.S % pr.P != 0) throw std::invalid_argument("vkd: P must divide S");
   return pr;
 }
 
-bool on_cuda(const std::string& device) {
-  if (device == "cpu") return false;
-  if (device == "cuda") {
-#ifdef VKD_WITH_CUDA
-    return true;
-#else
+// The device a call runs on: "cpu", "cuda" (the current CUDA device) or "cuda:N".
+struct Target {
+  bool cuda;
+  int index;  // CUDA device index, -1 for the current one
+  vkd::Stream stream(uintptr_t handle) const { return {handle, index}; }
+};
+
+Target target(const std::string& device) {
+  if (device == "cpu") return {false, -1};
+  if (device.rfind("cuda", 0) == 0) {
+#ifndef VKD_WITH_CUDA
     throw std::invalid_argument("vkd: this build of vkd_kernels._C has no CUDA kernels");
 #endif
+    if (device.size() == 4) return {true, -1};
+    const std::string index = device.substr(5);
+    if (device[4] == ':' && !index.empty() && index.size() < 6 &&
+        index.find_first_not_of("0123456789") == std::string::npos)
+      return {true, std::stoi(index)};
   }
-  throw std::invalid_argument("vkd: device must be 'cpu' or 'cuda', got '" + device + "'");
+  throw std::invalid_argument("vkd: device must be 'cpu', 'cuda' or 'cuda:N', got '" + device + "'");
+}
+
+using CPU = std::integral_constant<vkd::Device, vkd::Device::CPU>;
+using CUDA = std::integral_constant<vkd::Device, vkd::Device::CUDA>;
+
+// Runs launch(device tag) (CPU{} or CUDA{}, whose ::value picks the launcher
+// specialisation) for `t` with the GIL released. The CUDA launchers make t.index
+// current around the launch (csrc/cuda/launch.h).
+template <typename Launch>
+auto dispatch(const Target& t, Launch&& launch) {
+  py::gil_scoped_release release;
+#ifdef VKD_WITH_CUDA
+  if (t.cuda) return launch(CUDA{});
+#endif
+  return launch(CPU{});
 }
 
 vkd::attention::MapProblem attention_problem(int64_t N, int64_t C, int64_t P, double q) {
@@ -53,7 +81,7 @@ vkd::attention::MapProblem attention_problem(int64_t N, int64_t C, int64_t P, do
 
 vkd::WeightGramArgs weight_args(int dtype, uintptr_t tensors, uintptr_t groups, int64_t num_tensors,
                                 int64_t num_groups, int64_t splits, int64_t flat_size, uintptr_t partials,
-                                uintptr_t M, uintptr_t stream) {
+                                uintptr_t M, vkd::Stream stream) {
   if (splits < 1 || num_groups < 1) throw std::invalid_argument("vkd: weight gram needs splits, groups >= 1");
   return vkd::WeightGramArgs{{ptr<const int64_t>(tensors), ptr<const int64_t>(groups), num_tensors, num_groups,
                               splits, flat_size},
@@ -81,13 +109,18 @@ PYBIND11_MODULE(_C, m) {
     return info;
   });
 
-  m.def("spectrum_num_partials", [](const std::string& device, int64_t groups) {
+  // Why the CUDA kernels cannot run here ("" when they can): asks the CUDA runtime
+  // (driver version against the runtime linked in, device count).
+  m.def("cuda_unavailable", []() -> std::string {
 #ifdef VKD_WITH_CUDA
-    if (on_cuda(device)) return vkd::spectrum_num_partials_cuda(groups);
+    return vkd::cuda_unavailable();
 #else
-    on_cuda(device);
+    return "this build of vkd_kernels._C has no CUDA kernels";
 #endif
-    return vkd::spectrum_num_partials_cpu(groups);
+  });
+
+  m.def("spectrum_num_partials", [](const std::string& device, int64_t groups) {
+    return dispatch(target(device), [&](auto d) { return vkd::spectrum_num_partials<decltype(d)::value>(groups); });
   }, py::arg("device"), py::arg("groups"));
 
   m.def("spectrum_forward",
@@ -95,18 +128,16 @@ PYBIND11_MODULE(_C, m) {
            std::array<int64_t, 3> student_strides, uintptr_t teacher,
            std::array<int64_t, 3> teacher_strides, uintptr_t d, std::array<int64_t, 3> d_strides,
            uintptr_t partials, int64_t num_partials, uintptr_t stream) {
+          const Target t = target(device);
           vkd::SpectrumForwardArgs a{spectrum_problem(problem), vkd::DType(dtype), scale,
                                      ptr<const void>(student), strides3(student_strides),
                                      ptr<const void>(teacher), strides3(teacher_strides),
                                      ptr<void>(d), strides3(d_strides),
-                                     ptr<void>(partials), num_partials, stream};
-          const bool cuda = on_cuda(device);
-          py::gil_scoped_release release;
-#ifdef VKD_WITH_CUDA
-          if (cuda) return vkd::spectrum_forward_cuda(a);
-#endif
-          (void)cuda;
-          vkd::spectrum_forward_cpu(a);
+                                     ptr<void>(partials), num_partials, t.stream(stream)};
+          dispatch(t, [&](auto d) {
+            constexpr vkd::Device D = decltype(d)::value;
+            vkd::spectrum_forward<D>(a);
+          });
         },
         py::arg("device"), py::arg("problem"), py::arg("dtype"), py::arg("scale"),
         py::arg("student"), py::arg("student_strides"), py::arg("teacher"),
@@ -120,20 +151,18 @@ PYBIND11_MODULE(_C, m) {
            std::array<int64_t, 3> grad_strides, double grad_scale, uintptr_t grad_student,
            std::array<int64_t, 3> grad_student_strides, uintptr_t grad_teacher,
            std::array<int64_t, 3> grad_teacher_strides, uintptr_t stream) {
+          const Target t = target(device);
           vkd::SpectrumBackwardArgs a{spectrum_problem(problem), vkd::DType(dtype), scale,
                                       ptr<const void>(student), strides3(student_strides),
                                       ptr<const void>(teacher), strides3(teacher_strides),
                                       ptr<const void>(grad_d), strides3(grad_strides), grad_scale,
                                       ptr<void>(grad_student), strides3(grad_student_strides),
                                       ptr<void>(grad_teacher), strides3(grad_teacher_strides),
-                                      stream};
-          const bool cuda = on_cuda(device);
-          py::gil_scoped_release release;
-#ifdef VKD_WITH_CUDA
-          if (cuda) return vkd::spectrum_backward_cuda(a);
-#endif
-          (void)cuda;
-          vkd::spectrum_backward_cpu(a);
+                                      t.stream(stream)};
+          dispatch(t, [&](auto d) {
+            constexpr vkd::Device D = decltype(d)::value;
+            vkd::spectrum_backward<D>(a);
+          });
         },
         py::arg("device"), py::arg("problem"), py::arg("dtype"), py::arg("scale"),
         py::arg("student"), py::arg("student_strides"), py::arg("teacher"),
@@ -145,16 +174,14 @@ PYBIND11_MODULE(_C, m) {
   m.def("attention_map_forward",
         [](const std::string& device, int64_t N, int64_t C, int64_t P, double q, int dtype, uintptr_t x,
            std::array<int64_t, 3> x_strides, uintptr_t map, std::array<int64_t, 2> map_strides, uintptr_t stream) {
+          const Target t = target(device);
           vkd::AttentionMapArgs a{attention_problem(N, C, P, q), vkd::DType(dtype), ptr<const void>(x),
                                   {x_strides[0], x_strides[1], x_strides[2]}, ptr<void>(map),
-                                  {map_strides[0], map_strides[1]}, nullptr, {0, 0, 0}, stream};
-          const bool cuda = on_cuda(device);
-          py::gil_scoped_release release;
-#ifdef VKD_WITH_CUDA
-          if (cuda) return vkd::attention_map_forward_cuda(a);
-#endif
-          (void)cuda;
-          vkd::attention_map_forward_cpu(a);
+                                  {map_strides[0], map_strides[1]}, nullptr, {0, 0, 0}, t.stream(stream)};
+          dispatch(t, [&](auto d) {
+            constexpr vkd::Device D = decltype(d)::value;
+            vkd::attention_map_forward<D>(a);
+          });
         },
         py::arg("device"), py::arg("N"), py::arg("C"), py::arg("P"), py::arg("q"), py::arg("dtype"), py::arg("x"),
         py::arg("x_strides"), py::arg("map"), py::arg("map_strides"), py::arg("stream"));
@@ -163,17 +190,15 @@ PYBIND11_MODULE(_C, m) {
         [](const std::string& device, int64_t N, int64_t C, int64_t P, double q, int dtype, uintptr_t x,
            std::array<int64_t, 3> x_strides, uintptr_t grad_map, std::array<int64_t, 2> grad_map_strides,
            uintptr_t grad_x, std::array<int64_t, 3> grad_x_strides, uintptr_t stream) {
+          const Target t = target(device);
           vkd::AttentionMapArgs a{attention_problem(N, C, P, q), vkd::DType(dtype), ptr<const void>(x),
                                   {x_strides[0], x_strides[1], x_strides[2]}, ptr<void>(grad_map),
                                   {grad_map_strides[0], grad_map_strides[1]}, ptr<void>(grad_x),
-                                  {grad_x_strides[0], grad_x_strides[1], grad_x_strides[2]}, stream};
-          const bool cuda = on_cuda(device);
-          py::gil_scoped_release release;
-#ifdef VKD_WITH_CUDA
-          if (cuda) return vkd::attention_map_backward_cuda(a);
-#endif
-          (void)cuda;
-          vkd::attention_map_backward_cpu(a);
+                                  {grad_x_strides[0], grad_x_strides[1], grad_x_strides[2]}, t.stream(stream)};
+          dispatch(t, [&](auto d) {
+            constexpr vkd::Device D = decltype(d)::value;
+            vkd::attention_map_backward<D>(a);
+          });
         },
         py::arg("device"), py::arg("N"), py::arg("C"), py::arg("P"), py::arg("q"), py::arg("dtype"), py::arg("x"),
         py::arg("x_strides"), py::arg("grad_map"), py::arg("grad_map_strides"), py::arg("grad_x"),
@@ -186,16 +211,14 @@ PYBIND11_MODULE(_C, m) {
            uintptr_t stats, uintptr_t dH, uintptr_t dZ, uintptr_t dgamma, uintptr_t dbeta, uintptr_t stream) {
           if (N < 1 || J < 1 || C < 1 || G < 1 || C % G != 0 || !(M > 0) || !(eps > 0))
             throw std::invalid_argument("vkd: head_norm needs positive sizes, G dividing C, M > 0, eps > 0");
+          const Target t = target(device);
           vkd::HeadNormArgs a{{N, J, C, G, M, eps}, vkd::DType(dtype), ptr<const void>(Z), ptr<const void>(w),
                               ptr<const void>(gamma), ptr<const void>(beta), ptr<void>(H), ptr<void>(stats),
-                              ptr<const void>(dH), ptr<void>(dZ), ptr<void>(dgamma), ptr<void>(dbeta), stream};
-          const bool cuda = on_cuda(device);
-          py::gil_scoped_release release;
-#ifdef VKD_WITH_CUDA
-          if (cuda) return backward ? vkd::head_norm_backward_cuda(a) : vkd::head_norm_forward_cuda(a);
-#endif
-          (void)cuda;
-          backward ? vkd::head_norm_backward_cpu(a) : vkd::head_norm_forward_cpu(a);
+                              ptr<const void>(dH), ptr<void>(dZ), ptr<void>(dgamma), ptr<void>(dbeta), t.stream(stream)};
+          dispatch(t, [&](auto d) {
+            constexpr vkd::Device D = decltype(d)::value;
+            backward ? vkd::head_norm_backward<D>(a) : vkd::head_norm_forward<D>(a);
+          });
         },
         py::arg("device"), py::arg("backward"), py::arg("N"), py::arg("J"), py::arg("C"), py::arg("G"),
         py::arg("M"), py::arg("eps"), py::arg("dtype"), py::arg("Z"), py::arg("w"), py::arg("gamma"),
@@ -208,15 +231,13 @@ PYBIND11_MODULE(_C, m) {
     m.def(name,
           [forward](const std::string& device, int dtype, uintptr_t tensors, uintptr_t groups, int64_t num_tensors,
                     int64_t num_groups, int64_t splits, int64_t flat_size, uintptr_t buffer, uintptr_t stream) {
+            const Target t = target(device);
             const auto a = weight_args(dtype, tensors, groups, num_tensors, num_groups, splits, flat_size,
-                                       forward ? buffer : 0, forward ? 0 : buffer, stream);
-            const bool cuda = on_cuda(device);
-            py::gil_scoped_release release;
-#ifdef VKD_WITH_CUDA
-            if (cuda) return forward ? vkd::weight_gram_cuda(a) : vkd::weight_gram_backward_cuda(a);
-#endif
-            (void)cuda;
-            forward ? vkd::weight_gram_cpu(a) : vkd::weight_gram_backward_cpu(a);
+                                       forward ? buffer : 0, forward ? 0 : buffer, t.stream(stream));
+            dispatch(t, [&](auto d) {
+              constexpr vkd::Device D = decltype(d)::value;
+              forward ? vkd::weight_gram<D>(a) : vkd::weight_gram_backward<D>(a);
+            });
           },
           py::arg("device"), py::arg("dtype"), py::arg("tensors"), py::arg("groups"), py::arg("num_tensors"),
           py::arg("num_groups"), py::arg("splits"), py::arg("flat_size"), py::arg("buffer"), py::arg("stream"));
@@ -233,16 +254,14 @@ PYBIND11_MODULE(_C, m) {
           if (N < 1 || C < 1 || T < 1 || S < 1) throw std::invalid_argument("vkd: attention_apply sizes must be >= 1");
           if (affine ? (a == 0 || out == 0) : rows == 0)
             throw std::invalid_argument("vkd: apply_rows is missing an output or the row factors");
+          const Target t = target(device);
           vkd::ApplyArgs args{{N, C, T, S}, vkd::DType(dtype), ptr<const void>(x), {xs[0], xs[1], xs[2], xs[3]},
                               ptr<const void>(y), {ys[0], ys[1], ys[2], ys[3]}, ptr<void>(rows), ptr<const void>(a),
-                              ptr<const void>(b), ptr<void>(out), {os[0], os[1], os[2], os[3]}, stream};
-          const bool cuda = on_cuda(device);
-          py::gil_scoped_release release;
-#ifdef VKD_WITH_CUDA
-          if (cuda) return affine ? vkd::apply_affine_cuda(args) : vkd::apply_reduce_cuda(args);
-#endif
-          (void)cuda;
-          affine ? vkd::apply_affine_cpu(args) : vkd::apply_reduce_cpu(args);
+                              ptr<const void>(b), ptr<void>(out), {os[0], os[1], os[2], os[3]}, t.stream(stream)};
+          dispatch(t, [&](auto d) {
+            constexpr vkd::Device D = decltype(d)::value;
+            affine ? vkd::apply_affine<D>(args) : vkd::apply_reduce<D>(args);
+          });
         },
         py::arg("device"), py::arg("affine"), py::arg("N"), py::arg("C"), py::arg("T"), py::arg("S"),
         py::arg("dtype"), py::arg("x"), py::arg("x_strides"), py::arg("y"), py::arg("y_strides"), py::arg("rows"),

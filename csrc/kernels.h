@@ -1,14 +1,32 @@
-// Launchers of every fused kernel, one declaration per device. The Python side
-// (vkd_kernels/_ext.py) passes raw pointers, shapes, strides and a stream, so this
-// library never links against torch. See csrc/common/ for the math.
+// Launchers of every fused kernel, each declared once as a template on the device
+// (csrc/cpu defines the Device::CPU specialisations, csrc/cuda the Device::CUDA ones).
+// The Python side (vkd_kernels/_ext.py) passes raw pointers, shapes, strides and a
+// stream, so this library never links against torch. See csrc/common/ for the math.
 #pragma once
 #include <cstdint>
+#include <string>
 #include "common/spectrum.h"
 #include "common/attention.h"
 #include "common/weights.h"
 #include "common/apply.h"
 
 namespace vkd {
+
+enum class Device : int { CPU = 0, CUDA = 1 };
+
+// Where a launch runs: on CUDA, `handle` is the cudaStream_t of device `device` (the
+// launcher makes that device current for the launch and restores the previous one);
+// both are ignored on the CPU.
+struct Stream {
+  uintptr_t handle;
+  int device;
+};
+
+#ifdef VKD_WITH_CUDA
+// Why the CUDA kernels cannot run in this process (no driver, a driver older than the
+// CUDA runtime linked in, no device), or "" when they can (csrc/cuda/runtime.cu).
+std::string cuda_unavailable();
+#endif
 
 // Temporal spectrum loss forward. Writes d as (B, K, G) at `d` (strides d_strides:
 // b, k, g) when d is not null; otherwise writes num_partials partial sums of d
@@ -21,7 +39,7 @@ struct SpectrumForwardArgs {
   const void* teacher; spectrum::Strides3 teacher_strides;
   void* d; spectrum::Strides3 d_strides;
   void* partials; int64_t num_partials;
-  uintptr_t stream;  // cudaStream_t on CUDA, ignored on CPU
+  Stream stream;
 };
 
 // Backward: grad_d holds dL/dd as (B, K, G) with strides grad_strides (all zero for
@@ -36,18 +54,13 @@ struct SpectrumBackwardArgs {
   const void* grad_d; spectrum::Strides3 grad_strides; double grad_scale;
   void* grad_student; spectrum::Strides3 grad_student_strides;
   void* grad_teacher; spectrum::Strides3 grad_teacher_strides;
-  uintptr_t stream;
+  Stream stream;
 };
 
 // How many partial sums the forward writes for `groups` groups (size of `partials`).
-int64_t spectrum_num_partials_cpu(int64_t groups);
-void spectrum_forward_cpu(const SpectrumForwardArgs& args);
-void spectrum_backward_cpu(const SpectrumBackwardArgs& args);
-#ifdef VKD_WITH_CUDA
-int64_t spectrum_num_partials_cuda(int64_t groups);
-void spectrum_forward_cuda(const SpectrumForwardArgs& args);
-void spectrum_backward_cuda(const SpectrumBackwardArgs& args);
-#endif
+template <Device> int64_t spectrum_num_partials(int64_t groups);
+template <Device> void spectrum_forward(const SpectrumForwardArgs& args);
+template <Device> void spectrum_backward(const SpectrumBackwardArgs& args);
 
 // Attention-transfer raw map (ops.md 3a) of x viewed as (N, C, P). Forward writes
 // a[n, p] = mean_c |x|^q to `map` (accumulation dtype: float64 for float64 inputs, else
@@ -58,15 +71,11 @@ struct AttentionMapArgs {
   const void* x; attention::Strides3 x_strides;
   void* map; attention::Strides2 map_strides;
   void* grad_x; attention::Strides3 grad_x_strides;  // backward only
-  uintptr_t stream;
+  Stream stream;
 };
 
-void attention_map_forward_cpu(const AttentionMapArgs& args);
-void attention_map_backward_cpu(const AttentionMapArgs& args);
-#ifdef VKD_WITH_CUDA
-void attention_map_forward_cuda(const AttentionMapArgs& args);
-void attention_map_backward_cuda(const AttentionMapArgs& args);
-#endif
+template <Device> void attention_map_forward(const AttentionMapArgs& args);
+template <Device> void attention_map_backward(const AttentionMapArgs& args);
 
 // Weighted GroupNorm + ReLU of the GKD head's compact tail (common/attention.h, namespace
 // head). All tensors contiguous, one dtype: Z, H, dH, dZ (N, J, C); w (J,); gamma, beta
@@ -79,15 +88,11 @@ struct HeadNormArgs {
   const void* Z; const void* w; const void* gamma; const void* beta;
   void* H; void* stats;
   const void* dH; void* dZ; void* dgamma; void* dbeta;
-  uintptr_t stream;
+  Stream stream;
 };
 
-void head_norm_forward_cpu(const HeadNormArgs& args);
-void head_norm_backward_cpu(const HeadNormArgs& args);
-#ifdef VKD_WITH_CUDA
-void head_norm_forward_cuda(const HeadNormArgs& args);
-void head_norm_backward_cuda(const HeadNormArgs& args);
-#endif
+template <Device> void head_norm_forward(const HeadNormArgs& args);
+template <Device> void head_norm_backward(const HeadNormArgs& args);
 
 // Weight-spectrum distance (common/weights.h). Forward: writes partials
 // (splits, flat_size) in the accumulation dtype (float64 for float64 weights, else
@@ -98,15 +103,11 @@ struct WeightGramArgs {
   DType dtype;
   void* partials;       // forward output
   const void* M;        // backward input
-  uintptr_t stream;
+  Stream stream;
 };
 
-void weight_gram_cpu(const WeightGramArgs& args);
-void weight_gram_backward_cpu(const WeightGramArgs& args);
-#ifdef VKD_WITH_CUDA
-void weight_gram_cuda(const WeightGramArgs& args);
-void weight_gram_backward_cuda(const WeightGramArgs& args);
-#endif
+template <Device> void weight_gram(const WeightGramArgs& args);
+template <Device> void weight_gram_backward(const WeightGramArgs& args);
 
 // attention_apply row passes (common/apply.h), rows (N, C, T, S) strided, one dtype for
 // x, y, out; a, b and the row results in the accumulation dtype, contiguous (N C T,).
@@ -119,14 +120,10 @@ struct ApplyArgs {
   void* rows;                                    // reduce output
   const void* a; const void* b;                  // affine only, b may be null
   void* out; apply::RowStrides out_strides;      // affine output
-  uintptr_t stream;
+  Stream stream;
 };
 
-void apply_reduce_cpu(const ApplyArgs& args);
-void apply_affine_cpu(const ApplyArgs& args);
-#ifdef VKD_WITH_CUDA
-void apply_reduce_cuda(const ApplyArgs& args);
-void apply_affine_cuda(const ApplyArgs& args);
-#endif
+template <Device> void apply_reduce(const ApplyArgs& args);
+template <Device> void apply_affine(const ApplyArgs& args);
 
 }  // namespace vkd

@@ -8,6 +8,7 @@ why. ``TRITON_INTERPRET=1`` lets the Triton backend run on CPU tensors (tests).
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import warnings
@@ -50,10 +51,18 @@ def device_unsupported(backend: str, device: torch.device) -> Optional[str]:
     if backend == "cpu":
         return None if device.type == "cpu" else f"the cpu backend takes CPU tensors, got {device.type}"
     if backend == "cuda":
-        if not _ext.has_cuda_kernels():
-            return "vkd_kernels._C was built without CUDA kernels (no nvcc at build time)"
-        return None if device.type == "cuda" else f"the cuda backend takes CUDA tensors, got {device.type}"
+        if device.type != "cuda":
+            return f"the cuda backend takes CUDA tensors, got {device.type}"
+        return _ext.cuda_unavailable()
     return f"unknown backend {backend!r}"
+
+
+def device_guard(device: torch.device):
+    """Context in which a fused op body runs: ``device`` current for CUDA tensors (Triton
+    launches on the current device; the extension gets the index too), nothing for CPU."""
+    if device.type == "cuda":
+        return torch.cuda.device(device)
+    return contextlib.nullcontext()
 
 
 @functools.lru_cache(maxsize=None)

@@ -1,12 +1,14 @@
 """Loading of the compiled extension ``vkd_kernels._C`` and the glue to call it.
 
-The extension is torch-free: it takes data pointers, shapes, strides and a stream
-handle. If it could not be built or imported, ``EXT`` is None, ``EXT_ERROR`` says
+The extension is torch-free: it takes the device (``device_arg``: "cpu" or "cuda:N"),
+data pointers, shapes, strides and a stream handle of that device; its CUDA launchers
+make device N current around each launch. If it could not be built or imported, ``EXT`` is None, ``EXT_ERROR`` says
 why, and a one-time warning is emitted; every op then still works through the
 reference (and, on CUDA, Triton) backends.
 """
 from __future__ import annotations
 
+import functools
 import warnings
 
 import torch
@@ -38,10 +40,29 @@ def ptr(tensor: torch.Tensor | None) -> int:
     return 0 if tensor is None else tensor.data_ptr()
 
 
+def device_arg(device: torch.device) -> str:
+    """The extension's name of ``device``: "cpu", or "cuda:N" with N the device index
+    (the current device when ``device`` has none)."""
+    if device.type != "cuda":
+        return device.type
+    return f"cuda:{torch.cuda.current_device() if device.index is None else device.index}"
+
+
 def stream(device: torch.device) -> int:
     """The current CUDA stream handle for ``device`` (0 on the CPU)."""
     return torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
 
 
 def has_cuda_kernels() -> bool:
+    """Whether the extension was built with CUDA kernels (build info only)."""
     return EXT is not None and bool(EXT.build_info()["cuda"])
+
+
+@functools.lru_cache(maxsize=None)
+def cuda_unavailable() -> str | None:
+    """Why the extension's CUDA kernels cannot run in this process, or None: asked once
+    of the CUDA runtime inside the extension (cudart is linked in statically, so the
+    driver must support its CUDA version, e.g. driver >= 580 for CUDA 13)."""
+    if not has_cuda_kernels():
+        return "vkd_kernels._C was built without CUDA kernels (no nvcc at build time)"
+    return EXT.cuda_unavailable() or None

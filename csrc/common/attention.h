@@ -110,7 +110,7 @@ struct GroupNormProblem {
   int64_t N, J, C, G;
   double M;    // Cg * L, the number of upsampled elements per group
   double eps;
-  int64_t Cg() const { return C / G; }
+  VKD_HD int64_t Cg() const { return C / G; }
 };
 
 // Forward of group (n, g): writes H and (mean, rstd) at stats[2 (n G + g)] (accumulation dtype).

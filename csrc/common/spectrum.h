@@ -26,7 +26,8 @@ struct Problem {
   int64_t B, T, S, P;   // view (B, T, S); groups of P consecutive s
   int mode;             // Mode
   double eps;
-  const float* weights; // per-bin weights w (K,), or nullptr for all ones
+  const void* weights;  // per-bin weights w (K,) in the accumulation dtype (float64 for
+                        // float64 inputs, else float32), or nullptr for all ones
   VKD_HD int64_t K() const { return T / 2 + 1; }
   VKD_HD int64_t groups() const { return B * (S / P); }
 };
@@ -60,7 +61,7 @@ VKD_HD acc_t spectrum_value(Mode mode, acc_t re, acc_t im, acc_t eps, acc_t* fac
 
 template <typename acc_t>
 VKD_HD acc_t bin_weight(const Problem& pr, int64_t k) {
-  return pr.weights ? acc_t(pr.weights[k]) : acc_t(1);
+  return pr.weights ? static_cast<const acc_t*>(pr.weights)[k] : acc_t(1);
 }
 
 // A tile is up to L lines x[b, :, s0 + l], l < n, processed together with l innermost

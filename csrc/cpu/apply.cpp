@@ -36,8 +36,10 @@ void affine(const ApplyArgs& args) {
 
 }  // namespace
 
-void apply_reduce_cpu(const ApplyArgs& args) { VKD_DISPATCH_DTYPE(args.dtype, [&] { reduce<scalar_t>(args); }); }
+template <>
+void apply_reduce<Device::CPU>(const ApplyArgs& args) { VKD_DISPATCH_DTYPE(args.dtype, [&] { reduce<scalar_t>(args); }); }
 
-void apply_affine_cpu(const ApplyArgs& args) { VKD_DISPATCH_DTYPE(args.dtype, [&] { affine<scalar_t>(args); }); }
+template <>
+void apply_affine<Device::CPU>(const ApplyArgs& args) { VKD_DISPATCH_DTYPE(args.dtype, [&] { affine<scalar_t>(args); }); }
 
 }  // namespace vkd

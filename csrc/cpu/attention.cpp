@@ -41,11 +41,13 @@ void backward(const AttentionMapArgs& a) {
 
 }  // namespace
 
-void attention_map_forward_cpu(const AttentionMapArgs& args) {
+template <>
+void attention_map_forward<Device::CPU>(const AttentionMapArgs& args) {
   VKD_DISPATCH_DTYPE(args.dtype, [&] { VKD_DISPATCH_POWER(args.problem.q, [&] { forward<kPower, scalar_t>(args); }); });
 }
 
-void attention_map_backward_cpu(const AttentionMapArgs& args) {
+template <>
+void attention_map_backward<Device::CPU>(const AttentionMapArgs& args) {
   VKD_DISPATCH_DTYPE(args.dtype, [&] { VKD_DISPATCH_POWER(args.problem.q, [&] { backward<kPower, scalar_t>(args); }); });
 }
 
@@ -86,11 +88,13 @@ void head_backward(const HeadNormArgs& a) {
 
 }  // namespace
 
-void head_norm_forward_cpu(const HeadNormArgs& args) {
+template <>
+void head_norm_forward<Device::CPU>(const HeadNormArgs& args) {
   VKD_DISPATCH_DTYPE(args.dtype, [&] { head_forward<scalar_t>(args); });
 }
 
-void head_norm_backward_cpu(const HeadNormArgs& args) {
+template <>
+void head_norm_backward<Device::CPU>(const HeadNormArgs& args) {
   VKD_DISPATCH_DTYPE(args.dtype, [&] { head_backward<scalar_t>(args); });
 }
 

@@ -125,13 +125,16 @@ void backward(const SpectrumBackwardArgs& a) {
 
 }  // namespace
 
-int64_t spectrum_num_partials_cpu(int64_t groups) { return std::max<int64_t>(1, std::min<int64_t>(groups, 256)); }
+template <>
+int64_t spectrum_num_partials<Device::CPU>(int64_t groups) { return std::max<int64_t>(1, std::min<int64_t>(groups, 256)); }
 
-void spectrum_forward_cpu(const SpectrumForwardArgs& args) {
+template <>
+void spectrum_forward<Device::CPU>(const SpectrumForwardArgs& args) {
   VKD_DISPATCH_DTYPE(args.dtype, [&] { forward<scalar_t>(args); });
 }
 
-void spectrum_backward_cpu(const SpectrumBackwardArgs& args) {
+template <>
+void spectrum_backward<Device::CPU>(const SpectrumBackwardArgs& args) {
   VKD_DISPATCH_DTYPE(args.dtype, [&] { backward<scalar_t>(args); });
 }
 

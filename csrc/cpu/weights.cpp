@@ -176,11 +176,13 @@ void gram_backward(const WeightGramArgs& a) {
 
 }  // namespace
 
-void weight_gram_cpu(const WeightGramArgs& args) {
+template <>
+void weight_gram<Device::CPU>(const WeightGramArgs& args) {
   VKD_DISPATCH_DTYPE(args.dtype, [&] { gram<scalar_t>(args); });
 }
 
-void weight_gram_backward_cpu(const WeightGramArgs& args) {
+template <>
+void weight_gram_backward<Device::CPU>(const WeightGramArgs& args) {
   VKD_DISPATCH_DTYPE(args.dtype, [&] { gram_backward<scalar_t>(args); });
 }
 

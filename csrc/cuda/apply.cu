@@ -1,11 +1,8 @@
 // attention_apply row passes on CUDA: one warp per row (rows are short, S ~ 49..196),
 // its 32 lanes striding over S (coalesced for contiguous rows), a fixed-order warp
 // shuffle sum for the reduction (deterministic, no atomics). Math in common/apply.h.
-#include <cuda_runtime.h>
 #include <algorithm>
-#include <stdexcept>
-#include <string>
-#include "../kernels.h"
+#include "launch.h"
 
 namespace vkd {
 using namespace apply;
@@ -52,26 +49,24 @@ __global__ void affine_kernel(ApplyArgs args) {
 
 int blocks(int64_t rows) { return int(std::min<int64_t>((rows + kRowsPerBlock - 1) / kRowsPerBlock, 65535)); }
 
-void check(cudaError_t error) {
-  if (error != cudaSuccess) throw std::runtime_error(std::string("vkd attention_apply: ") + cudaGetErrorString(error));
-}
-
 }  // namespace
 
-void apply_reduce_cuda(const ApplyArgs& args) {
-  VKD_DISPATCH_DTYPE(args.dtype, [&] {
-    reduce_kernel<scalar_t><<<blocks(args.problem.rows()), kThreads, 0,
-                              reinterpret_cast<cudaStream_t>(args.stream)>>>(args);
+template <>
+void apply_reduce<Device::CUDA>(const ApplyArgs& args) {
+  cuda::on_device(args.stream, "vkd attention_apply", [&](cudaStream_t stream) {
+    VKD_DISPATCH_DTYPE(args.dtype, [&] {
+      reduce_kernel<scalar_t><<<blocks(args.problem.rows()), kThreads, 0, stream>>>(args);
+    });
   });
-  check(cudaGetLastError());
 }
 
-void apply_affine_cuda(const ApplyArgs& args) {
-  VKD_DISPATCH_DTYPE(args.dtype, [&] {
-    affine_kernel<scalar_t><<<blocks(args.problem.rows()), kThreads, 0,
-                              reinterpret_cast<cudaStream_t>(args.stream)>>>(args);
+template <>
+void apply_affine<Device::CUDA>(const ApplyArgs& args) {
+  cuda::on_device(args.stream, "vkd attention_apply", [&](cudaStream_t stream) {
+    VKD_DISPATCH_DTYPE(args.dtype, [&] {
+      affine_kernel<scalar_t><<<blocks(args.problem.rows()), kThreads, 0, stream>>>(args);
+    });
   });
-  check(cudaGetLastError());
 }
 
 }  // namespace vkd

@@ -1,11 +1,8 @@
 // Attention-transfer raw map on CUDA: one thread per position (n, p) looping over the
 // channels (coalesced across p for the usual (N, C, P) layout), math from
 // common/attention.h.
-#include <cuda_runtime.h>
 #include <algorithm>
-#include <stdexcept>
-#include <string>
-#include "../kernels.h"
+#include "launch.h"
 
 namespace vkd {
 using namespace attention;
@@ -33,32 +30,31 @@ __global__ void backward_kernel(AttentionMapArgs a) {
     map_grad_tile<1, kPower>(pr, x, a.x_strides, a.map, a.map_strides, dx, a.grad_x_strides, i / pr.P, i % pr.P, 1);
 }
 
+// Grid-stride loops: at most 65535 blocks, any number of positions.
 int blocks(int64_t positions) { return int(std::min<int64_t>((positions + kThreads - 1) / kThreads, 65535)); }
-
-void check(cudaError_t error) {
-  if (error != cudaSuccess) throw std::runtime_error(std::string("vkd attention: ") + cudaGetErrorString(error));
-}
 
 }  // namespace
 
-void attention_map_forward_cuda(const AttentionMapArgs& args) {
-  auto stream = reinterpret_cast<cudaStream_t>(args.stream);
-  VKD_DISPATCH_DTYPE(args.dtype, [&] {
-    VKD_DISPATCH_POWER(args.problem.q, [&] {
-      forward_kernel<kPower, scalar_t><<<blocks(args.problem.N * args.problem.P), kThreads, 0, stream>>>(args);
+template <>
+void attention_map_forward<Device::CUDA>(const AttentionMapArgs& args) {
+  cuda::on_device(args.stream, "vkd attention map", [&](cudaStream_t stream) {
+    VKD_DISPATCH_DTYPE(args.dtype, [&] {
+      VKD_DISPATCH_POWER(args.problem.q, [&] {
+        forward_kernel<kPower, scalar_t><<<blocks(args.problem.N * args.problem.P), kThreads, 0, stream>>>(args);
+      });
     });
   });
-  check(cudaGetLastError());
 }
 
-void attention_map_backward_cuda(const AttentionMapArgs& args) {
-  auto stream = reinterpret_cast<cudaStream_t>(args.stream);
-  VKD_DISPATCH_DTYPE(args.dtype, [&] {
-    VKD_DISPATCH_POWER(args.problem.q, [&] {
-      backward_kernel<kPower, scalar_t><<<blocks(args.problem.N * args.problem.P), kThreads, 0, stream>>>(args);
+template <>
+void attention_map_backward<Device::CUDA>(const AttentionMapArgs& args) {
+  cuda::on_device(args.stream, "vkd attention map backward", [&](cudaStream_t stream) {
+    VKD_DISPATCH_DTYPE(args.dtype, [&] {
+      VKD_DISPATCH_POWER(args.problem.q, [&] {
+        backward_kernel<kPower, scalar_t><<<blocks(args.problem.N * args.problem.P), kThreads, 0, stream>>>(args);
+      });
     });
   });
-  check(cudaGetLastError());
 }
 
 namespace {
@@ -87,20 +83,22 @@ __global__ void head_backward_kernel(HeadNormArgs a) {
 
 }  // namespace
 
-void head_norm_forward_cuda(const HeadNormArgs& args) {
-  VKD_DISPATCH_DTYPE(args.dtype, [&] {
-    head_forward_kernel<scalar_t><<<blocks(args.problem.N * args.problem.G), kThreads, 0,
-                                    reinterpret_cast<cudaStream_t>(args.stream)>>>(args);
+template <>
+void head_norm_forward<Device::CUDA>(const HeadNormArgs& args) {
+  cuda::on_device(args.stream, "vkd head norm", [&](cudaStream_t stream) {
+    VKD_DISPATCH_DTYPE(args.dtype, [&] {
+      head_forward_kernel<scalar_t><<<blocks(args.problem.N * args.problem.G), kThreads, 0, stream>>>(args);
+    });
   });
-  check(cudaGetLastError());
 }
 
-void head_norm_backward_cuda(const HeadNormArgs& args) {
-  VKD_DISPATCH_DTYPE(args.dtype, [&] {
-    head_backward_kernel<scalar_t><<<blocks(args.problem.N * args.problem.G), kThreads, 0,
-                                     reinterpret_cast<cudaStream_t>(args.stream)>>>(args);
+template <>
+void head_norm_backward<Device::CUDA>(const HeadNormArgs& args) {
+  cuda::on_device(args.stream, "vkd head norm backward", [&](cudaStream_t stream) {
+    VKD_DISPATCH_DTYPE(args.dtype, [&] {
+      head_backward_kernel<scalar_t><<<blocks(args.problem.N * args.problem.G), kThreads, 0, stream>>>(args);
+    });
   });
-  check(cudaGetLastError());
 }
 
 }  // namespace vkd

@@ -1,10 +1,7 @@
 // Temporal spectrum loss on CUDA: one thread per group (a tile of L = 1 line), twiddles in shared memory,
 // math from common/spectrum.h. Reductions are per-block partials (deterministic);
 // the caller sums them.
-#include <cuda_runtime.h>
-#include <stdexcept>
-#include <string>
-#include "../kernels.h"
+#include "launch.h"
 
 namespace vkd {
 using namespace spectrum;
@@ -81,11 +78,6 @@ __global__ void backward_kernel(SpectrumBackwardArgs a) {
   }
 }
 
-void check_launch(const char* what) {
-  const cudaError_t err = cudaGetLastError();
-  if (err != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(err));
-}
-
 int64_t grid_for(int64_t groups) {
   const int64_t blocks = (groups + kThreads - 1) / kThreads;
   return blocks < 65535 ? (blocks > 0 ? blocks : 1) : 65535;
@@ -93,26 +85,31 @@ int64_t grid_for(int64_t groups) {
 
 }  // namespace
 
-void spectrum_forward_cuda(const SpectrumForwardArgs& args) {
+template <>
+void spectrum_forward<Device::CUDA>(const SpectrumForwardArgs& args) {
   const int64_t grid = args.d ? grid_for(args.problem.groups()) : args.num_partials;
-  VKD_DISPATCH_DTYPE(args.dtype, [&] {
-    using acc_t = typename Element<scalar_t>::acc_t;
-    const size_t shared = (2 * args.problem.T * args.problem.K() + kThreads) * sizeof(acc_t);
-    forward_kernel<scalar_t><<<grid, kThreads, shared, reinterpret_cast<cudaStream_t>(args.stream)>>>(args);
+  if (grid < 1 || grid > 65535) throw std::invalid_argument("vkd spectrum forward: num_partials must be in [1, 65535]");
+  cuda::on_device(args.stream, "vkd spectrum forward", [&](cudaStream_t stream) {
+    VKD_DISPATCH_DTYPE(args.dtype, [&] {
+      using acc_t = typename Element<scalar_t>::acc_t;
+      const size_t shared = (2 * args.problem.T * args.problem.K() + kThreads) * sizeof(acc_t);
+      forward_kernel<scalar_t><<<unsigned(grid), kThreads, shared, stream>>>(args);
+    });
   });
-  check_launch("vkd spectrum forward");
 }
 
-void spectrum_backward_cuda(const SpectrumBackwardArgs& args) {
-  VKD_DISPATCH_DTYPE(args.dtype, [&] {
-    using acc_t = typename Element<scalar_t>::acc_t;
-    const size_t shared = 2 * args.problem.T * args.problem.K() * sizeof(acc_t);
-    backward_kernel<scalar_t><<<grid_for(args.problem.groups()), kThreads, shared,
-                                reinterpret_cast<cudaStream_t>(args.stream)>>>(args);
+template <>
+void spectrum_backward<Device::CUDA>(const SpectrumBackwardArgs& args) {
+  cuda::on_device(args.stream, "vkd spectrum backward", [&](cudaStream_t stream) {
+    VKD_DISPATCH_DTYPE(args.dtype, [&] {
+      using acc_t = typename Element<scalar_t>::acc_t;
+      const size_t shared = 2 * args.problem.T * args.problem.K() * sizeof(acc_t);
+      backward_kernel<scalar_t><<<unsigned(grid_for(args.problem.groups())), kThreads, shared, stream>>>(args);
+    });
   });
-  check_launch("vkd spectrum backward");
 }
 
-int64_t spectrum_num_partials_cuda(int64_t groups) { return grid_for(groups); }
+template <>
+int64_t spectrum_num_partials<Device::CUDA>(int64_t groups) { return grid_for(groups); }
 
 }  // namespace vkd

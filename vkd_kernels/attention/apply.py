@@ -63,16 +63,17 @@ def _factors(q: torch.Tensor, lam: torch.Tensor, per_sample: bool):
 def _apply_op(F: torch.Tensor, lam: torch.Tensor, per_sample: bool,
               backend: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(out (F.shape, contiguous), q (N, C T) row sums in the accumulation dtype)."""
-    rows = _rows(F)
-    N, C, T, _ = rows.shape
-    q = new_output((N, C * T), accumulation_dtype(F.dtype), F.device)
-    _impl(backend).apply_reduce(rows, None, q)
-    alpha = _factors(q, lam, per_sample)[0]
-    if finite_check_enabled(F.device):  # on the (N, C T) factors: NaN/inf in F or lam reach them
-        raise_if_not_finite(alpha, F=F, lam=lam)
-    out = new_output(rows.shape, F.dtype, F.device)
-    _impl(backend).apply_affine(rows, alpha, None, out)
-    return out.view(F.shape), q
+    with _backend.device_guard(F.device):
+        rows = _rows(F)
+        N, C, T, _ = rows.shape
+        q = new_output((N, C * T), accumulation_dtype(F.dtype), F.device)
+        _impl(backend).apply_reduce(rows, None, q)
+        alpha = _factors(q, lam, per_sample)[0]
+        if finite_check_enabled(F.device):  # on the (N, C T) factors: NaN/inf in F or lam reach them
+            raise_if_not_finite(alpha, F=F, lam=lam)
+        out = new_output(rows.shape, F.dtype, F.device)
+        _impl(backend).apply_affine(rows, alpha, None, out)
+        return out.view(F.shape), q
 
 
 @_apply_op.register_fake
@@ -84,19 +85,20 @@ def _(F, lam, per_sample, backend):
 def _apply_backward_op(grad: torch.Tensor, F: torch.Tensor, lam: torch.Tensor, q: torch.Tensor, per_sample: bool,
                        backend: str, need_F: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """(dF (F.shape, contiguous; empty unless need_F), dlam (N, C, T))."""
-    rows, g = _rows(F), _rows(grad)
-    m = new_output(q.shape, q.dtype, F.device)
-    _impl(backend).apply_reduce(rows, g, m)
-    alpha, k, inv_s2 = _factors(q, lam, per_sample)
-    B = k.shape[0]
-    g_over_s2 = (lam.reshape(B, -1).to(q.dtype) * m.view(B, -1)).sum(-1, keepdim=True) * inv_s2
-    d_lam = (k * (m.view(B, -1) - g_over_s2 * q.view(B, -1))).to(lam.dtype).view(lam.shape)
-    if not need_F:
-        return F.new_empty(0), d_lam
-    beta = (g_over_s2 * (1.0 - alpha.view(B, -1))).view(q.shape)
-    d_F = new_output(rows.shape, F.dtype, F.device)
-    _impl(backend).apply_affine(g, alpha, beta, d_F)
-    return d_F.view(F.shape), d_lam
+    with _backend.device_guard(F.device):
+        rows, g = _rows(F), _rows(grad)
+        m = new_output(q.shape, q.dtype, F.device)
+        _impl(backend).apply_reduce(rows, g, m)
+        alpha, k, inv_s2 = _factors(q, lam, per_sample)
+        B = k.shape[0]
+        g_over_s2 = (lam.reshape(B, -1).to(q.dtype) * m.view(B, -1)).sum(-1, keepdim=True) * inv_s2
+        d_lam = (k * (m.view(B, -1) - g_over_s2 * q.view(B, -1))).to(lam.dtype).view(lam.shape)
+        if not need_F:
+            return F.new_empty(0), d_lam
+        beta = (g_over_s2 * (1.0 - alpha.view(B, -1))).view(q.shape)
+        d_F = new_output(rows.shape, F.dtype, F.device)
+        _impl(backend).apply_affine(g, alpha, beta, d_F)
+        return d_F.view(F.shape), d_lam
 
 
 @_apply_backward_op.register_fake

@@ -120,10 +120,11 @@ def _impl(backend: str):
 def _norm_op(Z: torch.Tensor, w: torch.Tensor, gamma: Optional[torch.Tensor], beta: Optional[torch.Tensor],
              groups: int, M: float, eps: float, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
     """ReLU(GroupNorm) of the distinct columns Z (N, J, C) with class counts w: (H, stats (N, G, 2))."""
-    H = new_output(Z.shape, Z.dtype, Z.device)
-    stats = new_output((Z.shape[0], groups, 2), accumulation_dtype(Z.dtype), Z.device)
-    _impl(backend).head_norm_forward(Z, w, gamma, beta, groups, M, eps, H, stats)
-    return H, stats
+    with _backend.device_guard(Z.device):
+        H = new_output(Z.shape, Z.dtype, Z.device)
+        stats = new_output((Z.shape[0], groups, 2), accumulation_dtype(Z.dtype), Z.device)
+        _impl(backend).head_norm_forward(Z, w, gamma, beta, groups, M, eps, H, stats)
+        return H, stats
 
 
 @_norm_op.register_fake
@@ -136,12 +137,13 @@ def _norm_backward_op(dH: torch.Tensor, Z: torch.Tensor, w: torch.Tensor, gamma:
                       beta: Optional[torch.Tensor], stats: torch.Tensor, groups: int, M: float,
                       backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dZ (N, J, C), dgamma (C,), dbeta (C,)); dgamma / dbeta empty where gamma / beta are None."""
-    N, _, C = Z.shape
-    dZ = new_output(Z.shape, Z.dtype, Z.device)
-    dgamma = new_output((N, C), Z.dtype, Z.device) if gamma is not None else None
-    dbeta = new_output((N, C), Z.dtype, Z.device) if beta is not None else None
-    _impl(backend).head_norm_backward(Z, w, gamma, beta, stats, dH.contiguous(), groups, M, dZ, dgamma, dbeta)
-    return dZ, *(d.sum(0) if d is not None else Z.new_empty(0) for d in (dgamma, dbeta))
+    with _backend.device_guard(Z.device):
+        N, _, C = Z.shape
+        dZ = new_output(Z.shape, Z.dtype, Z.device)
+        dgamma = new_output((N, C), Z.dtype, Z.device) if gamma is not None else None
+        dbeta = new_output((N, C), Z.dtype, Z.device) if beta is not None else None
+        _impl(backend).head_norm_backward(Z, w, gamma, beta, stats, dH.contiguous(), groups, M, dZ, dgamma, dbeta)
+        return dZ, *(d.sum(0) if d is not None else Z.new_empty(0) for d in (dgamma, dbeta))
 
 
 @_norm_backward_op.register_fake

@@ -30,12 +30,13 @@ def _impl(backend: str):
 
 @torch.library.custom_op("vkd::attention_raw_map", mutates_args=())
 def _raw_map_op(x: torch.Tensor, p: float, channel_dim: int, backend: str, name: str) -> torch.Tensor:
-    x3 = view_ncp(x, channel_dim)
-    a = new_output((x3.shape[0], x3.shape[2]), accumulation_dtype(x.dtype), x.device)
-    _impl(backend).forward(x3, p, a)
-    if finite_check_enabled(x.device):
-        raise_if_not_finite(a, **{name: x})
-    return a.view(map_shape(x, channel_dim))
+    with _backend.device_guard(x.device):
+        x3 = view_ncp(x, channel_dim)
+        a = new_output((x3.shape[0], x3.shape[2]), accumulation_dtype(x.dtype), x.device)
+        _impl(backend).forward(x3, p, a)
+        if finite_check_enabled(x.device):
+            raise_if_not_finite(a, **{name: x})
+        return a.view(map_shape(x, channel_dim))
 
 
 @_raw_map_op.register_fake
@@ -46,12 +47,13 @@ def _(x, p, channel_dim, backend, name):
 @torch.library.custom_op("vkd::attention_raw_map_backward", mutates_args=())
 def _raw_map_backward_op(grad: torch.Tensor, x: torch.Tensor, p: float, channel_dim: int,
                          backend: str) -> torch.Tensor:
-    x3 = view_ncp(x, channel_dim)
-    dx = new_output(x3.shape, x.dtype, x.device)
-    g = grad.to(accumulation_dtype(x.dtype)).reshape(x3.shape[0], x3.shape[2])
-    _impl(backend).backward(x3, g, p, dx)
-    moved = x.movedim(channel_dim, 1).shape
-    return dx.view(moved).movedim(1, channel_dim)
+    with _backend.device_guard(x.device):
+        x3 = view_ncp(x, channel_dim)
+        dx = new_output(x3.shape, x.dtype, x.device)
+        g = grad.to(accumulation_dtype(x.dtype)).reshape(x3.shape[0], x3.shape[2])
+        _impl(backend).backward(x3, g, p, dx)
+        moved = x.movedim(channel_dim, 1).shape
+        return dx.view(moved).movedim(1, channel_dim)
 
 
 @_raw_map_backward_op.register_fake

@@ -114,19 +114,21 @@ def make_problem(student, teacher, *, time_dim: int, num_segments: Optional[int]
 
 
 @functools.lru_cache(maxsize=64)
-def _ones(K: int, device: torch.device) -> torch.Tensor:
-    return torch.ones(K, dtype=torch.float32, device=device)
+def _ones(K: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    return torch.ones(K, dtype=dtype, device=device)
 
 
 def effective_weights(bin_weights: Union[None, torch.Tensor, Sequence[float]], drop_dc: bool, K: int,
-                      device: torch.device) -> torch.Tensor:
-    """The (K,) float32 weights w (default all ones; drop_dc zeroes w_0). Read-only."""
+                      device: torch.device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The (K,) weights w (default all ones; drop_dc zeroes w_0) in ``dtype``, the
+    accumulation dtype of the inputs (accumulation_dtype: float64 stays float64), so
+    every backend reads them without rounding. Read-only."""
     if bin_weights is None and not drop_dc:
-        return _ones(K, device)
+        return _ones(K, device, dtype)
     if bin_weights is None:
-        w = torch.ones(K, dtype=torch.float32, device=device)
+        w = torch.ones(K, dtype=dtype, device=device)
     else:
-        w = torch.as_tensor(bin_weights).detach().to(device=device, dtype=torch.float32)
+        w = torch.as_tensor(bin_weights).detach().to(device=device, dtype=dtype)
         if w.dim() != 1 or w.shape[0] != K:
             raise ValueError(f"bin_weights must have shape ({K},) = (T//2 + 1,), got {tuple(w.shape)}")
         if not torch.isfinite(w).all():

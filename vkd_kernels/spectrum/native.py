@@ -12,6 +12,7 @@ from .layout import SpectrumProblem, accumulation_dtype, view_strides
 
 
 def _problem(pr: SpectrumProblem, w: torch.Tensor) -> dict:
+    """The binding's problem dict; w (K,) contiguous in the accumulation dtype."""
     return dict(B=pr.B, T=pr.T, S=pr.S, P=pr.P, mode=pr.mode, eps=pr.eps, weights=_ext.ptr(w))
 
 
@@ -21,11 +22,11 @@ def forward(pr: SpectrumProblem, xs: torch.Tensor, xt: torch.Tensor, w: torch.Te
     device = xs.device
     partials = None
     if d is None:
-        count = _ext.EXT.spectrum_num_partials(device.type, pr.B * pr.G)
+        count = _ext.EXT.spectrum_num_partials(_ext.device_arg(device), pr.B * pr.G)
         partials = new_output((count,), accumulation_dtype(xs.dtype), device)
     _ext.EXT.spectrum_forward(
-        device.type, _problem(pr, w), _ext.dtype_code(xs.dtype), pr.scale, _ext.ptr(xs), view_strides(xs),
-        _ext.ptr(xt), view_strides(xt), _ext.ptr(d), view_strides(d), _ext.ptr(partials),
+        _ext.device_arg(device), _problem(pr, w), _ext.dtype_code(xs.dtype), pr.scale, _ext.ptr(xs),
+        view_strides(xs), _ext.ptr(xt), view_strides(xt), _ext.ptr(d), view_strides(d), _ext.ptr(partials),
         0 if partials is None else partials.numel(), _ext.stream(device))
     return partials
 
@@ -36,6 +37,6 @@ def backward(pr: SpectrumProblem, xs: torch.Tensor, xt: torch.Tensor, w: torch.T
     """Writes the gradients dxs, dxt (B, T, S) where not None."""
     device = xs.device
     _ext.EXT.spectrum_backward(
-        device.type, _problem(pr, w), _ext.dtype_code(xs.dtype), pr.scale, _ext.ptr(xs), view_strides(xs),
-        _ext.ptr(xt), view_strides(xt), _ext.ptr(grad), view_strides(grad), grad_scale, _ext.ptr(dxs),
-        view_strides(dxs), _ext.ptr(dxt), view_strides(dxt), _ext.stream(device))
+        _ext.device_arg(device), _problem(pr, w), _ext.dtype_code(xs.dtype), pr.scale, _ext.ptr(xs),
+        view_strides(xs), _ext.ptr(xt), view_strides(xt), _ext.ptr(grad), view_strides(grad), grad_scale,
+        _ext.ptr(dxs), view_strides(dxs), _ext.ptr(dxt), view_strides(dxt), _ext.stream(device))

@@ -13,7 +13,7 @@ import torch
 from .. import _backend
 from .._checks import finite_check_enabled, new_output, raise_if_not_finite
 from . import native
-from .layout import MAX_FUSED_T, SpectrumProblem, effective_weights, make_problem
+from .layout import MAX_FUSED_T, SpectrumProblem, accumulation_dtype, effective_weights, make_problem
 from .reference import temporal_spectrum_loss_reference
 
 _OP = "temporal_spectrum_loss"
@@ -36,18 +36,19 @@ def _problem(student, teacher, time_dim, num_segments, spectrum, norm, spatial, 
 def _forward_op(student: torch.Tensor, teacher: torch.Tensor, weights: torch.Tensor, time_dim: int,
                 num_segments: Optional[int], spectrum: str, norm: str, spatial: str, reduction: str,
                 eps: float, backend: str) -> torch.Tensor:
-    pr = _problem(student, teacher, time_dim, num_segments, spectrum, norm, spatial, reduction, eps)
-    xs, xt = pr.view(student), pr.view(teacher)
-    if reduction == "none":
-        d = new_output((pr.B, pr.K, pr.G), student.dtype, student.device)
-        _impl(backend).forward(pr, xs, xt, weights, d)
-        out = d.view(pr.out_shape)
-    else:
-        total = _impl(backend).forward(pr, xs, xt, weights, None).sum()
-        out = (total / pr.count if reduction == "mean" else total).to(student.dtype)
-    if finite_check_enabled(student.device):
-        raise_if_not_finite(out, student=student, teacher=teacher)
-    return out
+    with _backend.device_guard(student.device):
+        pr = _problem(student, teacher, time_dim, num_segments, spectrum, norm, spatial, reduction, eps)
+        xs, xt = pr.view(student), pr.view(teacher)
+        if reduction == "none":
+            d = new_output((pr.B, pr.K, pr.G), student.dtype, student.device)
+            _impl(backend).forward(pr, xs, xt, weights, d)
+            out = d.view(pr.out_shape)
+        else:
+            total = _impl(backend).forward(pr, xs, xt, weights, None).sum()
+            out = (total / pr.count if reduction == "mean" else total).to(student.dtype)
+        if finite_check_enabled(student.device):
+            raise_if_not_finite(out, student=student, teacher=teacher)
+        return out
 
 
 @_forward_op.register_fake
@@ -63,19 +64,20 @@ def _backward_op(grad: torch.Tensor, student: torch.Tensor, teacher: torch.Tenso
                  reduction: str, eps: float, backend: str, need_student: bool,
                  need_teacher: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """(dL/dstudent, dL/dteacher); an unneeded one comes back empty."""
-    pr = _problem(student, teacher, time_dim, num_segments, spectrum, norm, spatial, reduction, eps)
-    if reduction == "none":
-        grad3 = grad.reshape(pr.B, pr.K, pr.G)
-    else:  # a scalar read through zero strides
-        grad3 = grad.reshape(1, 1, 1).expand(pr.B, pr.K, pr.G)
-    grad_scale = 1.0 / pr.count if reduction == "mean" else 1.0
+    with _backend.device_guard(student.device):
+        pr = _problem(student, teacher, time_dim, num_segments, spectrum, norm, spatial, reduction, eps)
+        if reduction == "none":
+            grad3 = grad.reshape(pr.B, pr.K, pr.G)
+        else:  # a scalar read through zero strides
+            grad3 = grad.reshape(1, 1, 1).expand(pr.B, pr.K, pr.G)
+        grad_scale = 1.0 / pr.count if reduction == "mean" else 1.0
 
-    def new_grad(needed: bool) -> Optional[torch.Tensor]:
-        return new_output((pr.B, pr.T, pr.S), student.dtype, student.device) if needed else None
+        def new_grad(needed: bool) -> Optional[torch.Tensor]:
+            return new_output((pr.B, pr.T, pr.S), student.dtype, student.device) if needed else None
 
-    ds, dt = new_grad(need_student), new_grad(need_teacher)
-    _impl(backend).backward(pr, pr.view(student), pr.view(teacher), weights, grad3, grad_scale, ds, dt)
-    return tuple(g.view(student.shape) if g is not None else student.new_empty(0) for g in (ds, dt))
+        ds, dt = new_grad(need_student), new_grad(need_teacher)
+        _impl(backend).backward(pr, pr.view(student), pr.view(teacher), weights, grad3, grad_scale, ds, dt)
+        return tuple(g.view(student.shape) if g is not None else student.new_empty(0) for g in (ds, dt))
 
 
 @_backward_op.register_fake
@@ -140,7 +142,7 @@ def temporal_spectrum_loss(student: torch.Tensor, teacher: torch.Tensor, *, time
     """
     pr = make_problem(student, teacher, time_dim=time_dim, num_segments=num_segments, spectrum=spectrum,
                       norm=norm, spatial=spatial, reduction=reduction, eps=eps)
-    weights = effective_weights(bin_weights, drop_dc, pr.K, student.device)
+    weights = effective_weights(bin_weights, drop_dc, pr.K, student.device, accumulation_dtype(student.dtype))
     chosen = _backend.resolve(_OP, backend, student.device, _op_unsupported(pr))
     if chosen == "reference":
         plain = bin_weights is None and not drop_dc

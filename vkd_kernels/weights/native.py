@@ -15,9 +15,9 @@ def _call(name: str, layout: Layout, weights: Sequence[torch.Tensor], grads: Seq
           out: torch.Tensor) -> None:
     tensors, groups = tables(layout, weights, grads)
     device = weights[0].device
-    getattr(_ext.EXT, name)(device.type, _ext.dtype_code(weights[0].dtype), _ext.ptr(tensors), _ext.ptr(groups),
-                            len(weights), layout.num_groups, layout.splits, layout.flat_size, _ext.ptr(out),
-                            _ext.stream(device))
+    getattr(_ext.EXT, name)(_ext.device_arg(device), _ext.dtype_code(weights[0].dtype), _ext.ptr(tensors),
+                            _ext.ptr(groups), len(weights), layout.num_groups, layout.splits, layout.flat_size,
+                            _ext.ptr(out), _ext.stream(device))
 
 
 def gram(layout: Layout, weights: Sequence[torch.Tensor], acc: torch.dtype) -> torch.Tensor:

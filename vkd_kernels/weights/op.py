@@ -44,12 +44,13 @@ def _gram_op(weights: List[torch.Tensor], group_ids: List[int], num_groups: int,
              backend: str) -> torch.Tensor:
     """(num_groups, Pmax, Pmax): sum over the group's tensors of W^T W, zero padded.
     Every weight contiguous and of one dtype; accumulation in float32 (float64)."""
-    layout = layout_of(weights, group_ids, num_groups)
-    partials = _impl(backend).gram(layout, weights, accumulation_dtype(weights[0].dtype))
-    flat = partials.sum(0) if layout.splits > 1 else partials[0]
-    G = flat.new_zeros(num_groups * Pmax * Pmax)
-    G[pad_positions(layout, Pmax, flat.device)] = flat
-    return G.view(num_groups, Pmax, Pmax)
+    with _backend.device_guard(weights[0].device):
+        layout = layout_of(weights, group_ids, num_groups)
+        partials = _impl(backend).gram(layout, weights, accumulation_dtype(weights[0].dtype))
+        flat = partials.sum(0) if layout.splits > 1 else partials[0]
+        G = flat.new_zeros(num_groups * Pmax * Pmax)
+        G[pad_positions(layout, Pmax, flat.device)] = flat
+        return G.view(num_groups, Pmax, Pmax)
 
 
 @_gram_op.register_fake
@@ -61,11 +62,12 @@ def _(weights, group_ids, num_groups, Pmax, backend):
 def _gram_backward_op(grad: torch.Tensor, weights: List[torch.Tensor], group_ids: List[int], num_groups: int,
                       backend: str) -> List[torch.Tensor]:
     """dW = W (grad_g + grad_g^T) for each weight of group g."""
-    layout = layout_of(weights, group_ids, num_groups)
-    M = (grad + grad.transpose(1, 2)).reshape(-1)[pad_positions(layout, grad.shape[-1], grad.device)]
-    grads = [new_output(w.shape, w.dtype, w.device) for w in weights]
-    _impl(backend).gram_backward(layout, weights, grads, M.to(accumulation_dtype(weights[0].dtype)))
-    return grads
+    with _backend.device_guard(weights[0].device):
+        layout = layout_of(weights, group_ids, num_groups)
+        M = (grad + grad.transpose(1, 2)).reshape(-1)[pad_positions(layout, grad.shape[-1], grad.device)]
+        grads = [new_output(w.shape, w.dtype, w.device) for w in weights]
+        _impl(backend).gram_backward(layout, weights, grads, M.to(accumulation_dtype(weights[0].dtype)))
+        return grads
 
 
 @_gram_backward_op.register_fake

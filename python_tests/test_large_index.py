@@ -1,0 +1,211 @@
+"""Calls past 2^31 lines (or elements) give the right numbers, without allocating 8 GB:
+the inputs are views of a small buffer with a huge logical size (as_strided with
+overlapping strides, x[b, t, s] = buf[b + s + t st], so lines still differ), and the
+expected value is computed exactly (float64) on the small equivalent problem (the
+distinct lines, weighted by how often each occurs). The cpu backend runs every line;
+the Triton kernels, under the interpreter that cannot run millions of programs, run the
+real launcher with only the last few program ids executed (the interpreter's grid is
+patched) and their outputs are checked.
+
+Only what fits in memory is checked: forward passes whose outputs are small (scalar
+spectrum losses, the (N, P) attention map of a C-heavy feature, the row sums of
+attention_apply); gradients and the attention_apply output have the input's size.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import pytest
+import torch
+
+from vkd_kernels import _backend
+from vkd_kernels.attention import native as attention_native
+from vkd_kernels.attention.op import raw_map
+from vkd_kernels.spectrum import native as spectrum_native
+from vkd_kernels.spectrum.layout import effective_weights, make_problem
+from vkd_kernels.spectrum.op import temporal_spectrum_loss
+
+DEVICE = torch.device("cpu")  # the logical-size views are built on CPU storage
+B, S, T = 1 << 16, (1 << 15) + 3, 2  # B S = 2^31 + 196608 lines
+
+
+def _skip_unless(backend):
+    why = _backend.device_unsupported(backend, DEVICE)
+    if why:
+        pytest.skip(f"{backend} cannot run here: {why}")
+
+
+def _lines_view(buf: torch.Tensor, B: int, T: int, S: int) -> torch.Tensor:
+    """(B, T, S) with x[b, t, s] = buf[b + s + t (B + S)]: line (b, s) is distinct line b + s."""
+    return buf.as_strided((B, T, S), (1, B + S, 1))
+
+
+def _line_spectra(buf: torch.Tensor) -> torch.Tensor:
+    """A (B + S - 1, K) = |rfft|^2 (spectrum="power") of each distinct line j = b + s, in float64."""
+    lines = buf.double().as_strided((B + S - 1, T), (1, B + S))
+    return torch.fft.rfft(lines, dim=1).abs() ** 2
+
+
+def _inputs(seed):
+    """Student and teacher buffers (float32); the teacher is ~3x larger, so that d is not
+    a cancellation of nearly equal spectra (the mean path averages 2^15 lines)."""
+    g = torch.Generator().manual_seed(seed)
+    size = T * (B + S)
+    return torch.randn(size, generator=g).float(), 3 * torch.randn(size, generator=g).float()
+
+
+def _pixel_line_d(bs, bt):
+    """d (J, K) of each distinct line for spatial="pixel" (unit bin weights)."""
+    return (_line_spectra(bs) - _line_spectra(bt)) ** 2
+
+
+def _pixel_expected_mean(bs, bt):
+    j = torch.arange(B + S - 1, dtype=torch.float64)
+    count = torch.minimum(torch.minimum(j + 1, torch.full_like(j, min(B, S))), B + S - 1 - j)  # #(b, s): b+s=j
+    d = _pixel_line_d(bs, bt)
+    return (count[:, None] * d).sum() / (B * S * d.shape[1])
+
+
+def _window_mean(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Mean of the line spectra a over lines b .. b + S - 1 (the group of batch row b)."""
+    c = torch.cat((a.new_zeros(1, a.shape[1]), a.cumsum(0)))
+    return (c[b + S] - c[b]) / S
+
+
+def _mean_expected(bs, bt):
+    """spatial="mean" over all S positions: one group per b."""
+    b = torch.arange(B)
+    return ((_window_mean(_line_spectra(bs), b) - _window_mean(_line_spectra(bt), b)) ** 2).mean()
+
+
+# ---- cpu backend: every line runs ------------------------------------------------------
+
+@pytest.mark.parametrize("spatial", ["pixel", "mean"])
+def test_spectrum_loss_past_2_31_lines_cpu(spatial):
+    _skip_unless("cpu")
+    bs, bt = _inputs(1)
+    xs, xt = _lines_view(bs, B, T, S), _lines_view(bt, B, T, S)
+    got = temporal_spectrum_loss(xs, xt, time_dim=1, spectrum="power", spatial=spatial, backend="cpu")
+    expected = _pixel_expected_mean(bs, bt) if spatial == "pixel" else _mean_expected(bs, bt)
+    assert abs(got.item() - expected.item()) <= 1e-5 * abs(expected.item()), (got.item(), expected.item())
+
+
+def test_attention_map_past_2_31_elements_cpu():
+    """x (N, C, P) with N C P > 2^31: a[n, p] = mean_c x[n, c, p]^2, x[n, c, p] = buf[n sn + c + p]."""
+    _skip_unless("cpu")
+    N, C, P = 4, (1 << 15) + 1, 1 << 14
+    sn = 1000
+    g = torch.Generator().manual_seed(2)
+    buf = torch.randn(N * sn + C + P, generator=g)
+    x = buf.as_strided((N, C, P), (sn, 1, 1))
+    got = raw_map(x, 2.0, 1, "cpu")
+    cs = torch.cat((torch.zeros(1, dtype=torch.float64), (buf.double() ** 2).cumsum(0)))
+    start = torch.arange(N)[:, None] * sn + torch.arange(P)[None, :]
+    expected = (cs[start + C] - cs[start]) / C
+    error = ((got.double() - expected).abs() / expected.abs()).max().item()
+    assert error <= 1e-5, error
+
+
+def test_apply_row_sums_past_2_31_elements_cpu():
+    """attention_apply's reduce pass (its forward's only full read of F) over F (N, C, T, S)
+    with N C T S > 2^31: q[r] = sum_s F[r, s], F[r, s] = buf[r + s]."""
+    _skip_unless("cpu")
+    N, C, Tn, Sn = 2, 3, 5462, 1 << 16
+    rows = N * C * Tn
+    g = torch.Generator().manual_seed(3)
+    buf = torch.rand(rows + Sn, generator=g, dtype=torch.float64)
+    F = buf.as_strided((N, C, Tn, Sn), (C * Tn, Tn, 1, 1))
+    q = torch.full((rows,), float("nan"), dtype=torch.float64)
+    attention_native.apply_reduce(F, None, q)
+    cs = torch.cat((torch.zeros(1, dtype=torch.float64), buf.cumsum(0)))
+    expected = cs[Sn:Sn + rows] - cs[:rows]
+    assert torch.allclose(q, expected, rtol=1e-10, atol=0), (q - expected).abs().max()
+
+
+# ---- Triton (interpreter): only the last program ids run ---------------------------------
+
+@contextlib.contextmanager
+def only_last_programs(keep: int):
+    """Runs the interpreter's grid over the last `keep` program ids of each axis only:
+    the launch sees the full grid size, program_id returns the real (offset) ids."""
+    from triton.runtime import interpreter
+    from triton.runtime.interpreter import TensorHandle
+    import triton.language as tl
+
+    builder, executor = interpreter.interpreter_builder, interpreter.GridExecutor
+    real_init, offsets = executor.__init__, [0, 0, 0]
+    ran = []
+
+    def init(self, fn, arg_names, grid, *args, **kwargs):
+        real_init(self, fn, arg_names, grid, *args, **kwargs)
+        full = self.grid
+
+        def tail(call_args):
+            sizes = tuple(full(call_args) if callable(full) else full)
+            sizes = sizes + (1,) * (3 - len(sizes))
+            offsets[:] = [max(0, n - keep) for n in sizes]
+            ran.append(sizes)
+            return tuple(n - o for n, o in zip(sizes, offsets))
+        self.grid = tail
+
+    def program_id(axis):
+        return TensorHandle(np.array([builder.grid_idx[axis] + offsets[axis]], dtype=np.int32), tl.int32)
+
+    executor.__init__ = init
+    builder.create_get_program_id = program_id
+    try:
+        yield ran
+    finally:
+        executor.__init__ = real_init
+        del builder.create_get_program_id
+
+
+@pytest.mark.parametrize("spatial", ["pixel", "mean"])
+def test_spectrum_triton_last_programs_past_2_31_lines(spatial):
+    """The last programs of the pixel / group kernels, whose lines lie past 2^31, write
+    the partial sums of exactly their lines. Fails while the Triton kernels compute
+    `line < B * S` (and other size products) in int32 (fixed on branch issue-11-triton)."""
+    _skip_unless("triton")
+    from vkd_kernels.spectrum import triton_kernels
+
+    bs, bt = _inputs(4)
+    xs, xt = _lines_view(bs, B, T, S), _lines_view(bt, B, T, S)
+    pr = make_problem(xs, xt, time_dim=1, num_segments=None, spectrum="power", norm="backward",
+                      spatial=spatial, reduction="sum", eps=0.0)
+    w = effective_weights(None, False, pr.K, DEVICE, torch.float32)
+    keep = 2 if spatial == "pixel" else 1
+    with only_last_programs(keep) as ran:
+        partials = triton_kernels.forward(pr, xs, xt, w, None)
+    (programs, _, _), = ran
+    got = partials[programs - keep:].double()
+    if spatial == "pixel":
+        block = triton_kernels.launch_constexprs(T, torch.float32)["BLOCK_L"]
+        d = _pixel_line_d(bs, bt).sum(1)  # by distinct line j = b + s
+        expected = []
+        for p in range(programs - keep, programs):
+            line = torch.arange(p * block, min((p + 1) * block, B * S), dtype=torch.int64)
+            expected.append(d[line // S + line % S].sum())
+        expected = torch.stack(expected)
+    else:  # one program per b; the last ones are b = B - keep .. B - 1
+        b = torch.arange(B - keep, B)
+        expected = ((_window_mean(_line_spectra(bs), b) - _window_mean(_line_spectra(bt), b)) ** 2).sum(1)
+    assert torch.isfinite(got).all(), got
+    assert torch.allclose(got, expected, rtol=1e-4, atol=0), (got, expected)
+
+
+# ---- float64 bin weights stay float64 (defect 8) ---------------------------------------------
+
+@pytest.mark.parametrize("backend", ["reference", "cpu", "triton"])
+def test_float64_bin_weights_are_not_rounded(backend):
+    """float64 inputs accumulate in float64, their bin weights too: weights that float32
+    cannot hold (1/3 + 1e-12 ...) give the float64 answer to ~1e-15, not ~1e-8."""
+    _skip_unless(backend)
+    g = torch.Generator().manual_seed(5)
+    xs, xt = (torch.randn(2, 3, 8, 5, generator=g, dtype=torch.float64).to(DEVICE) for _ in range(2))
+    w = torch.tensor([1 / 3 + 1e-12, 0.1, 2 / 7, 1e-3 / 3, 0.7 + 1e-11], dtype=torch.float64)
+    got = temporal_spectrum_loss(xs, xt, time_dim=2, bin_weights=w, reduction="none", backend=backend)
+    a_s, a_t = ((torch.fft.rfft(x.cpu(), dim=2).abs() ** 2 + 1e-12).sqrt() for x in (xs, xt))
+    expected = w[:, None] * (a_s - a_t) ** 2
+    error = ((got.cpu() - expected).abs().max() / expected.abs().max()).item()
+    assert error <= 1e-13, error
