@@ -1,6 +1,5 @@
 """Attention-transfer maps and loss: every backend against the reference, the reference
 against an independent float64 formula, gradients, registration, errors."""
-import math
 
 import pytest
 import torch
