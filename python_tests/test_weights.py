@@ -32,17 +32,17 @@ PAIRS = [
 ]
 
 
-def make(device, shapes, dtype=torch.float32, requires_grad=True, smooth=False):
-    """Items of random weights (a list of shapes makes a group). ``smooth``: each kernel is
-    a running sum of noise over its positions, so its energy sits in the low frequencies
-    and its distribution p is far from the near-uniform p of white-noise kernels (a KL,
-    JS or L2 between two near-uniform p is a small difference of O(1) terms,
-    ill-conditioned in float32: tolerances.py)."""
+def make(device, shapes, dtype=torch.float32, requires_grad=True, shaped=False):
+    """Items of random weights (a list of shapes makes a group). ``shaped``: every kernel
+    of a tensor adds twice one random kernel of its own to its noise, so the spectrum is a
+    noise floor plus that kernel's energy: p is O(1)-far from the near-uniform p of
+    white-noise kernels, with no bin near 0 (a KL, JS or L2 between two near-uniform p is
+    a small difference of O(1) terms, ill-conditioned in float32: tolerances.py)."""
     def one(shape):
-        w = torch.randn(shape, device=device) * 0.1
-        if smooth:
-            w = w.flatten(2).cumsum(-1).view(shape) / math.prod(shape[2:]) ** 0.5
-        return w.to(dtype).requires_grad_(requires_grad)
+        w = torch.randn(shape, device=device)
+        if shaped:
+            w = w + 2 * torch.randn(shape[2:], device=device)
+        return (0.1 * w).to(dtype).requires_grad_(requires_grad)
     return [[one(s) for s in item] if isinstance(item, list) else one(item) for item in shapes]
 
 
@@ -120,7 +120,7 @@ def test_options(backend, device, transform, distance, drop_dc):
         # at seed 5: tolerances.py), so the pair is checked in float64 below
         shapes = [pair for pair in shapes if pair is not PAIRS[3]]
     options = dict(transform=transform, distance=distance, drop_dc=drop_dc, reduction="sum" if drop_dc else "mean")
-    student, teacher = make(device, [s for s, _ in shapes]), make(device, [t for _, t in shapes], smooth=True)
+    student, teacher = make(device, [s for s, _ in shapes]), make(device, [t for _, t in shapes], shaped=True)
     check_backend(backend, device, student, teacher, torch.float32, **options)
     if drop_dc and transform == "dct":
         student, teacher = make(device, [PAIRS[3][0]], torch.float64), make(device, [PAIRS[3][1]], torch.float64)
@@ -132,7 +132,7 @@ def test_options(backend, device, transform, distance, drop_dc):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("pair", PAIRS, ids=lambda p: str(p[0]))
 def test_dtypes_and_kernels(backend, device, dtype, pair):
-    student, teacher = make(device, [pair[0]], dtype), make(device, [pair[1]], dtype, smooth=True)
+    student, teacher = make(device, [pair[0]], dtype), make(device, [pair[1]], dtype, shaped=True)
     check_backend(backend, device, student, teacher, dtype, distance="js")
 
 
@@ -142,7 +142,7 @@ def test_many_splits_and_pooled_groups(backend, device):
     """Groups longer than ROWS_PER_SPLIT are split across programs; one group pools
     three tensors whose rows straddle the split boundaries."""
     student = make(device, [[(64, 70, 3, 3), (33, 40, 3, 3), (5, 3, 3, 3)], (40, 20, 3, 3, 3)])
-    teacher = make(device, [(50, 50, 3, 3), (10, 7, 3, 3, 3)], smooth=True)
+    teacher = make(device, [(50, 50, 3, 3), (10, 7, 3, 3, 3)], shaped=True)
     layout = weights_layout.layout_of([w for w in student[0]] + [student[1]], [0, 0, 0, 1], 2)
     assert layout.splits > 1
     check_backend(backend, device, student, teacher, torch.float32, transform="fft", distance="kl")

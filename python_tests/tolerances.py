@@ -83,8 +83,8 @@ HEAD_TWO_VALUE_GROUPS = ("float32 is ill-conditioned for GroupNorm groups of 2 v
 #: weight_spectrum_distance: the KL / JS / L2 between two near-uniform distributions (white-
 #: noise kernels of many rows) is a small difference of O(1) terms: its float32 error is
 #: ~1e-7 log(P) / distance, 1.7e-5 for the 64-row groups of test_many_splits_and_pooled_groups
-#: at seed 1. The comparisons give the teacher smooth kernels (test_weights.make(smooth=True)),
-#: so p_t is far from p_s and the distance is O(0.1). Length-3 kernels with drop_dc leave a
+#: at seed 1. The comparisons give the teacher shaped kernels (test_weights.make(shaped=True):
+#: a noise floor plus one random kernel), so p_t is O(1)-far from p_s and no bin is near 0. Length-3 kernels with drop_dc leave a
 #: 2-bin p whose gradient is ill-conditioned in float32 (eager float32 itself is off by
 #: 2.5e-5 at seed 5): test_options checks them in float64.
 
