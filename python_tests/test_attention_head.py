@@ -4,7 +4,7 @@ import pytest
 import torch
 import tolerances
 import torch.nn.functional as F
-from harness import FUSED, assert_close, call, compare, device_for
+from harness import FUSED, assert_close, call, compare, device_for, expect_device
 from tolerances import tolerance
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
@@ -127,6 +127,7 @@ class LargestTensor(TorchDispatchMode):
 def test_never_builds_the_upsampled_tensors(backend, builds):
     N, C1, C, T, L = 2, 8, 16, 4, 256
     args = tail_inputs(device_for("auto"), N, C1, C, T, L, dtype=torch.float32)
+    expect_device(device_for("auto"), args)
     with LargestTensor() as mode:
         tail(backend, args, 4, L).sum().backward()
     assert (mode.largest >= N * C * L) == builds, mode.largest
