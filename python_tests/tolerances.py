@@ -84,9 +84,15 @@ HEAD_TWO_VALUE_GROUPS = ("float32 is ill-conditioned for GroupNorm groups of 2 v
 #: noise kernels of many rows) is a small difference of O(1) terms: its float32 error is
 #: ~1e-7 log(P) / distance, 1.7e-5 for the 64-row groups of test_many_splits_and_pooled_groups
 #: at seed 1. The comparisons give the teacher shaped kernels (test_weights.make(shaped=True):
-#: a noise floor plus one random kernel), so p_t is O(1)-far from p_s and no bin is near 0. Length-3 kernels with drop_dc leave a
-#: 2-bin p whose gradient is ill-conditioned in float32 (eager float32 itself is off by
-#: 2.5e-5 at seed 5): test_options checks them in float64.
+#: a noise floor plus one random kernel), so p_t is O(1)-far from p_s and no bin is near 0.
+#: Length-3 kernels with drop_dc leave a 2-bin p whose gradient is ill-conditioned in float32
+#: (eager float32 itself is off by 2.5e-5 at seed 5): test_options checks them in float64.
+#
+# Not loosened, and failing on some seeds (a finding about the op, not the test):
+# attention_head_tail in bfloat16 keeps its intermediates (torch GEMMs, GroupNorm input) in
+# bfloat16, and its gradients are off by 1.0e-2 .. 1.6e-2 at seeds 0, 3, 4, 6, 7 (up to 8e-2
+# at seed 12 of (2, 8, 8, 5, 23, 4)); the plain layers in bfloat16 are off as much. The
+# default seed passes; the slow run shows these failures until the op computes in float32.
 
 
 def well_conditioned(op: str, dtype: torch.dtype, options: dict) -> dict:
