@@ -2,22 +2,28 @@
 gradient, FLOPs, no (N, C, L) tensor), the module, errors (attention_apply: test_attention_apply.py)."""
 import pytest
 import torch
+import tolerances
 import torch.nn.functional as F
-from conftest import FUSED_BACKENDS, assert_close, relative_error
+from harness import FUSED, assert_close, call, compare, device_for, expect_device
+from tolerances import tolerance
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from vkd_kernels import GenerativeAttentionHead, attention_head_tail
 from vkd_kernels.attention.head import column_classes
 
+numeric = pytest.mark.numeric
 NAMES = ("y", "conv_weight", "conv_bias", "gn_weight", "gn_bias", "linear_weight", "linear_bias")
 
 
-def tail_inputs(N, C1, C, T, L, T_out=None, dtype=torch.float64):
+def tail_inputs(device, N, C1, C, T, L, T_out=None, dtype=torch.float64):
     """(y, conv_weight, conv_bias, gn_weight, gn_bias, linear_weight, linear_bias), all requiring grad."""
     T_out = T_out or T
-    tensors = (torch.randn(N, C1, T), torch.randn(C, C1, 3) / C1 ** 0.5, torch.randn(C), 1 + 0.3 * torch.randn(C),
-               torch.randn(C), torch.randn(T_out, L) / L ** 0.5, torch.randn(T_out))
+
+    def randn(*shape):
+        return torch.randn(shape, device=device)
+    tensors = (randn(N, C1, T), randn(C, C1, 3) / C1 ** 0.5, randn(C), 1 + 0.3 * randn(C), randn(C),
+               randn(T_out, L) / L ** 0.5, randn(T_out))
     return [t.to(dtype).requires_grad_() for t in tensors]
 
 
@@ -31,59 +37,59 @@ SHAPES = [(2, 6, 8, 8, 64, 4), (1, 5, 6, 5, 7, 3), (2, 3, 4, 7, 5, 2), (2, 4, 4,
           (2, 3, 6, 6, 12, 3), (1, 2, 4, 1, 6, 2), (3, 4, 4, 13, 40, 2), (2, 2, 4, 2, 1, 2)]
 
 
-@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+@numeric
+@pytest.mark.parametrize("backend", FUSED)
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("dtype", (torch.float64, torch.float32))
-def test_compact_tail_matches_plain_layers(backend, shape, dtype):
-    check_tail(backend, shape, dtype)
+def test_compact_tail_matches_plain_layers(backend, device, shape, dtype):
+    N, C1, C, T, L, G = shape
+    if dtype == torch.float32 and C // G * L <= 2:
+        pytest.skip(tolerances.HEAD_TWO_VALUE_GROUPS)
+    check_tail(backend, device, shape, dtype)
 
 
-@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+@numeric
+@pytest.mark.parametrize("backend", FUSED)
 @pytest.mark.parametrize("dtype", (torch.bfloat16, torch.float16))
-def test_compact_tail_half_precision(backend, dtype):
-    check_tail(backend, (2, 8, 8, 5, 23, 4), dtype)
+def test_compact_tail_half_precision(backend, device, dtype):
+    check_tail(backend, device, (2, 8, 8, 5, 23, 4), dtype)
 
 
-def check_tail(backend, shape, dtype):
-    """Lambda and all seven gradients against the plain layers in float64."""
+def check_tail(backend, device, shape, dtype):
+    """Lambda and all seven gradients against the plain layers in float64 (harness.compare)."""
     N, C1, C, T, L, G = shape
-    args = tail_inputs(N, C1, C, T, L, T_out=max(1, T - 1), dtype=dtype)
-    exact = [a.detach().double().requires_grad_() for a in args]
-    got, plain, expected = tail(backend, args, G, L), tail("reference", args, G, L), tail("reference", exact, G, L)
-    grad = torch.randn_like(expected)
-    results = [(r, *torch.autograd.grad(r, a, grad.to(r.dtype))) for r, a in ((got, args), (plain, args),
-                                                                               (expected, exact))]
-    for name, g, p, e in zip(("lambda",) + tuple(f"d{n}" for n in NAMES), *results):
-        # where float32 itself is ill-conditioned (GroupNorm of a few near-equal values) the
-        # bound is 4x the plain layers' own float32 error
-        floor = 0.0 if dtype == torch.float64 else 4 * relative_error(p, e)
-        assert g.dtype == dtype
-        assert_close(g, e, dtype, name, floor=floor)
+    args = tail_inputs(device, N, C1, C, T, L, T_out=max(1, T - 1), dtype=dtype)
+    compare(lambda b, a: tail(b, a, G, L), args, backend, device, bound=tolerance(dtype, "attention_head_tail"),
+            names=("lambda",) + tuple(f"d{n}" for n in NAMES))
 
 
-@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+@pytest.mark.parametrize("backend", FUSED)
 @pytest.mark.parametrize("shape", SHAPES[1:5])
-def test_gradcheck_float64(backend, shape):
+def test_gradcheck_float64(backend, device, shape):
     N, C1, C, T, L, G = shape
-    args = tail_inputs(1, min(C1, 3), C, T, L)
+    args = tail_inputs(device, 1, min(C1, 3), C, T, L)
     # fast_mode (a random projection) for Triton keeps the interpreter run short
-    assert torch.autograd.gradcheck(lambda *a: tail(backend, a, G, L), args, fast_mode=backend == "triton")
+    assert call(torch.autograd.gradcheck, device, lambda *a: tail(backend, a, G, L), args,
+                fast_mode=backend == "triton")
 
 
-@pytest.mark.parametrize("backend", FUSED_BACKENDS)
-def test_norm_opcheck(backend):
-    Z, w = torch.randn(2, 5, 6, dtype=torch.float64), torch.tensor([3.0, 1, 1, 2, 4], dtype=torch.float64)
-    gamma, beta = torch.randn(6, dtype=torch.float64), torch.randn(6, dtype=torch.float64)
+@pytest.mark.parametrize("backend", FUSED)
+def test_norm_opcheck(backend, device):
+    f64 = dict(dtype=torch.float64, device=device)
+    Z, w = torch.randn(2, 5, 6, **f64), torch.tensor([3.0, 1, 1, 2, 4], **f64)
+    gamma, beta = torch.randn(6, **f64), torch.randn(6, **f64)
     for g, b in ((gamma, beta), (None, None)):
-        torch.library.opcheck(torch.ops.vkd.head_norm_relu.default,
+        call(torch.library.opcheck, device, torch.ops.vkd.head_norm_relu.default,
                               (Z.requires_grad_(), w, g if g is None else g.requires_grad_(),
                                b if b is None else b.requires_grad_(), 3, 33.0, 1e-5, backend))
 
 
-@pytest.mark.parametrize("backend", FUSED_BACKENDS)
-def test_biases_and_affine_may_be_none(backend):
-    y, cw, _, _, _, lw, _ = tail_inputs(2, 3, 4, 5, 11)
-    got = attention_head_tail(y, cw, None, None, None, 2, lw, None, upsample_length=11, backend=backend)
+@numeric
+@pytest.mark.parametrize("backend", FUSED)
+def test_biases_and_affine_may_be_none(backend, device):
+    y, cw, _, _, _, lw, _ = tail_inputs(device, 2, 3, 4, 5, 11)
+    got = call(attention_head_tail, device, y, cw, None, None, None, 2, lw, None, upsample_length=11,
+               backend=backend)
     expected = attention_head_tail(y, cw, None, None, None, 2, lw, None, upsample_length=11, backend="reference")
     assert_close(got, expected, torch.float64, "lambda")
     grad = torch.randn_like(got)
@@ -120,7 +126,8 @@ class LargestTensor(TorchDispatchMode):
 @pytest.mark.parametrize("backend, builds", [("auto", False), ("reference", True)])
 def test_never_builds_the_upsampled_tensors(backend, builds):
     N, C1, C, T, L = 2, 8, 16, 4, 256
-    args = tail_inputs(N, C1, C, T, L, dtype=torch.float32)
+    args = tail_inputs(device_for("auto"), N, C1, C, T, L, dtype=torch.float32)
+    expect_device(device_for("auto"), args)
     with LargestTensor() as mode:
         tail(backend, args, 4, L).sum().backward()
     assert (mode.largest >= N * C * L) == builds, mode.largest
@@ -129,7 +136,7 @@ def test_never_builds_the_upsampled_tensors(backend, builds):
 def test_flop_reduction_at_the_papers_shape():
     """At N=6, C1=512, C=1024, T=8, L=1024 the compact form needs >= 20x fewer FLOPs."""
     N, C1, C, T, L = 6, 512, 1024, 8, 1024
-    args = [t.detach().requires_grad_() for t in tail_inputs(N, C1, C, T, L, dtype=torch.float32)]
+    args = [t.detach().requires_grad_() for t in tail_inputs(device_for("auto"), N, C1, C, T, L, dtype=torch.float32)]
     flops = {}
     for backend in ("auto", "reference"):
         with FlopCounterMode(display=False) as counter:
@@ -141,12 +148,12 @@ def test_flop_reduction_at_the_papers_shape():
 # ---- the module ------------------------------------------------------------------------
 
 def test_module_fused_and_plain_agree_with_one_state_dict():
-    torch.manual_seed(0)
-    head = GenerativeAttentionHead(64, 8, (3, 5), gn_groups=8)
-    plain = GenerativeAttentionHead(64, 8, (3, 5), gn_groups=8, fused=False)
+    device = device_for("auto")
+    head = GenerativeAttentionHead(64, 8, (3, 5), gn_groups=8).to(device)
+    plain = GenerativeAttentionHead(64, 8, (3, 5), gn_groups=8, fused=False).to(device)
     plain.load_state_dict(head.state_dict())
     assert head.state_dict().keys() == plain.state_dict().keys()
-    x = torch.randn(2, 64, 8, 3, 5)
+    x = torch.randn(2, 64, 8, 3, 5, device=device)
     got, expected = head(x), plain(x)
     assert got.shape == (2, 64, 8) and ((got > 0) & (got < 1)).all()
     assert_close(got, expected, torch.float32, "lambda")
@@ -180,4 +187,4 @@ BAD = [
 def test_bad_input(case):
     call, error, message = BAD[case]
     with pytest.raises(error, match=message):
-        call(tail_inputs(2, 3, 4, 5, 9))
+        call(tail_inputs("cpu", 2, 3, 4, 5, 9))
