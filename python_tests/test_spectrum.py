@@ -73,7 +73,7 @@ def test_reference_matches_direct_dft(spectrum, norm, T):
     got = temporal_spectrum_loss(s, t, spectrum=spectrum, norm=norm, bin_weights=w, reduction="none",
                                  eps=1e-6, backend="reference")
     a_s, a_t = (direct_spectrum(x, 2, spectrum, norm, 1e-6) for x in (s, t))
-    expected = w.view(-1, 1, 1).float().double() * (a_s - a_t) ** 2
+    expected = w.view(-1, 1, 1) * (a_s - a_t) ** 2
     assert_close(got, expected, torch.float64, "reference none")
     mean = temporal_spectrum_loss(s, t, spectrum=spectrum, norm=norm, spatial="mean", eps=1e-6, backend="reference")
     assert_close(mean, ((a_s.mean((3, 4)) - a_t.mean((3, 4))) ** 2).mean(), torch.float64, "reference spatial mean")
@@ -361,3 +361,18 @@ def test_fuzz_cpu_backend(N, C, T, H, W, spectrum, spatial, reduction, seed):
     # (magnitude and log_magnitude run at the well-conditioned eps of tolerances.WELL_CONDITIONED)
     check_backend("cpu", "cpu", *inputs((N, C, T, H, W), "cpu"), spectrum=spectrum, spatial=spatial,
                   reduction=reduction, eps=1e-6)
+
+
+@pytest.mark.parametrize("backend", ALL)
+def test_float64_bin_weights_are_not_rounded(backend, device):
+    """float64 inputs accumulate in float64, their bin weights too: weights that float32
+    cannot hold (1/3 + 1e-12 ...) give the float64 answer to ~1e-15, not ~1e-8."""
+    xs, xt = (torch.randn(2, 3, 8, 5, dtype=torch.float64, device=device) for _ in range(2))
+    w = torch.tensor([1 / 3 + 1e-12, 0.1, 2 / 7, 1e-3 / 3, 0.7 + 1e-11], dtype=torch.float64,
+                     device=device)
+    got = call(temporal_spectrum_loss, device, xs, xt, time_dim=2, bin_weights=w, reduction="none",
+               backend=backend)
+    a_s, a_t = ((torch.fft.rfft(x.cpu(), dim=2).abs() ** 2 + 1e-12).sqrt() for x in (xs, xt))
+    expected = w.cpu()[:, None] * (a_s - a_t) ** 2
+    error = ((got.cpu() - expected).abs().max() / expected.abs().max()).item()
+    assert error <= 1e-13, error
