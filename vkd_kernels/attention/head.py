@@ -173,7 +173,16 @@ def tail_compact(y, conv_weight, conv_bias, gn_weight, gn_bias, gn_groups, linea
                  upsample_length, eps, backend):
     """The same function in compact form (module docstring); never builds (N, C, L).
     Works channels-last, (N, columns, C), so that the conv and the Linear are plain GEMMs;
-    the weighted GroupNorm + ReLU is one fused kernel (``backend``) forward and backward."""
+    the weighted GroupNorm + ReLU is one fused kernel (``backend``) forward and backward.
+    float16/bfloat16 arguments are computed in float32 and the result rounded once: every
+    tensor here is (C x T)-sized, and half-precision intermediates (the GEMM outputs, the
+    GroupNorm input) would cost up to ~1e-1 relative error in the gradients."""
+    if y.dtype in (torch.float16, torch.bfloat16):
+        upcast = [t.float() if isinstance(t, torch.Tensor) else t
+                  for t in (y, conv_weight, conv_bias, gn_weight, gn_bias)]
+        return tail_compact(*upcast, gn_groups, linear_weight.float(),
+                            None if linear_bias is None else linear_bias.float(), upsample_length, eps,
+                            backend).to(y.dtype)
     N, C1, T = y.shape
     C, L = conv_weight.shape[0], upsample_length
     S, inverse, w = _selection(T, L, y.device, y.dtype)
