@@ -20,6 +20,9 @@ def build_model(spec: Dict, num_classes: int) -> nn.Module:
         raise ValueError(f"model name must be one of {sorted(MODELS)}, got {name!r}")
     spec.pop("features", None)
     gkd = spec.pop("gkd", None)     # a GKD network (backbone + attention head + CVAE), see train/methods/gkd.py
+    pretrained = spec.pop("pretrained", None)
+    if pretrained is not None:      # config.check_model rejects the key until a loader exists
+        raise ValueError("pretrained: loading pretrained weights is not in this build yet")
     model = MODELS[name](num_classes=num_classes, **spec)
     if gkd is not None:
         from ..methods.gkd import GKDNet
