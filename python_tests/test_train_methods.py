@@ -62,7 +62,7 @@ def test_collab_spectrum_uses_the_public_op_and_uncertainty_weights():
     with torch.no_grad():
         method.log_vars.copy_(torch.tensor([0.5, -0.3, 0.2]))
     loss, _, terms = method(clips, labels)
-    s = method.log_vars.detach()
+    s = method.log_variances            # -0.3 is used as 0 (the default range s >= 0)
     expected = sum(torch.exp(-s[i]) * terms[n] + s[i] for i, n in enumerate(["ce", "kd", "spectrum"]))
     torch.testing.assert_close(loss.detach(), expected)
     fs, ft = FeatureHooks(student, ["layer4"]), FeatureHooks(teacher, ["layer4"])
