@@ -33,7 +33,14 @@ from typing import Callable, Dict, List, Tuple
 import torch
 from torch import nn
 
+from ..config import ConfigError
+
 CLASSIFIER = ("head.3.weight", "head.3.bias")
+
+
+class PretrainedError(ConfigError):
+    """A checkpoint that cannot be read or does not fit the model (a ``ValueError``; the
+    ``vkd`` command reports it in one line, exit status 2)."""
 
 
 def _i3d_key(key: str) -> str:
@@ -94,9 +101,9 @@ def detect(state: Dict[str, torch.Tensor]) -> str:
         return "tsm"
     if "stem.0.weight" in keys and "layer1.0.conv1.0.weight" in keys:
         if "stem.3.weight" in keys and state["stem.3.weight"].dim() == 5:
-            raise ValueError("pretrained: this is torchvision's r2plus1d_18 (a (2+1)-D stem): our models have no "
-                             "(2+1)-D convolution (BatchNorm + ReLU between the spatial and temporal convs), so none "
-                             "can hold it")
+            raise PretrainedError("pretrained: this is torchvision's r2plus1d_18 (a (2+1)-D stem): our models "
+                                  "have no (2+1)-D convolution (BatchNorm + ReLU between the spatial and temporal "
+                                  "convs), so none can hold it")
         return "torchvision_video"
     return "vkd"
 
@@ -105,23 +112,23 @@ def read_state_dict(path) -> Dict[str, torch.Tensor]:
     """The state dict in ``path``, unwrapped ("state_dict" / "model" entries, "module." prefixes)."""
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"pretrained: no file {path}")
+        raise PretrainedError(f"pretrained: no file {path}")
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - name the file whatever torch.load raised
-        raise ValueError(f"pretrained: cannot read {path} as a PyTorch checkpoint: {error}") from None
+        raise PretrainedError(f"pretrained: cannot read {path} as a PyTorch checkpoint: {error}") from None
     for key in ("state_dict", "model"):
         if isinstance(blob, dict) and isinstance(blob.get(key), dict):
             blob = blob[key]
     if not isinstance(blob, dict) or not all(isinstance(v, torch.Tensor) for v in blob.values()):
-        raise ValueError(f"pretrained: {path} holds no state dict (a dict of tensors)")
+        raise PretrainedError(f"pretrained: {path} holds no state dict (a dict of tensors)")
     return {k[len("module."):] if k.startswith("module.") else k: v for k, v in blob.items()}
 
 
 def map_state_dict(state: Dict[str, torch.Tensor], target: Dict[str, torch.Tensor], source: str,
                    what: str = "pretrained") -> Tuple[Dict[str, torch.Tensor], Dict]:
     """(the state dict in our names, report) for a model whose state dict is ``target``;
-    raises one ValueError listing every unmatched, missing and mis-shaped key."""
+    raises one :class:`PretrainedError` listing every unmatched, missing and mis-shaped key."""
     rename = SOURCES[source]
     out, unmatched, misshaped, inflated, classifier, wrong = {}, [], [], [], None, set()
     for key, value in state.items():
@@ -162,7 +169,7 @@ def map_state_dict(state: Dict[str, torch.Tensor], target: Dict[str, torch.Tenso
                            ("model keys the checkpoint lacks", missing), ("shapes that differ", misshaped)):
             if keys:
                 parts.append(f"{len(keys)} {name}: " + ", ".join(keys[:12]) + (" ..." if len(keys) > 12 else ""))
-        raise ValueError("; ".join(parts))
+        raise PretrainedError("; ".join(parts))
     report = {"source": source, "loaded": len(out), "classifier": classifier or "loaded"}
     if inflated:
         report["inflated_centre"] = len(inflated)
@@ -188,7 +195,7 @@ def load_pretrained(model: nn.Module, path, source: str = "auto") -> Dict:
     if source == "auto":
         source = detect(state)
     elif source not in SOURCES:
-        raise ValueError(f"pretrained source must be 'auto' or one of {sorted(SOURCES)}, got {source!r}")
+        raise PretrainedError(f"pretrained source must be 'auto' or one of {sorted(SOURCES)}, got {source!r}")
     target = model.state_dict()
     mapped, report = map_state_dict(state, target, source, what=f"pretrained {path}")
     model.load_state_dict(mapped, strict=False)
