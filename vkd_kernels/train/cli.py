@@ -20,11 +20,12 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 import torch
 
 from . import report
-from .config import ConfigError, TrainConfig, check_method_name, check_run, load_recipe, recipe_names, run_config
+from .config import ConfigError, EvalConfig, TrainConfig, check_method_name, check_run, load_recipe, recipe_names, run_config
 from .data import build_dataset, collate_skip
 from .engine import ShardSampler, distributed, evaluate, fit, load_model
 
@@ -61,8 +62,13 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="top-1/top-5 of a model.pt on the recipe's val split")
     _common(p, out=False)
     p.add_argument("--checkpoint", required=True, help="a model.pt or best.pt")
-    p.add_argument("--clips", type=int, default=1, help="clips per video (1: the single centred clip)")
-    p.add_argument("--crops", type=int, default=1, help="crops per clip (1: the centre crop)")
+    p.add_argument("--clips", type=int, help="clips per video (default: the recipe's evaluate.clips, else 1: "
+                   "the single centred clip); TSN segment offsets or uniformly spaced dense clips")
+    p.add_argument("--crops", type=int, help="crops per clip: 1 centre, 3 along the long side, 10 five crops "
+                   "and their mirror images (default: evaluate.crops, else 1)")
+    p.add_argument("--average", choices=("prob", "score"),
+                   help="over a video's views: mean softmax ('prob', mmaction2's) or mean logits "
+                   "(default: evaluate.average, else prob)")
     p = sub.add_parser("reproduce", help="teacher once, then every method x seed; table and plots")
     _common(p)
     p.add_argument("--seeds", type=int, nargs="+", help="default: the recipe's reproduce.seeds")
@@ -160,19 +166,36 @@ def reproduce(recipe, out: Path, seeds, methods, resume: bool, progress: bool, e
     return text
 
 
-def evaluate_command(recipe, checkpoint: str, clips: int = 1, crops: int = 1) -> dict:
-    for name, value in (("--clips", clips), ("--crops", crops)):
-        if value != 1:
-            raise ConfigError(f"{name}: multi-clip / multi-crop testing is not in this build (use 1)")
+def evaluate_command(recipe, checkpoint: str, clips: Optional[int] = None, crops: Optional[int] = None,
+                     average: Optional[str] = None) -> dict:
+    """top-1/top-5 of ``checkpoint`` on the val split, each video scored over clips x crops
+    views (options, else the recipe's ``evaluate`` section); the videos are sharded over the
+    ranks (each exactly once) and the counts summed."""
+    section = dict(recipe.get("evaluate") or {})
+    for key, value, option in (("clips", clips, "--clips"), ("crops", crops, "--crops"),
+                               ("average", average, "--average")):
+        if value is not None:
+            try:
+                EvalConfig.from_dict({**section, key: value}, "evaluate")
+            except ConfigError as error:
+                raise ConfigError(f"{option}: {str(error).split(': ', 1)[1]}") from None
+            section[key] = value
+    views = EvalConfig.from_dict(section)
+    if views.clips * views.crops > 1 and recipe["data"].get("name", "synthetic") == "synthetic":
+        raise ConfigError(f"--clips / --crops: the synthetic dataset has one clip of one size per sample; "
+                          f"multi-view testing ({views.clips} x {views.crops}) needs data.name frames or video")
     if not Path(checkpoint).is_file():
         raise ConfigError(f"--checkpoint: no file {checkpoint!r} (a model.pt or best.pt a run wrote)")
     t = TrainConfig.from_dict(recipe["train"])
     rank, world, device = distributed()
     val = build_dataset(recipe["data"], "val")
+    if views.clips * views.crops > 1:
+        val.set_views(views.clips, views.crops)
     loader = torch.utils.data.DataLoader(val, batch_size=t.eval_batch_size or t.batch_size,
                                          sampler=ShardSampler(val, rank, world), collate_fn=collate_skip,
                                          num_workers=t.workers)
-    return evaluate(load_model(checkpoint, device), loader, device, t.amp)
+    result = evaluate(load_model(checkpoint, device), loader, device, t.amp, views.average)
+    return {**result, "clips": views.clips, "crops": views.crops, "average": views.average}
 
 
 def main(argv=None) -> int:
@@ -205,7 +228,7 @@ def _main(args) -> int:
         if summary:
             print(json.dumps(summary))
     elif args.command == "evaluate":
-        result = evaluate_command(recipe, args.checkpoint, args.clips, args.crops)
+        result = evaluate_command(recipe, args.checkpoint, args.clips, args.crops, args.average)
         if int(os.environ.get("RANK", "0")) == 0:
             print(json.dumps(result))
     else:

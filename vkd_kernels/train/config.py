@@ -278,6 +278,31 @@ class ReproduceConfig:
 
 
 @dataclass
+class EvalConfig:
+    """``evaluate``: the views of ``vkd evaluate`` (``--clips`` / ``--crops`` / ``--average``
+    override them). clips: clips per video (TSN segment offsets, or uniformly spaced dense
+    clips); crops: 1 (centre), 3 (along the long side) or 10 (five crops and their mirror
+    images); average: over the views, of the softmax probabilities ("prob", as mmaction2's
+    configs) or of the logits ("score"). The per-epoch validation of training uses one view."""
+    clips: int = 1
+    crops: int = 1
+    average: Literal["prob", "score"] = "prob"
+
+    def check(self, where: str = "evaluate") -> "EvalConfig":
+        if self.clips < 1:
+            raise ConfigError(f"{where}.clips: must be >= 1, got {self.clips!r}")
+        if self.crops not in (1, 3, 10):
+            raise ConfigError(f"{where}.crops: must be 1 (centre), 3 (along the long side) or 10 (five crops "
+                              f"and their mirror images), got {self.crops!r}")
+        return self
+
+    @classmethod
+    def from_dict(cls, section: Optional[Dict], where: str = "evaluate") -> "EvalConfig":
+        check_schema(section or {}, dataclass_schema(cls), where)
+        return cls(**(section or {})).check(where)
+
+
+@dataclass
 class Recipe:
     """The top level of a recipe."""
     data: Dict[str, Any]
@@ -288,6 +313,7 @@ class Recipe:
     methods: Optional[Dict[str, Any]] = None
     reproduce: Optional[Dict[str, Any]] = None
     teacher_seed: int = 0
+    evaluate: Optional[Dict[str, Any]] = None
 
 
 # ----------------------------------------------------------------------------- data, models, methods
@@ -400,6 +426,7 @@ def check_recipe(recipe: Dict, source: str = "recipe") -> None:
     for key, value in recipe.items():
         check_type(value, schema[key][0], key)
     check_data(recipe["data"])
+    EvalConfig.from_dict(recipe.get("evaluate"))
     check_schema(recipe["train"], dataclass_schema(TrainConfig), "train", partial=True, synonyms=TRAIN_SYNONYMS)
     for role in ("teacher", "student"):
         check_schema(recipe[role], dataclass_schema(RoleConfig), role)

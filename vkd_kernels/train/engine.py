@@ -148,10 +148,25 @@ class ShardSampler(Sampler):
         return len(self.indices)
 
 
+AVERAGES = ("prob", "score")
+
+
+def average_views(logits: torch.Tensor, average: str = "prob") -> torch.Tensor:
+    """(videos, views, classes) logits -> (videos, classes) scores: the mean over the views
+    of the softmax probabilities ("prob", what mmaction2's recognisers are configured with,
+    ``average_clips='prob'``) or of the logits ("score")."""
+    if average not in AVERAGES:
+        raise ValueError(f"average must be one of {', '.join(AVERAGES)}, got {average!r}")
+    logits = logits.float()
+    return logits.softmax(-1).mean(1) if average == "prob" else logits.mean(1)
+
+
 @torch.no_grad()
-def evaluate_counts(model: torch.nn.Module, loader, device, amp: bool = False) -> Dict:
+def evaluate_counts(model: torch.nn.Module, loader, device, amp: bool = False, average: str = "prob") -> Dict:
     """{"correct1", "correct5", "samples", "unreadable", "examples"} of ``model`` over
-    ``loader``, summed over the ranks when a process group is initialised."""
+    ``loader``, summed over the ranks when a process group is initialised. A batch of
+    (videos, views, 3, T, H, W) clips (multi-view testing) is scored per video by
+    :func:`average_views` over its views; a sample counts once whatever its views."""
     was_training = model.training
     model.eval()
     correct1 = correct5 = total = 0
@@ -162,8 +177,11 @@ def evaluate_counts(model: torch.nn.Module, loader, device, amp: bool = False) -
         if clips is None:
             continue
         clips, labels = clips.to(device, non_blocking=True), labels.to(device)
+        views = clips.shape[1] if clips.dim() == 6 else 0
         with torch.autocast(device.type, torch.float16, enabled=amp and device.type == "cuda"):
-            logits = model(clips)
+            logits = model(clips.flatten(0, 1) if views else clips)
+        if views:
+            logits = average_views(logits.view(len(labels), views, -1), average)
         top = logits.float().topk(min(5, logits.shape[1]), 1).indices
         correct1 += int((top[:, 0] == labels).sum())
         correct5 += int((top == labels[:, None]).any(1).sum())
@@ -175,10 +193,10 @@ def evaluate_counts(model: torch.nn.Module, loader, device, amp: bool = False) -
             "examples": [e for p in parts for e in p[4]][:3]}
 
 
-def evaluate(model: torch.nn.Module, loader, device, amp: bool = False) -> Dict[str, float]:
+def evaluate(model: torch.nn.Module, loader, device, amp: bool = False, average: str = "prob") -> Dict[str, float]:
     """top-1 / top-5 accuracy (percent) of ``model`` over ``loader`` (of every rank's shard
     under DDP), the number of samples and of unreadable samples."""
-    c = evaluate_counts(model, loader, device, amp)
+    c = evaluate_counts(model, loader, device, amp, average)
     n = max(c["samples"], 1)
     return {"top1": 100.0 * c["correct1"] / n, "top5": 100.0 * c["correct5"] / n,
             "samples": c["samples"], "unreadable": c["unreadable"]}

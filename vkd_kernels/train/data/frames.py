@@ -33,7 +33,8 @@ from torch.utils.data import Dataset
 
 from . import formats
 from .formats import DataError, Format
-from .sampling import dense_indices, segment_indices, train_transform, val_transform
+from .sampling import (CROPS, crop_views, dense_indices, dense_views, segment_indices, segment_views, train_transform,
+                       val_transform)
 
 ANNOTATION_FORMATS = formats.FORMATS  # our lists and the official files (data/formats.py)
 PROBE_ITEMS = 8                     # samples whose files are looked for at construction
@@ -88,6 +89,7 @@ class _ClipDataset(Dataset):
         self.num_segments, self.clip_len, self.frame_interval = num_segments, clip_len, frame_interval
         self.size, self.scale_size, self.flip = size, scale_size or round(size * 8 / 7), flip
         self.seed, self.epoch = seed, 0
+        self.views = (1, 1)                     # (clips, crops) per test sample: set_views
 
     def check_decoder(self) -> tuple:
         """Import the decoder (a clear error naming the install if it is missing) and return
@@ -110,10 +112,29 @@ class _ClipDataset(Dataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def set_views(self, clips: int = 1, crops: int = 1) -> None:
+        """Multi-view testing: each sample becomes a (clips x crops, 3, T, s, s) stack of
+        ``clips`` clips (:func:`segment_views` / :func:`dense_views`) times ``crops``
+        crops (:func:`crop_windows`: 1, 3 or 10), clip-major. 1 x 1 is the plain clip."""
+        if self.train:
+            raise ValueError("set_views: multi-view testing is for a test split (train=False)")
+        if not isinstance(clips, int) or isinstance(clips, bool) or clips < 1:
+            raise DataError(f"clips: an integer >= 1, got {clips!r}")
+        if crops not in CROPS or isinstance(crops, bool):
+            raise DataError(f"crops: one of {', '.join(map(str, CROPS))} (centre; three along the long side; "
+                            f"five and their mirror images), got {crops!r}")
+        self.views = (clips, crops)
+
     def __len__(self) -> int:
         return len(self.items)
 
     def indices(self, num_frames: int, rng) -> np.ndarray:
+        """The frames to read: one clip, or under :meth:`set_views` every clip's, concatenated."""
+        clips = self.views[0]
+        if not self.train and clips > 1:
+            if self.sampling == "segments":
+                return segment_views(num_frames, self.num_segments, clips).reshape(-1)
+            return dense_views(num_frames, self.clip_len, self.frame_interval, clips).reshape(-1)
         if self.sampling == "segments":
             return segment_indices(num_frames, self.num_segments, self.train, rng)
         return dense_indices(num_frames, self.clip_len, self.frame_interval, self.train, rng)
@@ -125,9 +146,13 @@ class _ClipDataset(Dataset):
             frames = self.load(self.root / path, num_frames, rng)            # uint8 (T, H, W, 3)
         except self.read_errors as error:      # a missing or corrupt sample; anything else is a bug
             return Unreadable(str(self.root / path), f"{type(error).__name__}: {error}")
-        clip = (train_transform(frames, self.size, rng, self.flip) if self.train
-                else val_transform(frames, self.size, self.scale_size))
-        return clip, label
+        clips, crops = self.views
+        if self.train or clips * crops == 1:
+            clip = (train_transform(frames, self.size, rng, self.flip) if self.train
+                    else val_transform(frames, self.size, self.scale_size))
+            return clip, label
+        views = [crop_views(part, self.size, self.scale_size, crops) for part in frames.chunk(clips)]
+        return torch.cat(views), label          # (clips * crops, 3, T, s, s)
 
 
 class FrameFolderDataset(_ClipDataset):
