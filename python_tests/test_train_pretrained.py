@@ -43,6 +43,9 @@ def test_every_original_key_lands_on_ours(name, tmp_path):
     assert report["source"] == source and report["classifier"] == "loaded"
     ours = model.state_dict()
     rename = SOURCES[source]
+    # a bijection: every model key comes from the checkpoint (no filled-in identity shortcuts)
+    mapped = {rename(k[len("module."):]) for k in state}
+    assert mapped == set(ours), sorted(mapped ^ set(ours))[:6]
     for key, value in state.items():
         key = key[len("module."):]
         if key.endswith("num_batches_tracked"):

@@ -154,13 +154,6 @@ def map_state_dict(state: Dict[str, torch.Tensor], target: Dict[str, torch.Tenso
         else:
             misshaped.append(f"{key} {tuple(value.shape)} -> {ours} {tuple(want)}")
             wrong.add(ours)
-    identity = []
-    for key in target:              # our ResNet3D's layer1.0 has a 1x1x1 projection where the original has none
-        m = re.fullmatch(r"(layer\d\.\d+)\.shortcut\.0\.weight", key)
-        if (m and key not in out and source != "vkd" and target[key].shape[0] == target[key].shape[1]
-                and target[key].shape[2:].numel() == 1 and not any(k.startswith(m.group(1) + ".shortcut") for k in out)):
-            identity.append(m.group(1))
-            out.update(_identity_shortcut(m.group(1), target))
     covered = set(out) | wrong | (set(CLASSIFIER) if classifier else set())
     missing = [k for k in target if k not in covered and not k.endswith("num_batches_tracked")]
     if unmatched or missing or misshaped:
@@ -173,20 +166,7 @@ def map_state_dict(state: Dict[str, torch.Tensor], target: Dict[str, torch.Tenso
     report = {"source": source, "loaded": len(out), "classifier": classifier or "loaded"}
     if inflated:
         report["inflated_centre"] = len(inflated)
-    if identity:
-        report["identity_shortcuts"] = identity
     return out, report
-
-
-def _identity_shortcut(prefix: str, target) -> Dict[str, torch.Tensor]:
-    """conv = identity, BN = identity (mean 0, var 1 - eps, weight 1, bias 0): exactly x -> x."""
-    weight = target[f"{prefix}.shortcut.0.weight"]
-    c = weight.shape[0]
-    eye = torch.eye(c, dtype=weight.dtype).view(weight.shape)
-    eps = 1e-5
-    return {f"{prefix}.shortcut.0.weight": eye, f"{prefix}.shortcut.1.weight": torch.ones(c),
-            f"{prefix}.shortcut.1.bias": torch.zeros(c), f"{prefix}.shortcut.1.running_mean": torch.zeros(c),
-            f"{prefix}.shortcut.1.running_var": torch.full((c,), 1 - eps)}
 
 
 def load_pretrained(model: nn.Module, path, source: str = "auto") -> Dict:
