@@ -356,10 +356,11 @@ def model_schema(name: str) -> Dict[str, tuple]:
     if name not in MODELS:
         raise ConfigError(f"model.name: must be one of {', '.join(sorted(MODELS))}, got {name!r}"
                           f"{closest(str(name), MODELS)}")
-    functions = [MODELS[name]]
-    ret = typing.get_type_hints(MODELS[name]).get("return") if not inspect.isclass(MODELS[name]) else None
+    model = MODELS[name]        # a class's annotations are its __init__'s (get_type_hints(cls) reads the body's)
+    functions = [model.__init__ if inspect.isclass(model) else model]
+    ret = typing.get_type_hints(model).get("return") if not inspect.isclass(model) else None
     if inspect.isclass(ret):                      # a factory passing **kwargs to a class: its keywords too
-        functions.append(ret)
+        functions.append(ret.__init__)
     schema = signature_schema(functions, exclude=("num_classes",))
     schema.update(name=(str, True), pretrained=(Optional[str], False))
     return schema

