@@ -1,11 +1,14 @@
 """Trainer data: the synthetic benchmark's design, frame folders, PyAV videos, sampling."""
-import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from vkd_kernels.train.data import build_dataset, collate_skip
+from vkd_kernels.train.config import run_config
+from vkd_kernels.train.data import DataError, build_dataset, collate_skip
+from vkd_kernels.train.data.frames import FrameFolderDataset
+from vkd_kernels.train.engine import fit
 from vkd_kernels.train.data import synthetic
 from vkd_kernels.train.data.sampling import dense_indices, segment_indices, train_transform, val_transform
 
@@ -71,11 +74,14 @@ def test_transforms_shapes_and_flip():
     frames = torch.randint(0, 255, (4, 30, 40, 3), dtype=torch.uint8)
     assert val_transform(frames, 24, 28).shape == (3, 4, 24, 24)
     assert train_transform(frames, 16, np.random.default_rng(0)).shape == (3, 4, 16, 16)
-    # flip=False never mirrors: every random crop equals the same crop without flip
-    for seed in range(6):
-        a = train_transform(frames, 16, np.random.default_rng(seed), flip=False)
-        b = train_transform(frames, 16, np.random.default_rng(seed), flip=True)
-        assert torch.equal(a, b) or torch.equal(a.flip(-1), b)
+    # flip=False never mirrors: frames that brighten from left to right stay so in every
+    # random crop (a mirror would darken them), while flip=True mirrors some of them
+    ramp = (torch.arange(40) * 6).to(torch.uint8).view(1, 1, 40, 1).expand(4, 30, 40, 3).contiguous()
+
+    def brightens(x):
+        return bool(x[..., 0].mean() < x[..., -1].mean())
+    assert all(brightens(train_transform(ramp, 16, np.random.default_rng(seed), flip=False)) for seed in range(40))
+    assert not all(brightens(train_transform(ramp, 16, np.random.default_rng(seed), flip=True)) for seed in range(40))
 
 
 def _write_frames(folder, n, size=(20, 24)):
@@ -99,10 +105,9 @@ def test_frame_folders_round_trip_and_skip_missing(tmp_path):
     means = (clip * torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1, 1)
              + torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1, 1)).mean((0, 2, 3)) * 255
     np.testing.assert_allclose(means.numpy(), [20, 60, 100, 140], atol=3)
-    with pytest.warns(UserWarning, match="skipping unreadable sample"):
-        batch = collate_skip([ds[i] for i in range(3)])
-    clips, labels, skipped = batch
-    assert clips.shape == (2, 3, 4, 16, 16) and labels.tolist() == [0, 1] and skipped == 1
+    clips, labels, skipped = collate_skip([ds[i] for i in range(3)])
+    assert clips.shape == (2, 3, 4, 16, 16) and labels.tolist() == [0, 1]
+    assert len(skipped) == 1 and skipped[0].path.endswith("missing") and "FileNotFoundError" in skipped[0].error
 
 
 def test_video_files_round_trip_and_skip_corrupt(tmp_path):
@@ -120,11 +125,74 @@ def test_video_files_round_trip_and_skip_corrupt(tmp_path):
     cfg = dict(name="video", root=str(tmp_path), annotations=str(tmp_path / "list.txt"), sampling="dense",
                clip_len=4, frame_interval=3, size=24, num_classes=6)
     ds = build_dataset(cfg, "train")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        clips, labels, skipped = collate_skip([ds[i] for i in range(3)])
-    assert clips.shape == (1, 3, 4, 24, 24) and labels.tolist() == [4] and skipped == 2
-    assert sum("skipping unreadable sample" in str(w.message) for w in caught) == 2
+    clips, labels, skipped = collate_skip([ds[i] for i in range(3)])
+    assert clips.shape == (1, 3, 4, 24, 24) and labels.tolist() == [4]
+    assert [Path(b.path).name for b in skipped] == ["bad.mp4", "nothere.mp4"]
     # frames 3 apart: the decoded brightness steps by 60 between sampled frames
     bright = (clips[0] * 0.226 + 0.449).mean((0, 2, 3)) * 255
     assert np.allclose(np.diff(bright.numpy()), 60, atol=6)
+
+
+def _frames_dataset(tmp_path, n=10, missing=0):
+    """n frame folders of 8 frames (labels alternate 0/1) listed in list.txt, plus ``missing`` listed
+    folders that do not exist (listed first)."""
+    lines = [f"gone{i} 8 {i % 2}" for i in range(missing)]
+    for i in range(n):
+        _write_frames(tmp_path / f"v{i}", 8, size=(16, 16))
+        lines.append(f"v{i} 8 {i % 2}")
+    (tmp_path / "list.txt").write_text("\n".join(lines) + "\n")
+    return dict(name="frames", root=str(tmp_path), annotations=str(tmp_path / "list.txt"), sampling="segments",
+                num_segments=4, size=16, scale_size=16, num_classes=2)
+
+
+@pytest.mark.parametrize("change, error", [
+    (dict(root="nowhere"), r"root: no folder '.*nowhere'.*data.root"),
+    (dict(annotations="nolist.txt"), r"annotations: no file 'nolist.txt'"),
+    (dict(template="frame_{:03d}.png"), r"template: no 'frame_001.png' .*img_00001.jpg.*data.start_index"),
+    (dict(template="img.jpg"), r"template: 'img.jpg' has no field for the frame number"),
+    (dict(template="img_{x}.jpg"), r"template: 'img_\{x\}.jpg' is not a frame-name pattern"),
+    (dict(start_index=0), r"template: no 'img_00000.jpg'"),
+])
+def test_frame_source_mistakes_fail_at_construction_naming_the_path(tmp_path, change, error):
+    cfg = {**_frames_dataset(tmp_path, n=2), **change}
+    with pytest.raises(DataError, match=error):
+        build_dataset(cfg, "train")
+
+
+def test_wrong_root_and_missing_decoder_fail_at_construction(tmp_path, monkeypatch):
+    cfg = _frames_dataset(tmp_path / "a", n=2)
+    (tmp_path / "b").mkdir()
+    with pytest.raises(DataError, match=r"root: none of the first 2 listed samples exists under '.*b'"):
+        build_dataset({**cfg, "root": str(tmp_path / "b")}, "val")
+    monkeypatch.setattr(FrameFolderDataset, "decoder", "no_such_decoder_module")
+    with pytest.raises(DataError, match=r"reads files with no_such_decoder_module, which is not installed.*pip install"):
+        build_dataset(cfg, "val")
+
+
+def test_only_read_errors_are_skipped_a_bug_propagates(tmp_path, monkeypatch):
+    ds = build_dataset(_frames_dataset(tmp_path, n=2), "val")
+
+    def broken(*args):
+        raise TypeError("a bug, not a bad file")
+    monkeypatch.setattr(FrameFolderDataset, "load", broken)
+    with pytest.raises(TypeError, match="a bug"):
+        ds[0]
+
+
+def _frames_run(tmp_path, data, **train):
+    return run_config({"data": data, "train": {"epochs": 1, "batch_size": 2, "lr": 0.01, **train},
+                       "teacher": {"model": {}}, "student": {"model": dict(
+                           name="resnet3d", depth=10, width=2, stem_stride=[1, 4, 4], stem_pool=False)}}, "student")
+
+
+def test_unreadable_samples_are_counted_and_a_large_share_stops_the_run(tmp_path):
+    # 2 missing folders listed first (the shape probe must find readable ones) among 12
+    cfg = _frames_run(tmp_path, _frames_dataset(tmp_path / "data", n=10, missing=2), max_unreadable=0.25)
+    summary = fit(cfg, tmp_path / "ok", progress=False)
+    log = (tmp_path / "ok" / "log.csv").read_text().splitlines()
+    header, row = log[0].split(","), log[1].split(",")
+    assert int(row[header.index("val_skipped")]) == 2 and summary["val_skipped"] == 2
+    assert 0 <= summary["skipped"] <= 2 and summary["skipped"] == int(row[header.index("skipped")])
+    cfg["train"]["max_unreadable"] = 0.1
+    with pytest.raises(DataError, match=r"unreadable, more than train.max_unreadable=0.1.*gone[01]"):
+        fit(cfg, tmp_path / "stop", progress=False)

@@ -18,6 +18,11 @@ TINY = [
 ]
 
 
+def _figures(row):
+    """A log row without the timings (those are each rank's own)."""
+    return {k: v for k, v in row.items() if not k.endswith("_seconds")}
+
+
 def tiny_recipe(*extra):
     return load_recipe("synthetic-quick", TINY + list(extra))
 
@@ -33,8 +38,8 @@ def test_resume_after_a_kill_gives_bit_identical_weights(tmp_path):
     assert not (tmp_path / "cut" / "model.pt").exists()
     fit(cfg, tmp_path / "cut", resume=True, stop_after=1, progress=False)
     resumed = fit(cfg, tmp_path / "cut", resume=True, progress=False)
-    a = torch.load(tmp_path / "full" / "last.pt", weights_only=False)["method"]
-    b = torch.load(tmp_path / "cut" / "last.pt", weights_only=False)["method"]
+    a = torch.load(tmp_path / "full" / "last.pt", weights_only=True)["method"]
+    b = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)["method"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert resumed["curve_top1"] == full["curve_top1"]
     lines = (tmp_path / "cut" / "log.csv").read_text().splitlines()
@@ -64,8 +69,9 @@ def test_ddp_two_gloo_processes(tmp_path, method):
         port = s.getsockname()[1]
     mp.spawn(_ddp_worker, args=(port, str(tmp_path / "ddp"), cfg), nprocs=2, join=True)
     r0, r1 = (torch.load(tmp_path / "ddp" / f"rank{r}.pt", weights_only=False) for r in (0, 1))
-    # each rank trained on its own half of the data, yet DDP kept the weights identical
-    assert r0["row"]["train_loss"] != r1["row"]["train_loss"]
+    # each rank trained on its own half of the data, yet DDP kept the weights identical, and
+    # the logged figures are those of both halves on every rank
+    assert _figures(r0["row"]) == _figures(r1["row"])
     assert all(torch.equal(r0["state"][k], r1["state"][k]) for k in r0["state"] if "running" not in k)
     summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
     assert summary["method"] == method and len((tmp_path / "ddp" / "log.csv").read_text().splitlines()) == 2
@@ -100,3 +106,65 @@ def test_recipes_load_and_bad_input():
         load_recipe("no-such-recipe")
     with pytest.raises(ValueError, match="key=value"):
         load_recipe("synthetic-quick", ["train.epochs"])
+
+
+def _ddp_exact_worker(rank, port, out, cfg):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+
+    def save(epoch, method, row):
+        if epoch == 0:
+            torch.save({"state": method.state_dict(), "row": row}, os.path.join(out, f"rank{rank}.pt"))
+    fit(cfg, out, progress=False, callback=save)
+    torch.distributed.destroy_process_group()
+
+
+def test_ddp_figures_equal_a_single_process_pass_over_the_same_data(tmp_path):
+    """lr 0 keeps the weights fixed, so the training figures are a plain average over the
+    samples of both ranks' batches; validation (15 clips: shards of 8 and 7) is the whole set."""
+    from torch.utils.data import DataLoader, DistributedSampler
+    from vkd_kernels.train.data import build_dataset, collate_skip
+    from vkd_kernels.train.engine import ShardSampler, evaluate_counts, load_model
+    from vkd_kernels.train.models import build_model
+    cfg = run_config(tiny_recipe("train.epochs=1", "train.lr=0.0", "train.momentum=0.0", "train.weight_decay=0.0",
+                                 "data.val.num_clips=15", "train.batch_size=4"), "student")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_ddp_exact_worker, args=(port, str(tmp_path), cfg), nprocs=2, join=True)
+    row = torch.load(tmp_path / "rank0.pt", weights_only=False)["row"]
+    assert _figures(row) == _figures(torch.load(tmp_path / "rank1.pt", weights_only=False)["row"])
+    train_set = build_dataset(cfg["data"], "train")
+    model = build_model(cfg["model"], train_set.num_classes)
+    model.load_state_dict(torch.load(tmp_path / "model.pt", weights_only=True)["state_dict"])
+    model.train()                                      # batch statistics, as in training
+    loss = correct = seen = 0.0
+    with torch.no_grad():
+        for r in (0, 1):
+            sampler = DistributedSampler(train_set, num_replicas=2, rank=r, shuffle=True, seed=cfg["seed"])
+            sampler.set_epoch(0)
+            for clips, labels, _ in DataLoader(train_set, batch_size=4, sampler=sampler, drop_last=True,
+                                               collate_fn=collate_skip):
+                logits = model(clips)
+                loss += float(torch.nn.functional.cross_entropy(logits, labels)) * len(labels)
+                correct += float((logits.argmax(1) == labels).sum())
+                seen += len(labels)
+    assert seen == 32
+    assert row["train_loss"] == pytest.approx(loss / seen, rel=1e-5)
+    assert row["train_acc"] == pytest.approx(100 * correct / seen, rel=1e-9)
+    # validation in one process over the same batches (the untrained model's logits nearly tie,
+    # so other batch compositions could break ties differently in the last bit)
+    val_set, model = build_dataset(cfg["data"], "val"), load_model(tmp_path / "model.pt")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        counts = [evaluate_counts(model, DataLoader(val_set, batch_size=4, sampler=ShardSampler(val_set, r, 2),
+                                                    collate_fn=collate_skip), torch.device("cpu")) for r in (0, 1)]
+    finally:
+        torch.set_num_threads(threads)
+    assert [c["samples"] for c in counts] == [8, 7]           # every clip once, none padded in
+    top1 = 100 * sum(c["correct1"] for c in counts) / 15
+    top5 = 100 * sum(c["correct5"] for c in counts) / 15
+    assert (row["val_top1"], row["val_top5"]) == (top1, top5)
+    assert json.loads((tmp_path / "summary.json").read_text())["top1"] == top1

@@ -233,9 +233,12 @@ def test_vkd_data_writes_lists_that_read_back(ucf, tmp_path, capsys):
     # a path with a space cannot go into our whitespace-separated lists: named
     write_video(tmp_path / "k" / "air drumming" / "sp_000001_000011.mp4")
     _kinetics_csv(tmp_path / "train.csv", [("air drumming", "sp", 1, 11, "train")])
-    with pytest.raises(ValueError, match="path 'air drumming/sp_000001_000011.mp4' has whitespace"):
-        vkd(["data", "--format", "kinetics", "--annotations", str(tmp_path / "train.csv"), "--root",
-             str(tmp_path / "k"), "--out", str(out)])
+    # (the command's errors are one line on stderr, exit status 2, as every vkd subcommand's)
+    assert vkd(["data", "--format", "kinetics", "--annotations", str(tmp_path / "train.csv"), "--root",
+                str(tmp_path / "k"), "--out", str(out)]) == 2
+    assert "path 'air drumming/sp_000001_000011.mp4' has whitespace" in capsys.readouterr().err
+    with pytest.raises(formats.DataError, match="path 'air drumming/sp_000001_000011.mp4' has whitespace"):
+        formats.write_list(formats.read("kinetics", tmp_path / "train.csv", root=tmp_path / "k"), out)
 
 
 def test_label_outside_num_classes_is_rejected(ucf):
@@ -278,3 +281,40 @@ def test_real_data_recipes_read_the_official_layouts(tmp_path, monkeypatch):
         ds = build_dataset(recipe["data"], "val")
         clip, label = ds[0]
         assert len(ds) == 1 and label == 0 and clip.shape[0] == 3 and clip.shape[-2:] == (16, 16), name
+
+
+def test_official_formats_go_through_the_source_checks(ucf, tmp_path):
+    """The official formats meet the same construction checks as our lists: a missing root,
+    annotation file or hmdb51 split folder, a root holding none of the listed videos, and a
+    kinetics CSV none of whose videos is under root are each named before any sample is read."""
+    from vkd_kernels.train.data import DataError
+    lists, videos = ucf
+    cfg = dict(name="video", format="ucf101", root=str(videos), annotations=str(lists / "testlist01.txt"), **CLIP)
+    with pytest.raises(DataError, match=r"root: no folder '.*nowhere'.*data.root"):
+        build_dataset({**cfg, "root": str(tmp_path / "nowhere")}, "val")
+    with pytest.raises(DataError, match=r"annotations: no file '.*testlist09.txt' \(the official ucf101 file\)"):
+        build_dataset({**cfg, "annotations": str(lists / "testlist09.txt")}, "val")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match=r"root: none of the first 3 listed samples exists under '.*empty'"):
+        build_dataset({**cfg, "root": str(tmp_path / "empty")}, "val")
+    with pytest.raises(DataError, match=r"annotations: no folder '.*splits' \(the official split folder"):
+        build_dataset({**cfg, "format": "hmdb51", "annotations": str(tmp_path / "splits")}, "val")
+    _kinetics_csv(tmp_path / "k.csv", [("zumba", "gone", 1, 11, "val")])
+    with pytest.raises(DataError, match=r"root: none of the 1 videos listed in '.*k.csv' is under"):
+        build_dataset({**cfg, "format": "kinetics", "annotations": str(tmp_path / "k.csv")}, "val")
+    (lists / "testlist02.txt").write_text("Nope/v_Nope_g01_c01.avi\n")       # a reader's error is a DataError
+    with pytest.raises(DataError, match=r"testlist02.txt:1: the folder of 'Nope/"):
+        build_dataset({**cfg, "annotations": str(lists / "testlist02.txt")}, "val")
+
+
+def test_recipe_schema_types_the_format_keys():
+    """data.format must be one of the readers, split an integer, classes a path (string)."""
+    from vkd_kernels.train.config import ConfigError, load_recipe
+    recipe = load_recipe("hmdb51-i3d", ["data.split=2", "data.classes=/some/classInd.txt"])
+    assert recipe["data"]["split"] == 2
+    for override, error in (("data.format=ucf102", r"data.format: expected one of 'list', 'ucf101', 'hmdb51'"),
+                            ("data.split=one", r"data.split: expected an integer, got 'one'"),
+                            ("data.val.classes=3", r"data.val.classes: expected a string or null, got 3"),
+                            ("data.fromat=ucf101", r"data.fromat: unknown key \(did you mean 'format'\?\)")):
+        with pytest.raises(ConfigError, match=error):
+            load_recipe("ucf101-i3d", [override])

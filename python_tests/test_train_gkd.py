@@ -145,7 +145,7 @@ def test_resume_after_a_kill_gives_bit_identical_networks_and_cvaes(tmp_path):
     fit(teacher_cfg, tmp_path / "teacher", progress=False)
     fit(teacher_cfg, tmp_path / "teacher-cut", stop_after=1, progress=False)      # the teacher phase resumes too
     fit(teacher_cfg, tmp_path / "teacher-cut", resume=True, progress=False)
-    a, b = (torch.load(tmp_path / d / "model.pt", weights_only=False)["state_dict"] for d in ("teacher", "teacher-cut"))
+    a, b = (torch.load(tmp_path / d / "model.pt", weights_only=True)["state_dict"] for d in ("teacher", "teacher-cut"))
     assert any(k.startswith("cvae.") for k in a) and all(torch.equal(a[k], b[k]) for k in a)
     teacher = load_model(tmp_path / "teacher" / "model.pt")
     assert isinstance(teacher, GKDNet)                  # backbone + head + CVAE
@@ -153,7 +153,7 @@ def test_resume_after_a_kill_gives_bit_identical_networks_and_cvaes(tmp_path):
     full = fit(cfg, tmp_path / "full", progress=False)
     assert fit(cfg, tmp_path / "cut", stop_after=1, progress=False) == {}     # "killed" after epoch 1
     resumed = fit(cfg, tmp_path / "cut", resume=True, progress=False)
-    a, b = (torch.load(tmp_path / d / "last.pt", weights_only=False) for d in ("full", "cut"))
+    a, b = (torch.load(tmp_path / d / "last.pt", weights_only=True) for d in ("full", "cut"))
     assert any(k.startswith("student.cvae.") for k in a["method"])
     assert a["method"].keys() == b["method"].keys()
     assert all(torch.equal(a["method"][k], b["method"][k]) for k in a["method"])
@@ -183,13 +183,32 @@ def test_cli_reproduce_gkd_end_to_end(tmp_path, capsys):
 
 
 def test_ddp_two_gloo_processes_with_two_phases(tmp_path):
-    from test_train_engine import _ddp_worker
+    from test_train_engine import _ddp_worker, _figures
     cfg = run_config(load_recipe("synthetic-quick", TINY + ["train.epochs=1"]), "student", method="gkd_repr")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     mp.spawn(_ddp_worker, args=(port, str(tmp_path), cfg), nprocs=2, join=True)
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1))
-    assert r0["row"]["train_loss"] != r1["row"]["train_loss"]          # each rank saw its own half
+    assert _figures(r0["row"]) == _figures(r1["row"])          # the logged figures are summed over both ranks' halves
     assert all(torch.equal(r0["state"][k], r1["state"][k]) for k in r0["state"] if "running" not in k)
     assert any(k.startswith("student.cvae.") for k in r0["state"])     # the whole method state: CVAE too
+
+
+def test_gkd_leaves_the_given_model_alone_and_rec_ramp_zero_is_full_weight():
+    clips, labels = _batch()
+    backbone = build_model(STUDENT, 3)
+    head = backbone.head
+    method = build_method("gkd_repr", backbone, None, probe=clips[:2], rec_ramp=0, rec_weight=0.5)
+    assert backbone.head is head and backbone(clips).shape == (4, 3)       # the user's model keeps its head
+    assert isinstance(method.student.backbone.head, torch.nn.Identity)
+    method.set_phase("net", 0)
+    assert method.coefficients()["rec"] == 0.5                             # no ramp: full weight at epoch 0
+    _, _, terms = method(clips, labels)
+    assert "rec" in terms
+    ramped = build_method("gkd_repr", build_model(STUDENT, 3), None, probe=clips[:2], rec_ramp=4)
+    ramped.set_phase("net", 1)
+    assert ramped.coefficients()["rec"] == 0.5 * 1 / 4
+    for bad in (-1, 1.5):
+        with pytest.raises(ValueError, match="rec_ramp"):
+            build_method("gkd_repr", build_model(STUDENT, 3), None, probe=clips[:2], rec_ramp=bad)

@@ -62,7 +62,7 @@ def test_collab_spectrum_uses_the_public_op_and_uncertainty_weights():
     with torch.no_grad():
         method.log_vars.copy_(torch.tensor([0.5, -0.3, 0.2]))
     loss, _, terms = method(clips, labels)
-    s = method.log_vars.detach()
+    s = method.log_variances            # -0.3 is used as 0 (the default range s >= 0)
     expected = sum(torch.exp(-s[i]) * terms[n] + s[i] for i, n in enumerate(["ce", "kd", "spectrum"]))
     torch.testing.assert_close(loss.detach(), expected)
     fs, ft = FeatureHooks(student, ["layer4"]), FeatureHooks(teacher, ["layer4"])
@@ -81,10 +81,18 @@ def test_collab_log_variances_are_projected_into_log_var_range():
     with torch.no_grad():
         method.log_vars.copy_(torch.tensor([-2.0, 0.5, -0.1]))
     loss, _, terms = method(clips, labels)
-    torch.testing.assert_close(method.log_vars.detach(), torch.tensor([0.0, 0.5, 0.0]))
+    # forward uses the projected values and writes no parameter; the trainer's after_step projects
+    torch.testing.assert_close(method.log_vars.detach(), torch.tensor([-2.0, 0.5, -0.1]))
     torch.testing.assert_close(method.log_variances, torch.tensor([0.0, 0.5, 0.0]))
     expected = terms["ce"] + torch.exp(torch.tensor(-0.5)) * terms["kd"] + 0.5 + terms["spectrum"]
     torch.testing.assert_close(loss.detach(), expected)
+    loss.backward()
+    assert method.log_vars.grad[1] != 0 and method.log_vars.grad[0] == 0      # outside the range: clamped
+    method.after_step()
+    torch.testing.assert_close(method.log_vars.detach(), torch.tensor([0.0, 0.5, 0.0]))
+    loss, _, _ = method(clips, labels)
+    loss.backward()
+    assert (method.log_vars.grad != 0).all()         # at the bound the gradient flows again
     free = build_method("collab_spectrum", student, teacher, probe=clips[:2], log_var_range=None)
     with torch.no_grad():
         free.log_vars.copy_(torch.tensor([-2.0, 0.5, -0.1]))
@@ -110,6 +118,7 @@ def test_collab_weight_of_a_vanishing_term_stays_bounded(log_var_range):
         opt.zero_grad()
         loss.backward()
         opt.step()
+        method.after_step()                      # what the trainer does after every step
         largest = max(largest, float(torch.exp(-method.log_variances).max()))
     if log_var_range is None:
         assert largest > 100          # unbounded: the vanishing terms' weights explode
@@ -145,3 +154,13 @@ def test_unknown_method_and_missing_teacher():
         build_method("nope", build_model(STUDENT, 3))
     with pytest.raises(ValueError, match="needs a teacher"):
         build_method("kd", build_model(STUDENT, 3), None)
+
+
+def test_loss_timing_is_opt_in():
+    clips, labels = _batch()
+    method = build_method("kd", build_model(STUDENT, 3), build_model(TEACHER, 3))
+    method(clips, labels)
+    assert method.loss_seconds == 0.0                # off by default: no timing, no synchronisation
+    method.time_losses = True
+    method(clips, labels)
+    assert method.loss_seconds > 0.0

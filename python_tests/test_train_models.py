@@ -56,3 +56,19 @@ def test_bad_arguments():
         FeatureHooks(torch.nn.Linear(2, 2), ["layer9"])
     with pytest.raises(ValueError, match="num_segments"):
         build_model(dict(name="tsm_resnet", depth=18, width=4, num_segments=4), 3)(torch.randn(1, 3, 5, 16, 16))
+
+
+def test_resnet3d_shortcut_is_identity_where_stride_and_channels_allow():
+    """The stride of a block is a tuple: (1, 1, 1) must count as 1, so layer1.0 of a basic
+    ResNet (and every later block of a stage) adds its input unchanged, as torchvision's
+    r3d_18 does; a strided or widening block projects."""
+    from torch import nn
+    model = build_model(dict(name="resnet3d", depth=18, width=4), 5)
+    assert isinstance(model.layer1[0].shortcut, nn.Identity) and isinstance(model.layer2[1].shortcut, nn.Identity)
+    assert not isinstance(model.layer2[0].shortcut, nn.Identity)
+    assert not any(k.startswith("layer1.0.shortcut") for k in model.state_dict())
+    strided = build_model(dict(name="resnet3d", depth=18, width=4, temporal_strides=(2, 1, 1, 1)), 5)
+    assert not isinstance(strided.layer1[0].shortcut, nn.Identity)             # (2, 1, 1): a projection
+    deep = build_model(dict(name="resnet3d", depth=50, width=4), 5)
+    assert not isinstance(deep.layer1[0].shortcut, nn.Identity)                # 4 -> 16 channels
+    assert isinstance(deep.layer1[1].shortcut, nn.Identity)

@@ -43,6 +43,9 @@ def test_every_original_key_lands_on_ours(name, tmp_path):
     assert report["source"] == source and report["classifier"] == "loaded"
     ours = model.state_dict()
     rename = SOURCES[source]
+    # a bijection: every model key comes from the checkpoint (no filled-in identity shortcuts)
+    mapped = {rename(k[len("module."):]) for k in state}
+    assert mapped == set(ours), sorted(mapped ^ set(ours))[:6]
     for key, value in state.items():
         key = key[len("module."):]
         if key.endswith("num_batches_tracked"):
@@ -99,3 +102,113 @@ def test_model_spec_pretrained_key(tmp_path):
     student = build_model({"name": "resnet3d", "depth": 10, "width": 8, "pretrained": str(tmp_path / "model.pt")}, 5)
     for key, value in teacher.state_dict().items():
         assert torch.equal(student.state_dict()[key], value)
+
+
+def test_pretrained_logs_and_a_saved_model_does_not_reload_it(tmp_path, caplog):
+    """build_model reports the load on the trainer's log (not print); a model.pt whose spec
+    names a checkpoint is rebuilt from its own weights, even once that checkpoint is gone."""
+    from vkd_kernels.train.config import ConfigError
+    from vkd_kernels.train.engine import load_model
+    teacher = build_model({"name": "resnet3d", "depth": 10, "width": 4}, 3)
+    torch.save({"spec": {}, "num_classes": 3, "state_dict": teacher.state_dict()}, tmp_path / "init.pt")
+    spec = {"name": "resnet3d", "depth": 10, "width": 4, "pretrained": str(tmp_path / "init.pt")}
+    from vkd_kernels.train.config import load_recipe            # the recipe schema takes the key
+    assert load_recipe("synthetic-quick", [f"student.model.pretrained={tmp_path / 'init.pt'}"])
+    with caplog.at_level("INFO", logger="vkd_kernels.train"):
+        student = build_model(spec, 3)
+    assert any("pretrained:" in r.getMessage() and "'source': 'vkd'" in r.getMessage() for r in caplog.records)
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(1.0)                                        # "trained": differs from the checkpoint
+    torch.save({"spec": spec, "num_classes": 3, "state_dict": student.state_dict()}, tmp_path / "model.pt")
+    (tmp_path / "init.pt").unlink()
+    rebuilt = load_model(tmp_path / "model.pt")
+    for key, value in student.state_dict().items():
+        assert torch.equal(rebuilt.state_dict()[key], value)
+    with pytest.raises(ConfigError, match="pretrained: no file .*init.pt"):   # the CLI's one-line error
+        build_model(spec, 3)
+
+
+def _tf_pad(size, kernel, stride):
+    """F.pad's tuple for TensorFlow SAME, as pytorch-i3d computes it per dimension."""
+    out = []
+    for s, k, st in zip(size, kernel, stride):
+        total = max(k - st, 0) if s % st == 0 else max(k - s % st, 0)
+        out.append((total // 2, total - total // 2))
+    return tuple(p for pair in reversed(out) for p in pair)
+
+
+def _inception_i3d_reference(state, x, eps=1e-3):
+    """pytorch-i3d's InceptionI3d forward (Unit3D: SAME zero pad, conv, BN eps 1e-3, ReLU;
+    MaxPool3dSamePadding; AvgPool3d((2, 7, 7), stride 1), the 1x1x1 logits conv, then the
+    mean over time), written out with torch.nn.functional over a state dict in our names."""
+    import torch.nn.functional as F
+
+    def unit(x, prefix, stride=(1, 1, 1)):
+        w = state[prefix + ".0.weight"]
+        x = F.conv3d(F.pad(x, _tf_pad(x.shape[2:], w.shape[2:], stride)), w, None, stride)
+        bn = [state[f"{prefix}.1.{k}"] for k in ("running_mean", "running_var", "weight", "bias")]
+        return F.relu(F.batch_norm(x, *bn, False, 0.0, eps))
+
+    def pool(x, kernel, stride):
+        return F.max_pool3d(F.pad(x, _tf_pad(x.shape[2:], kernel, stride)), kernel, stride)
+
+    def mixed(x, name):
+        return torch.cat([unit(x, f"{name}.b0"), unit(unit(x, f"{name}.b1.0"), f"{name}.b1.1"),
+                          unit(unit(x, f"{name}.b2.0"), f"{name}.b2.1"),
+                          unit(pool(x, (3, 3, 3), (1, 1, 1)), f"{name}.b3.1")], 1)
+
+    x = pool(unit(x, "stem.0", (2, 2, 2)), (1, 3, 3), (1, 2, 2))
+    x = pool(unit(unit(x, "stem.2"), "stem.3"), (1, 3, 3), (1, 2, 2))
+    x = pool(mixed(mixed(x, "Mixed_3b"), "Mixed_3c"), (3, 3, 3), (2, 2, 2))
+    for name in ("Mixed_4b", "Mixed_4c", "Mixed_4d", "Mixed_4e", "Mixed_4f"):
+        x = mixed(x, name)
+    x = mixed(mixed(pool(x, (2, 2, 2), (2, 2, 2)), "Mixed_5b"), "Mixed_5c")
+    window = tuple(min(w, s) for w, s in zip((2, 7, 7), x.shape[2:]))    # the original needs a 224 input
+    x = F.avg_pool3d(x, window, 1)
+    w = state["head.3.weight"]
+    logits = F.conv3d(x, w.view(*w.shape, 1, 1, 1), state["head.3.bias"])   # (N, classes, T', H', W')
+    return logits.mean((2, 3, 4))
+
+
+@pytest.mark.parametrize("shape", [(16, 64, 64), (10, 66, 66)], ids=["even: asymmetric pads", "odd sizes"])
+def test_i3d_tf_same_gives_the_inception_i3d_logits(shape):
+    torch.manual_seed(0)
+    model = build_model({"name": "i3d", "width": 0.25, "padding": "tf_same", "bn_eps": 1e-3}, 7).eval()
+    with torch.no_grad():
+        for m in model.modules():                 # BN statistics far from (0, 1), so eps and padding show
+            if isinstance(m, torch.nn.BatchNorm3d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.005, 0.05)
+                m.weight.uniform_(0.5, 1.5)
+    x = torch.randn(2, 3, *shape)
+    with torch.no_grad():
+        want = _inception_i3d_reference(model.state_dict(), x)
+        got = model(x)
+        assert torch.allclose(got, want, rtol=1e-4, atol=1e-5 * want.abs().max()), (got - want).abs().max()
+        default = build_model({"name": "i3d", "width": 0.25}, 7).eval()
+        default.load_state_dict(model.state_dict())
+        assert not torch.allclose(default(x), want, rtol=1e-3, atol=1e-3 * want.abs().max())   # the test has teeth
+
+
+def test_i3d_head_window_mean_by_hand():
+    from vkd_kernels.train.models.i3d import WindowMean
+    x = torch.randn(1, 2, 3, 8, 9)
+    windows = [x[:, :, t:t + 2, h:h + 7, w:w + 7].mean((2, 3, 4)) for t in range(2) for h in range(2) for w in range(3)]
+    assert torch.allclose(WindowMean((2, 7, 7))(x).flatten(1), torch.stack(windows).mean(0), atol=1e-6)
+    assert torch.allclose(WindowMean((2, 7, 7))(x[:, :, :1, :5, :5]).flatten(1), x[:, :, :1, :5, :5].mean((2, 3, 4)),
+                          atol=1e-6)                                    # smaller than the window: the mean
+
+
+def test_pytorch_i3d_checkpoint_reports_whether_the_model_is_exact(tmp_path, caplog):
+    path = tmp_path / "rgb_imagenet.pt"
+    torch.save(fake_checkpoint("pytorch_i3d_rgb"), path)
+    exact = build_model({"name": "i3d", "padding": "tf_same", "bn_eps": 1e-3}, 400)
+    assert load_pretrained(exact, path)["exact"] is True
+    with caplog.at_level("WARNING", logger="vkd_kernels.train"):
+        report = load_pretrained(build_model({"name": "i3d"}, 400), path)
+    assert report["exact"] is False and "padding: tf_same and bn_eps: 0.001" in report["note"]
+    assert any("tf_same" in r.getMessage() for r in caplog.records)
+    from vkd_kernels.train.config import ConfigError, load_recipe
+    with pytest.raises(ConfigError, match=r"teacher.model.padding: expected one of 'symmetric', 'tf_same'"):
+        load_recipe("ucf101-i3d", ["teacher.model.padding=same"])

@@ -7,36 +7,47 @@
     torchrun --nproc_per_node 4 -m vkd_kernels.train.cli distill ...  # multi-GPU (DDP)
 
 Every training command takes ``--resume`` (continue from ``last.pt``), ``--seed`` and
-``--set key.sub=value`` (override a recipe entry).
+``--set key.sub=value`` (override a recipe entry; the value is read as YAML). The recipe,
+the overrides and every run's configuration are validated before any data or model is
+built; a mistake exits with status 2 and one line naming the entry.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import logging
+import os
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 import torch
 
 from . import report
-from .config import load_recipe, recipe_names, run_config
+from .config import ConfigError, EvalConfig, TrainConfig, check_method_name, check_run, load_recipe, recipe_names, run_config
 from .data import build_dataset, collate_skip
-from .engine import evaluate, fit, load_model
+from .engine import ShardSampler, distributed, evaluate, fit, load_model
+
+log = logging.getLogger("vkd_kernels.train")
 
 
 def _common(p: argparse.ArgumentParser, out: bool = True) -> None:
     p.add_argument("--recipe", required=True, help=f"a YAML path or a built-in name ({', '.join(recipe_names())})")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe entry")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe entry; VALUE is YAML (0.1, 1e-2, true, [1, 2], a string)")
     if out:
         p.add_argument("--out", required=True, help="output folder")
-        p.add_argument("--resume", action="store_true", help="continue from <out>/last.pt")
-        p.add_argument("--no-progress", action="store_true", help="no progress bars or per-epoch lines")
+        p.add_argument("--resume", action="store_true",
+                       help="continue from <out>/last.pt (an error if it is missing or from another configuration)")
+        p.add_argument("--no-progress", action="store_true", help="no progress bars (they appear on a terminal only)")
 
 
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="vkd", description="Reference trainer of vkd-kernels.")
     ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    ap.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+                    help="of the log on stderr (rank 0; other ranks log warnings and errors)")
     sub = ap.add_subparsers(dest="command", required=True)
     p = sub.add_parser("train", help="train a teacher or a student with cross-entropy")
     _common(p)
@@ -50,7 +61,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p = sub.add_parser("evaluate", help="top-1/top-5 of a model.pt on the recipe's val split")
     _common(p, out=False)
-    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--checkpoint", required=True, help="a model.pt or best.pt")
+    p.add_argument("--clips", type=int, help="clips per video (default: the recipe's evaluate.clips, else 1: "
+                   "the single centred clip); TSN segment offsets or uniformly spaced dense clips")
+    p.add_argument("--crops", type=int, help="crops per clip: 1 centre, 3 along the long side, 10 five crops "
+                   "and their mirror images (default: evaluate.crops, else 1)")
+    p.add_argument("--average", choices=("prob", "score"),
+                   help="over a video's views: mean softmax ('prob', mmaction2's) or mean logits "
+                   "(default: evaluate.average, else prob)")
     p = sub.add_parser("reproduce", help="teacher once, then every method x seed; table and plots")
     _common(p)
     p.add_argument("--seeds", type=int, nargs="+", help="default: the recipe's reproduce.seeds")
@@ -60,17 +78,56 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
-def reproduce(recipe, out: Path, seeds, methods, resume: bool, progress: bool) -> str:
+def setup_logging(level: str = "INFO") -> None:
+    """A stderr handler on the trainer's logger: ``level`` on rank 0, warnings elsewhere."""
+    rank = int(os.environ.get("RANK", "0"))
+    if not any(getattr(h, "_vkd", False) for h in log.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+        handler._vkd = True
+        log.addHandler(handler)
+    log.setLevel(level if rank == 0 else "WARNING")
+
+
+def reproduce_plan(recipe, seeds, methods, explicit: bool):
+    """The methods to run (validated), each run's configuration checked before anything trains."""
     from .methods import REGISTRY
+    if not seeds:
+        raise ConfigError("reproduce.seeds: no seeds (set reproduce.seeds in the recipe or pass --seeds)")
+    if not methods:
+        raise ConfigError("reproduce.methods: no methods (set reproduce.methods in the recipe or pass --methods)")
+    for name in methods:
+        check_method_name(name, "--methods" if explicit else "reproduce.methods", available=explicit)
     missing = [m for m in methods if m not in REGISTRY]
     if missing:
-        print(f"[vkd] not available in this build, left out: {', '.join(missing)}", flush=True)
+        log.warning("not available in this build, left out: %s", ", ".join(missing))
         methods = [m for m in methods if m in REGISTRY]
+    teacher_seed = int(recipe.get("teacher_seed", 0))
+    check_run(run_config(recipe, "teacher", seed=teacher_seed))
+    for name in {getattr(REGISTRY[m][0], "teacher_method", None) for m in methods} - {None}:
+        check_run(run_config(recipe, "teacher", method=name, seed=teacher_seed))
+    for m in methods:
+        check_run(run_config(recipe, "student", method=m, seed=seeds[0]), planned=True)
+    return methods
+
+
+def _run(cfg, run_dir: Path, resume: bool, progress: bool) -> None:
+    """One run of ``reproduce``: a finished run is kept, an interrupted one needs --resume."""
+    if (run_dir / "last.pt").exists() and not resume:
+        raise ConfigError(f"reproduce: {run_dir} holds an interrupted run (last.pt): pass --resume to continue it")
+    fit(cfg, run_dir, resume=resume and (run_dir / "last.pt").exists(), progress=progress)
+
+
+def reproduce(recipe, out: Path, seeds, methods, resume: bool, progress: bool, explicit: bool = True) -> str:
+    from .methods import REGISTRY
+    methods = reproduce_plan(recipe, seeds, methods, explicit)
+    if resume and not out.is_dir():
+        raise ConfigError(f"resume: no folder {out} to continue (was --out mistyped?); run without --resume")
     began = time.perf_counter()
     teacher_dir = out / "teacher"
+    teacher_seed = int(recipe.get("teacher_seed", 0))
     if not (teacher_dir / "summary.json").exists():
-        fit(run_config(recipe, "teacher", seed=int(recipe.get("teacher_seed", 0))), teacher_dir,
-            resume=resume, progress=progress)
+        _run(run_config(recipe, "teacher", seed=teacher_seed), teacher_dir, resume, progress)
     teacher = json.loads((teacher_dir / "summary.json").read_text())
 
     def teacher_for(method: str) -> Path:
@@ -80,8 +137,7 @@ def reproduce(recipe, out: Path, seeds, methods, resume: bool, progress: bool) -
             return teacher_dir
         path = out / f"teacher-{name}"
         if not (path / "summary.json").exists():
-            fit(run_config(recipe, "teacher", method=name, seed=int(recipe.get("teacher_seed", 0))), path,
-                resume=resume, progress=progress)
+            _run(run_config(recipe, "teacher", method=name, seed=teacher_seed), path, resume, progress)
         return path
     runs, curves = {}, {"teacher": [teacher["curve_top1"]]}
     for method in methods:
@@ -90,7 +146,7 @@ def reproduce(recipe, out: Path, seeds, methods, resume: bool, progress: bool) -
             if not (run_dir / "summary.json").exists():
                 cfg = run_config(recipe, "student", method=method, seed=seed,
                                  teacher=str(teacher_for(method) / "model.pt"))
-                fit(cfg, run_dir, resume=resume, progress=progress)
+                _run(cfg, run_dir, resume, progress)
             summary = json.loads((run_dir / "summary.json").read_text())
             runs.setdefault(method, []).append(summary)
             curves.setdefault(method, []).append(summary["curve_top1"])
@@ -102,7 +158,7 @@ def reproduce(recipe, out: Path, seeds, methods, resume: bool, progress: bool) -
     minutes = (time.perf_counter() - began) / 60
     header = (f"# Reproduction: recipe `{recipe.get('name')}`, seeds {list(seeds)}\n\n"
               f"Validation top-1/top-5 after the last epoch, mean ± std over seeds (sample std); "
-              f"'s / epoch in losses' is the forward time spent in the loss terms. "
+              f"'s / epoch in losses' is the forward time spent in the loss terms (train.time_losses). "
               f"This invocation took {minutes:.1f} min on {torch.get_num_threads()} threads.\n")
     text = report.write(out, rows, header, {"recipe": recipe, "seeds": list(seeds),
                                            "spectra": {k: v.tolist() for k, v in spectra.items()}})
@@ -110,11 +166,52 @@ def reproduce(recipe, out: Path, seeds, methods, resume: bool, progress: bool) -
     return text
 
 
+def evaluate_command(recipe, checkpoint: str, clips: Optional[int] = None, crops: Optional[int] = None,
+                     average: Optional[str] = None) -> dict:
+    """top-1/top-5 of ``checkpoint`` on the val split, each video scored over clips x crops
+    views (options, else the recipe's ``evaluate`` section); the videos are sharded over the
+    ranks (each exactly once) and the counts summed."""
+    section = dict(recipe.get("evaluate") or {})
+    for key, value, option in (("clips", clips, "--clips"), ("crops", crops, "--crops"),
+                               ("average", average, "--average")):
+        if value is not None:
+            try:
+                EvalConfig.from_dict({**section, key: value}, "evaluate")
+            except ConfigError as error:
+                raise ConfigError(f"{option}: {str(error).split(': ', 1)[1]}") from None
+            section[key] = value
+    views = EvalConfig.from_dict(section)
+    if views.clips * views.crops > 1 and recipe["data"].get("name", "synthetic") == "synthetic":
+        raise ConfigError(f"--clips / --crops: the synthetic dataset has one clip of one size per sample; "
+                          f"multi-view testing ({views.clips} x {views.crops}) needs data.name frames or video")
+    if not Path(checkpoint).is_file():
+        raise ConfigError(f"--checkpoint: no file {checkpoint!r} (a model.pt or best.pt a run wrote)")
+    t = TrainConfig.from_dict(recipe["train"])
+    rank, world, device = distributed()
+    val = build_dataset(recipe["data"], "val")
+    if views.clips * views.crops > 1:
+        val.set_views(views.clips, views.crops)
+    loader = torch.utils.data.DataLoader(val, batch_size=t.eval_batch_size or t.batch_size,
+                                         sampler=ShardSampler(val, rank, world), collate_fn=collate_skip,
+                                         num_workers=t.workers)
+    result = evaluate(load_model(checkpoint, device), loader, device, t.amp, views.average)
+    return {**result, "clips": views.clips, "crops": views.crops, "average": views.average}
+
+
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
+    setup_logging(args.log_level)
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.command == "data":
+    try:
+        return _main(args)
+    except ConfigError as error:          # a mistake in the recipe, the options or the data: no traceback
+        print(f"vkd: error: {error}", file=sys.stderr)
+        return 2
+
+
+def _main(args) -> int:
+    if args.command == "data":            # no recipe: an official annotation file -> our list
         from .data.formats import run_data
         print(json.dumps(run_data(args)))
         return 0
@@ -131,15 +228,14 @@ def main(argv=None) -> int:
         if summary:
             print(json.dumps(summary))
     elif args.command == "evaluate":
-        val = build_dataset(recipe["data"], "val")
-        loader = torch.utils.data.DataLoader(val, batch_size=int(recipe["train"].get("batch_size", 32)),
-                                             collate_fn=collate_skip)
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        print(json.dumps(evaluate(load_model(args.checkpoint, device), loader, device)))
+        result = evaluate_command(recipe, args.checkpoint, args.clips, args.crops, args.average)
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(json.dumps(result))
     else:
-        seeds = args.seeds or recipe["reproduce"]["seeds"]
-        methods = args.methods or recipe["reproduce"]["methods"]
-        print(reproduce(recipe, Path(args.out), seeds, methods, args.resume, progress))
+        reproduce_cfg = recipe.get("reproduce") or {}
+        seeds = args.seeds or reproduce_cfg.get("seeds")
+        methods = args.methods or reproduce_cfg.get("methods")
+        print(reproduce(recipe, Path(args.out), seeds, methods, args.resume, progress, explicit=bool(args.methods)))
     return 0
 
 

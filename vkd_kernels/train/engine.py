@@ -2,41 +2,65 @@
 
 ``fit(cfg, out_dir)`` runs one configuration (see ``vkd_kernels/train/recipes``):
 
+* the configuration is validated first (:func:`vkd_kernels.train.config.check_run`),
+  and so is ``--resume`` (``last.pt`` must exist, its stored configuration and phases
+  must match), before any data or model is built;
 * data order: ``DistributedSampler(shuffle=True, seed=seed)`` with ``set_epoch``,
   also with one process, so the order is a function of (seed, epoch, rank);
-* SGD (momentum, weight decay; the method's uncertainty weights get none), cosine
-  learning rate per epoch, AMP (float16 autocast + GradScaler) on CUDA; a method may
-  declare phases (``phases()``: e.g. GKD's CVAE pass with Adam, then its network pass),
-  each one pass over the data per epoch with its own optimiser and scheduler;
-* multi-GPU / multi-process through ``torchrun``: DDP (NCCL on CUDA, gloo on CPU);
-* every epoch: one CSV row in ``log.csv`` (TensorBoard too if ``tensorboard: true``)
-  and an atomic checkpoint ``last.pt`` (write to a temp file, then ``os.replace``)
-  with model, the optimiser and scheduler of every phase, scaler, the RNG states of torch, numpy and
-  python, and the epoch; ``resume=True`` continues from it and ends with the same
-  weights as a run that was never interrupted;
+* SGD (momentum, weight decay; the method's uncertainty weights get none), a cosine
+  learning rate with optional linear warm-up, stepped every iteration (or every epoch:
+  ``train.lr_step``), optional gradient-norm clipping, AMP (float16 autocast +
+  GradScaler) on CUDA; a method may declare phases (``phases()``: e.g. GKD's CVAE pass
+  with Adam, then its network pass), each one pass over the data per epoch with its own
+  optimiser and scheduler;
+* multi-GPU / multi-process through ``torchrun``: DDP (NCCL on CUDA, gloo on CPU); the
+  validation set is sharded over the ranks and its counts summed, the training metrics
+  are summed over the ranks, so every logged figure is the whole data's, and no rank
+  waits on another's evaluation; logs and files come from rank 0 only;
+* logging through :mod:`logging` (logger ``vkd_kernels.train``; a line every
+  ``train.log_interval`` iterations and one per epoch, also written to ``train.log``),
+  tqdm progress bars only on a terminal, ``log.csv`` (one row per epoch) and TensorBoard
+  with ``train.tensorboard: true``;
+* every epoch an atomic checkpoint ``last.pt`` (write to a temp file, then
+  ``os.replace``) with the method's state, the optimiser and scheduler of every phase,
+  the scaler, the RNG states of torch, numpy and python, the epoch, the history and the
+  configuration: tensors and plain Python values only, loaded with ``weights_only=True``;
+  ``resume=True`` continues from it and ends with the same weights as a run that was
+  never interrupted; ``best.pt`` holds the weights of the best validation top-1 so far;
+* unreadable samples are skipped and counted; more than ``train.max_unreadable`` of an
+  epoch's samples stops the run with examples;
 * at the end: ``model.pt`` (the trained model's weights and spec) and
-  ``summary.json`` (final top-1/top-5, curves, seconds per epoch and in the losses).
+  ``summary.json`` (final and best top-1/top-5, curves, seconds per epoch and in the
+  losses, skipped samples).
 """
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
+import logging
 import math
 import os
 import random
+import sys
 import time
 from pathlib import Path
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, List, Optional, Union
 
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
-from .data import build_dataset, collate_skip
+from .config import ConfigError, TrainConfig, check_run, config_diff
+from .data import DataError, build_dataset, collate_skip, probe_batch
 from .methods import build_method
 from .models import build_model
+
+log = logging.getLogger("vkd_kernels.train")
+
+# entries of the configuration that may differ on --resume: they do not change the results
+RESUME_MAY_DIFFER = ("name", "teacher", "train.workers", "train.log_interval", "train.tensorboard",
+                     "train.eval_batch_size", "train.time_losses", "train.max_unreadable")
 
 
 def seed_everything(seed: int) -> None:
@@ -46,7 +70,10 @@ def seed_everything(seed: int) -> None:
 
 
 def rng_state() -> Dict:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """The RNG states as tensors and plain values (``weights_only=True`` loads them)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)]}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -54,10 +81,15 @@ def rng_state() -> Dict:
 
 def set_rng_state(state: Dict) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    random.setstate(_tuples(state["python"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _tuples(x):
+    return tuple(_tuples(v) for v in x) if isinstance(x, (list, tuple)) else x
 
 
 def atomic_save(obj, path: Path) -> None:
@@ -80,50 +112,117 @@ def distributed() -> tuple:
     return rank, world, torch.device("cpu")
 
 
+def _world() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def gather(obj) -> list:
+    """``obj`` of every rank, in rank order (``[obj]`` without a process group)."""
+    if _world() == 1:
+        return [obj]
+    out = [None] * _world()
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def load_model(path, device="cpu") -> torch.nn.Module:
-    """A model saved by :func:`fit` (``model.pt``), rebuilt from its spec."""
-    blob = torch.load(path, map_location=device, weights_only=False)
-    model = build_model(blob["spec"], blob["num_classes"])
+    """A model saved by :func:`fit` (``model.pt`` or ``best.pt``), rebuilt from its spec."""
+    blob = torch.load(path, map_location=device, weights_only=True)
+    model = build_model(blob["spec"], blob["num_classes"], load_weights=False)   # the weights are in the blob
     model.load_state_dict(blob["state_dict"])
     return model.to(device)
 
 
+class ShardSampler(Sampler):
+    """Indices ``rank, rank + world, ...`` of a dataset: every sample exactly once over
+    the ranks (``DistributedSampler`` pads the shards with repeats, which would count some
+    samples twice in an evaluation)."""
+
+    def __init__(self, dataset, rank: int = 0, world: int = 1):
+        self.indices = range(rank, len(dataset), world)
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+AVERAGES = ("prob", "score")
+
+
+def average_views(logits: torch.Tensor, average: str = "prob") -> torch.Tensor:
+    """(videos, views, classes) logits -> (videos, classes) scores: the mean over the views
+    of the softmax probabilities ("prob", what mmaction2's recognisers are configured with,
+    ``average_clips='prob'``) or of the logits ("score")."""
+    if average not in AVERAGES:
+        raise ValueError(f"average must be one of {', '.join(AVERAGES)}, got {average!r}")
+    logits = logits.float()
+    return logits.softmax(-1).mean(1) if average == "prob" else logits.mean(1)
+
+
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, loader, device, amp: bool = False) -> Dict[str, float]:
-    """top-1 / top-5 accuracy (percent) of ``model`` over ``loader``."""
+def evaluate_counts(model: torch.nn.Module, loader, device, amp: bool = False, average: str = "prob") -> Dict:
+    """{"correct1", "correct5", "samples", "unreadable", "examples"} of ``model`` over
+    ``loader``, summed over the ranks when a process group is initialised. A batch of
+    (videos, views, 3, T, H, W) clips (multi-view testing) is scored per video by
+    :func:`average_views` over its views; a sample counts once whatever its views."""
     was_training = model.training
     model.eval()
     correct1 = correct5 = total = 0
-    for clips, labels, _ in loader:
+    unreadable, examples = 0, []
+    for clips, labels, bad in loader:
+        unreadable += len(bad)
+        examples += bad[:max(0, 3 - len(examples))]
         if clips is None:
             continue
         clips, labels = clips.to(device, non_blocking=True), labels.to(device)
+        views = clips.shape[1] if clips.dim() == 6 else 0
         with torch.autocast(device.type, torch.float16, enabled=amp and device.type == "cuda"):
-            logits = model(clips)
+            logits = model(clips.flatten(0, 1) if views else clips)
+        if views:
+            logits = average_views(logits.view(len(labels), views, -1), average)
         top = logits.float().topk(min(5, logits.shape[1]), 1).indices
-        correct1 += (top[:, 0] == labels).sum().item()
-        correct5 += (top == labels[:, None]).any(1).sum().item()
+        correct1 += int((top[:, 0] == labels).sum())
+        correct5 += int((top == labels[:, None]).any(1).sum())
         total += len(labels)
     model.train(was_training)
-    return {"top1": 100.0 * correct1 / max(total, 1), "top5": 100.0 * correct5 / max(total, 1)}
+    parts = gather((correct1, correct5, total, unreadable, [tuple(e) for e in examples]))
+    return {"correct1": sum(p[0] for p in parts), "correct5": sum(p[1] for p in parts),
+            "samples": sum(p[2] for p in parts), "unreadable": sum(p[3] for p in parts),
+            "examples": [e for p in parts for e in p[4]][:3]}
 
 
-def make_loaders(cfg: Dict, rank: int, world: int, seed: int):
+def evaluate(model: torch.nn.Module, loader, device, amp: bool = False, average: str = "prob") -> Dict[str, float]:
+    """top-1 / top-5 accuracy (percent) of ``model`` over ``loader`` (of every rank's shard
+    under DDP), the number of samples and of unreadable samples."""
+    c = evaluate_counts(model, loader, device, amp, average)
+    n = max(c["samples"], 1)
+    return {"top1": 100.0 * c["correct1"] / n, "top5": 100.0 * c["correct5"] / n,
+            "samples": c["samples"], "unreadable": c["unreadable"]}
+
+
+def make_loaders(cfg: Dict, rank: int, world: int, seed: int, t: Optional[TrainConfig] = None):
+    t = t or TrainConfig.from_dict(cfg["train"])
     train_set, val_set = build_dataset(cfg["data"], "train"), build_dataset(cfg["data"], "val")
-    t = cfg["train"]
     sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=seed)
-    workers = int(t.get("workers", 0))
-    common = dict(num_workers=workers, collate_fn=collate_skip, pin_memory=torch.cuda.is_available())
-    train = DataLoader(train_set, batch_size=int(t["batch_size"]), sampler=sampler, drop_last=True, **common)
-    val = DataLoader(val_set, batch_size=int(t.get("eval_batch_size", t["batch_size"])), shuffle=False, **common)
+    common = dict(num_workers=t.workers, collate_fn=collate_skip, pin_memory=torch.cuda.is_available())
+    train = DataLoader(train_set, batch_size=t.batch_size, sampler=sampler, drop_last=True, **common)
+    val = DataLoader(val_set, batch_size=t.eval_batch_size or t.batch_size, sampler=ShardSampler(val_set, rank, world),
+                     **common)
+    if len(train) == 0:
+        raise ConfigError(f"train.batch_size: {t.batch_size} per process is more than the "
+                          f"{len(sampler)} training samples of a process: no full batch (batches are drop_last)")
     return train_set, val_set, sampler, train, val
 
 
-def cosine(epochs: int, warmup: int = 0):
-    def factor(epoch: int) -> float:
-        if epoch < warmup:
-            return (epoch + 1) / (warmup + 1)
-        return 0.5 * (1 + math.cos(math.pi * (epoch - warmup) / max(1, epochs - warmup)))
+def cosine(total_steps: int, warmup_steps: int = 0) -> Callable[[int], float]:
+    """Learning-rate factor of step s (from 0): linear warm-up (s + 1) / (w + 1) over
+    ``warmup_steps``, then a cosine from 1 to 0 over the rest."""
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / (warmup_steps + 1)
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup_steps) / max(1, total_steps - warmup_steps)))
     return factor
 
 
@@ -136,78 +235,140 @@ def method_phases(method) -> list:
     return [("train", [p for p in method.parameters() if p.requires_grad], None)]
 
 
-def make_phases(method, t: Dict, epochs: int) -> list:
+def make_phases(method, t: Union[TrainConfig, Dict], epochs: int, steps_per_epoch: int = 1) -> list:
     """[(name, optimizer, scheduler)]. SGD (momentum, weight decay except the method's
-    ``no_decay_parameters``) with the cosine schedule, or for options
-    {"optimizer": "adam", "lr", "betas"} Adam at a constant rate."""
+    ``no_decay_parameters``) with the cosine schedule (stepped ``steps_per_epoch`` times
+    an epoch), or for options {"optimizer": "adam", "lr", "betas"} Adam at a constant rate."""
+    if not isinstance(t, TrainConfig):
+        t = TrainConfig(**{"epochs": epochs, "batch_size": 1, **t})
     no_decay = {id(p) for p in method.no_decay_parameters()}
     out = []
     for name, params, options in method_phases(method):
         if options and options.get("optimizer") == "adam":
             betas = tuple(options.get("betas", (0.9, 0.999)))
             optimizer = torch.optim.Adam(params, lr=float(options["lr"]), betas=betas)
-            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 1.0)
+            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
         else:
             groups = [{"params": [p for p in params if id(p) not in no_decay]},
                       {"params": [p for p in params if id(p) in no_decay], "weight_decay": 0.0}]
-            optimizer = torch.optim.SGD(groups, lr=float(t["lr"]), momentum=float(t.get("momentum", 0.9)),
-                                        weight_decay=float(t.get("weight_decay", 5e-4)),
-                                        nesterov=bool(t.get("nesterov", False)))
-            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine(epochs, int(t.get("warmup_epochs", 0))))
+            optimizer = torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay,
+                                        nesterov=t.nesterov)
+            warmup = int(round(t.warmup_epochs * steps_per_epoch))
+            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine(epochs * steps_per_epoch, warmup))
         out.append((name, optimizer, scheduler))
     return out
+
+
+def check_resume_config(ckpt: Dict, cfg: Dict, path: Path) -> None:
+    """Refuse a resume whose configuration differs from the stored one, naming every
+    difference (entries in ``RESUME_MAY_DIFFER`` are allowed and logged)."""
+    diffs = config_diff(ckpt["config"], cfg)
+    harmless = [d for d in diffs if d.split(":", 1)[0].startswith(RESUME_MAY_DIFFER)]
+    serious = [d for d in diffs if d not in harmless]
+    if serious:
+        raise ConfigError(f"resume: the configuration differs from the one stored in {path} "
+                          f"(stored -> now): {'; '.join(serious)}. Restore those settings to continue the run, "
+                          f"or start a new --out")
+    for d in harmless:
+        log.info("resume: %s (allowed: does not change the results)", d)
+
+
+def check_resume_phases(ckpt: Dict, phase_names: List[str], path: Path) -> None:
+    """Refuse a resume whose phases (optimisers) differ from the stored ones."""
+    stored = [p["name"] for p in ckpt["phases"]]
+    if stored != phase_names:
+        raise ConfigError(f"resume: {path} holds the phases {stored}, this run has {phase_names}: "
+                          f"start a new --out")
+
+
+def _unreadable_error(what: str, count: int, attempted: int, share: float, examples) -> DataError:
+    shown = "; ".join(f"{p}: {e}" for p, e in examples[:3])
+    return DataError(f"data: {count} of {attempted} {what} samples were unreadable, more than "
+                     f"train.max_unreadable={share} of them; e.g. {shown}")
 
 
 def fit(cfg: Dict, out_dir, *, resume: bool = False, stop_after: Optional[int] = None,
         progress: bool = True, callback: Optional[Callable] = None) -> Dict:
     """Train ``cfg["model"]`` with ``cfg["method"]`` (and ``cfg["teacher"]``, a model.pt path).
 
-    ``stop_after``: return after that many epochs of this call (a time slice; the run
-    continues with ``resume=True``). ``callback(epoch, method, row)`` runs after each
-    epoch on every rank. Returns the summary dict (rank 0, run complete) or {}.
+    ``resume``: continue from ``<out_dir>/last.pt`` (an error if it is missing or was
+    written by a different configuration); without it, an ``out_dir`` that holds a
+    ``last.pt`` is refused rather than overwritten. ``stop_after``: return after that many
+    epochs of this call (a time slice; the run continues with ``resume=True``).
+    ``progress``: tqdm bars (on a terminal only). ``callback(epoch, method, row)`` runs
+    after each epoch on every rank. Returns the summary dict (rank 0, run complete) or {}.
     """
+    t = check_run(cfg)
     out = Path(out_dir)
+    ckpt_path = out / "last.pt"
+    if resume and not ckpt_path.is_file():
+        raise ConfigError(f"resume: no {ckpt_path} to continue from (was --out mistyped?); "
+                          f"run without --resume to start afresh")
+    if not resume and ckpt_path.is_file():
+        raise ConfigError(f"out: {out} already holds a run ({ckpt_path}): pass --resume to continue it, "
+                          f"or choose another --out")
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True) if resume else None
+    if ckpt is not None:           # the configuration first: before any data or model is built
+        check_resume_config(ckpt, cfg, ckpt_path)
     rank, world, device = distributed()
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
-    t = cfg["train"]
+    file_log = _file_handler(out / "train.log") if rank == 0 else None
+    try:
+        return _fit(cfg, t, out, ckpt, rank, world, device, stop_after, progress, callback)
+    finally:
+        if file_log is not None:
+            log.removeHandler(file_log)
+            file_log.close()
+
+
+def _file_handler(path: Path) -> logging.Handler:
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.addHandler(handler)
+    return handler
+
+
+def _fit(cfg, t: TrainConfig, out: Path, ckpt, rank, world, device, stop_after, progress, callback) -> Dict:
+    name = cfg.get("name", "run")
     seed = int(cfg.get("seed", 0))
     seed_everything(seed)
-    train_set, val_set, sampler, train_loader, val_loader = make_loaders(cfg, rank, world, seed)
+    train_set, val_set, sampler, train_loader, val_loader = make_loaders(cfg, rank, world, seed, t)
     num_classes = train_set.num_classes
-    student = build_model(cfg["model"], num_classes).to(device)
+    student = build_model(cfg["model"], num_classes, load_weights=ckpt is None).to(device)  # resumed: last.pt
     teacher = load_model(cfg["teacher"], device) if cfg.get("teacher") else None
-    probe = torch.stack([train_set[i][0] for i in range(2)]).to(device)
-    method_cfg = dict(cfg.get("method_options") or {})
-    method = build_method(cfg.get("method", "ce"), student, teacher, probe=probe, **method_cfg).to(device)
+    probe = probe_batch(train_set).to(device)
+    method = build_method(cfg.get("method", "ce"), student, teacher, probe=probe,
+                          **dict(cfg.get("method_options") or {})).to(device)
+    method.time_losses = t.time_losses
     trained = method
     if world > 1:
         trained = torch.nn.parallel.DistributedDataParallel(
             method, device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=len(method_phases(method)) > 1)   # a phase leaves the others' parameters unused
 
-    epochs = int(t["epochs"])
-    phases = make_phases(method, t, epochs)
-    amp = bool(t.get("amp", True)) and device.type == "cuda"
+    epochs, iters = t.epochs, len(train_loader)
+    phases = make_phases(method, t, epochs, iters if t.lr_step == "iteration" else 1)
+    amp = t.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
 
-    start_epoch, history = 0, []
-    ckpt_path = out / "last.pt"
-    if resume and ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
+    start_epoch, history, best = 0, [], {"top1": -1.0, "epoch": 0}
+    if ckpt is not None:
+        check_resume_phases(ckpt, [n for n, _, _ in phases], out / "last.pt")
         method.load_state_dict(ckpt["method"])
         for (_, optimizer, scheduler), state in zip(phases, ckpt["phases"]):
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(ckpt["scaler"])
         set_rng_state(ckpt["rng"])
-        start_epoch, history = ckpt["epoch"] + 1, ckpt["history"]
+        start_epoch, history, best = ckpt["epoch"] + 1, ckpt["history"], ckpt["best"]
+        log.info("%s: resumed from %s after epoch %d", name, out / "last.pt", ckpt["epoch"] + 1)
 
     writer = None
-    if rank == 0 and t.get("tensorboard"):
+    if rank == 0 and t.tensorboard:
         from torch.utils.tensorboard import SummaryWriter
         writer = SummaryWriter(str(out / "tensorboard"))
-    tqdm = _tqdm(progress and rank == 0)
+    bars = progress and rank == 0 and sys.stderr.isatty()
     end_epoch = epochs if stop_after is None else min(epochs, start_epoch + stop_after)
     for epoch in range(start_epoch, end_epoch):
         sampler.set_epoch(epoch)
@@ -216,88 +377,144 @@ def fit(cfg: Dict, out_dir, *, resume: bool = False, stop_after: Optional[int] =
         method.train()
         method.loss_seconds = 0.0
         began, row = time.perf_counter(), {"epoch": epoch + 1, "lr": phases[-1][1].param_groups[0]["lr"]}
-        for name, optimizer, scheduler in phases:       # one pass over the data per phase
+        for phase, optimizer, scheduler in phases:       # one pass over the data per phase
             if len(phases) > 1:
-                method.set_phase(name, epoch)
-            sums, seen, skipped = {}, 0, 0
-            bar = tqdm(train_loader, desc=f"{cfg.get('name', 'run')} epoch {epoch + 1}/{epochs}", leave=False)
-            for clips, labels, n_skipped in bar:
-                skipped += n_skipped
-                if clips is None:
-                    continue
-                clips, labels = clips.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-                with torch.autocast(device.type, torch.float16, enabled=amp):
-                    loss, logits, terms = trained(clips, labels)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                n = len(labels)
-                seen += n
-                terms = {"loss": loss.detach(), **terms, "acc": (logits.argmax(1) == labels).float().mean() * 100}
-                for k, v in terms.items():
-                    sums[k] = sums.get(k, 0.0) + float(v) * n
-                if hasattr(bar, "set_postfix"):
-                    bar.set_postfix(loss=f"{float(loss):.3f}")
-            prefix = "train_" if name == phases[-1][0] else f"train_{name}_"   # the last phase: plain names
-            row.update({f"{prefix}{k}": v / max(seen, 1) for k, v in sums.items()})
-            scheduler.step()
+                method.set_phase(phase, epoch)
+            label = f"{name} epoch {epoch + 1}/{epochs}" + (f" {phase}" if len(phases) > 1 else "")
+            sums, seen, bad = _train_pass(trained, method, train_loader, optimizer, scheduler, scaler, t, device,
+                                          amp, label, bars, world)
+            parts = gather(({k: float(v) for k, v in sums.items()}, seen, len(bad), [tuple(b) for b in bad[:3]]))
+            total = sum(p[1] for p in parts)
+            unreadable = sum(p[2] for p in parts)
+            examples = [e for p in parts for e in p[3]]
+            if unreadable > t.max_unreadable * (total + unreadable):
+                raise _unreadable_error("training", unreadable, total + unreadable, t.max_unreadable, examples)
+            prefix = "train_" if phase == phases[-1][0] else f"train_{phase}_"   # the last phase: plain names
+            keys = sorted({k for p in parts for k in p[0]})
+            row.update({f"{prefix}{k}": sum(p[0].get(k, 0.0) for p in parts) / max(total, 1) for k in keys})
+            if t.lr_step == "epoch":
+                scheduler.step()
         epoch_seconds = time.perf_counter() - began
-        if skipped:
-            print(f"[vkd] epoch {epoch + 1}: skipped {skipped} unreadable samples")
-        if rank == 0:
-            row.update({f"val_{k}": v for k, v in evaluate(method.student, val_loader, device, amp).items()})
-        row.update(epoch_seconds=epoch_seconds, loss_seconds=method.loss_seconds, skipped=skipped)
+        if unreadable:
+            log.warning("%s: skipped %d unreadable training samples, e.g. %s", label, unreadable,
+                        "; ".join(f"{p}: {e}" for p, e in examples[:3]))
+        if world > 1:        # the BatchNorm statistics of rank 0 (what model.pt holds) on every rank
+            for buffer in method.buffers():
+                dist.broadcast(buffer, 0)
+        val = evaluate_counts(method.student, val_loader, device, amp)
+        attempted = val["samples"] + val["unreadable"]
+        if val["unreadable"] > t.max_unreadable * attempted:
+            raise _unreadable_error("validation", val["unreadable"], attempted, t.max_unreadable, val["examples"])
+        n = max(val["samples"], 1)
+        row.update(val_top1=100.0 * val["correct1"] / n, val_top5=100.0 * val["correct5"] / n)
+        row.update(epoch_seconds=epoch_seconds, loss_seconds=method.loss_seconds if t.time_losses else None,
+                   skipped=unreadable, val_skipped=val["unreadable"])
         if getattr(method, "uncertainty", False):
-            row.update({f"s_{n}": float(v) for n, v in zip(method.term_names, method.log_variances)})
+            row.update({f"s_{term}": float(v) for term, v in zip(method.term_names, method.log_variances)})
         history.append(row)
+        improved = row["val_top1"] > best["top1"]
+        if improved:
+            best = {"top1": row["val_top1"], "epoch": epoch + 1}
         if rank == 0:
+            if improved:
+                atomic_save({**_model_blob(cfg, method, num_classes), "epoch": epoch + 1, "top1": row["val_top1"]},
+                            out / "best.pt")
             atomic_save({"method": method.state_dict(), "scaler": scaler.state_dict(), "rng": rng_state(),
                          "phases": [{"name": n, "optimizer": o.state_dict(), "scheduler": s.state_dict()}
                                     for n, o, s in phases],
-                         "epoch": epoch, "history": history, "config": cfg}, ckpt_path)
+                         "epoch": epoch, "history": history, "best": best, "config": cfg}, out / "last.pt")
             _write_csv(out / "log.csv", history)
             if writer is not None:
                 for k, v in row.items():
-                    writer.add_scalar(k, v, epoch + 1)
-            if progress:
-                print(f"[{cfg.get('name', 'run')}] epoch {epoch + 1}/{epochs} loss {row.get('train_loss', 0):.4f} "
-                      f"val top-1 {row['val_top1']:.2f} top-5 {row['val_top5']:.2f} ({epoch_seconds:.1f} s)", flush=True)
+                    if v is not None:
+                        writer.add_scalar(k, v, epoch + 1)
+            log.info("%s epoch %d/%d: loss %.4f, val top-1 %.2f top-5 %.2f (best %.2f, epoch %d), %.1f s",
+                     name, epoch + 1, epochs, row.get("train_loss", float("nan")), row["val_top1"], row["val_top5"],
+                     best["top1"], best["epoch"], epoch_seconds)
         if callback is not None:
             callback(epoch, method, row)
-        if world > 1:
-            dist.barrier()
     if writer is not None:
         writer.close()
-    if rank != 0 or len(history) < epochs:
+    if len(history) < epochs:
         return {}
-    spec = {**cfg["model"], **(method.spec_extra() if hasattr(method, "spec_extra") else {})}
-    atomic_save({"spec": spec, "num_classes": num_classes, "state_dict": method.student.state_dict()}, out / "model.pt")
-    summary = {
-        "name": cfg.get("name"), "method": cfg.get("method", "ce"), "seed": seed,
-        "top1": history[-1]["val_top1"], "top5": history[-1]["val_top5"],
-        "curve_top1": [h["val_top1"] for h in history],
-        "epoch_seconds": float(np.mean([h["epoch_seconds"] for h in history])),
-        "loss_seconds": float(np.mean([h["loss_seconds"] for h in history])),
-        "params": sum(p.numel() for p in method.student.parameters()),
-    }
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    summary = {}
+    if rank == 0:
+        atomic_save(_model_blob(cfg, method, num_classes), out / "model.pt")
+        losses = [h["loss_seconds"] for h in history if h.get("loss_seconds") is not None]
+        summary = {
+            "name": cfg.get("name"), "method": cfg.get("method", "ce"), "seed": seed,
+            "top1": history[-1]["val_top1"], "top5": history[-1]["val_top5"],
+            "best_top1": best["top1"], "best_epoch": best["epoch"],
+            "curve_top1": [h["val_top1"] for h in history],
+            "epoch_seconds": float(np.mean([h["epoch_seconds"] for h in history])),
+            "loss_seconds": float(np.mean(losses)) if losses else None,
+            "skipped": int(sum(h.get("skipped", 0) for h in history)),
+            "val_skipped": int(sum(h.get("val_skipped", 0) for h in history)),
+            "params": sum(p.numel() for p in method.student.parameters()),
+        }
+        (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    if world > 1:
+        dist.barrier()       # model.pt and summary.json exist for every rank's next step
     return summary
+
+
+def _model_blob(cfg: Dict, method, num_classes: int) -> Dict:
+    spec = {**cfg["model"], **(method.spec_extra() if hasattr(method, "spec_extra") else {})}
+    spec.pop("pretrained", None)        # the weights are in the blob
+    return {"spec": spec, "num_classes": num_classes, "state_dict": method.student.state_dict()}
+
+
+def _train_pass(trained, method, loader, optimizer, scheduler, scaler, t: TrainConfig, device, amp: bool,
+                label: str, bars: bool, world: int):
+    """One pass over ``loader``: ({term: sum over samples (a tensor)}, samples, [Unreadable])."""
+    sums: Dict[str, torch.Tensor] = {}
+    seen, bad = 0, []
+    limit = t.max_unreadable * len(loader) * loader.batch_size
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    iterator = loader
+    if bars:
+        from tqdm import tqdm
+        iterator = tqdm(loader, desc=label, leave=False)
+    began = time.perf_counter()
+    for step, (clips, labels, unreadable) in enumerate(iterator, 1):
+        bad += unreadable
+        if world == 1 and len(bad) > limit:      # the epoch's share is exceeded already (DDP: at the pass end)
+            raise _unreadable_error("training", len(bad), len(loader) * loader.batch_size, t.max_unreadable,
+                                    [tuple(b) for b in bad])
+        if clips is not None:
+            clips, labels = clips.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            with torch.autocast(device.type, torch.float16, enabled=amp):
+                loss, logits, terms = trained(clips, labels)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if t.grad_clip is not None:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(params, t.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            method.after_step()
+            n = len(labels)
+            seen += n
+            terms = {"loss": loss.detach(), **terms, "acc": (logits.detach().argmax(1) == labels).float().mean() * 100}
+            for k, v in terms.items():        # on the device: no synchronisation per step
+                sums[k] = sums.get(k, 0.0) + v.detach().double() * n
+        if t.lr_step == "iteration":
+            scheduler.step()
+        if t.log_interval and step % t.log_interval == 0 and not bars and log.isEnabledFor(logging.INFO):
+            mean = float(sums["loss"]) / max(seen, 1) if "loss" in sums else float("nan")
+            log.info("%s iter %d/%d: loss %.4f (running mean) lr %.3g, %.3f s/iter", label, step, len(loader),
+                     mean, optimizer.param_groups[0]["lr"], (time.perf_counter() - began) / step)
+        elif bars and clips is not None and step % 10 == 0:
+            iterator.set_postfix(loss=f"{float(loss):.3f}")
+    return sums, seen, bad
 
 
 def _write_csv(path: Path, history) -> None:
     """The whole history, rewritten each epoch (so a resumed run never repeats a row)."""
     tmp = path.with_name(path.name + ".tmp")
+    fields = list(dict.fromkeys(k for row in history for k in row))
     with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(history[-1]), extrasaction="ignore")
+        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(history)
     os.replace(tmp, path)
-
-
-def _tqdm(enabled: bool):
-    if enabled:
-        with contextlib.suppress(ImportError):
-            from tqdm import tqdm
-            return lambda it, **kw: tqdm(it, **kw)
-    return lambda it, **kw: it

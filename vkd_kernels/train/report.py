@@ -16,18 +16,24 @@ def mean_std(values: List[float]) -> tuple:
     return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
 
 
+def _mean_or_none(values) -> Optional[float]:
+    """The mean of the values that are not None (loss timing is opt-in), or None."""
+    values = [v for v in values if v is not None]
+    return float(np.mean(values)) if values else None
+
+
 def table(runs: Dict[str, List[Dict]], teacher: Optional[Dict] = None) -> Dict:
     """Aggregate per-seed summaries: {method: {top1_mean, top1_std, ...}}."""
     rows = {}
     if teacher:
         rows["teacher"] = {"seeds": [teacher["seed"]], "top1": [teacher["top1"]], "top5": [teacher["top5"]],
-                           "epoch_seconds": teacher["epoch_seconds"], "loss_seconds": teacher["loss_seconds"],
+                           "epoch_seconds": teacher["epoch_seconds"], "loss_seconds": teacher.get("loss_seconds"),
                            "params": teacher["params"]}
     for method, summaries in runs.items():
         rows[method] = {"seeds": [s["seed"] for s in summaries], "top1": [s["top1"] for s in summaries],
                         "top5": [s["top5"] for s in summaries],
                         "epoch_seconds": float(np.mean([s["epoch_seconds"] for s in summaries])),
-                        "loss_seconds": float(np.mean([s["loss_seconds"] for s in summaries])),
+                        "loss_seconds": _mean_or_none([s.get("loss_seconds") for s in summaries]),
                         "params": summaries[0]["params"]}
     for row in rows.values():
         row["top1_mean"], row["top1_std"] = mean_std(row["top1"])
@@ -43,7 +49,7 @@ def markdown(rows: Dict) -> str:
         delta = "" if ce is None or name in ("teacher", "ce") else f"{r['top1_mean'] - ce:+.2f}"
         lines.append(f"| {name} | {r['top1_mean']:.2f} ± {r['top1_std']:.2f} | {r['top5_mean']:.2f} ± {r['top5_std']:.2f} "
                      f"| {', '.join(f'{v:.2f}' for v in r['top1'])} | {delta} | {r['epoch_seconds']:.2f} "
-                     f"| {r['loss_seconds']:.3f} | {r['params']:,} |")
+                     f"| {'n/a' if r['loss_seconds'] is None else format(r['loss_seconds'], '.3f')} | {r['params']:,} |")
     return "\n".join(lines) + "\n"
 
 
@@ -58,6 +64,8 @@ def temporal_spectrum(model: torch.nn.Module, loader, stage: Optional[str] = Non
         for i, (clips, _, _) in enumerate(loader):
             if i == max_batches:
                 break
+            if clips is None:          # a batch of unreadable samples
+                continue
             model(clips)
             f = as_video(hooks.pop()[0], getattr(model, "num_segments", None)).float()
             a = torch.fft.rfft(f, dim=2).abs().mean(dim=(0, 1, 3, 4))

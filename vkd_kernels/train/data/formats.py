@@ -21,8 +21,8 @@ jester     ``jester-v1-{train,validation}.csv`` ``id;label``            line ord
            (``jester-v1-labels.csv``); frame folders ``<id>/00001.jpg``  the labels CSV
 =========  ===========================================================  ================
 
-Errors name the file and line. :func:`write_list` writes our list format
-(what ``vkd data`` does).
+Errors (:class:`DataError`, a ``ValueError``) name the file and line. :func:`write_list`
+writes our list format (what ``vkd data`` does).
 """
 from __future__ import annotations
 
@@ -30,11 +30,20 @@ import csv
 import json
 import os
 import re
+import typing
 from pathlib import Path
-from typing import Dict, List, NamedTuple, Optional, Tuple
+from typing import Dict, List, Literal, NamedTuple, Optional, Tuple
 
-FORMATS = ("list", "ucf101", "hmdb51", "kinetics", "ssv2", "jester")
+from ..config import ConfigError
+
+Format = Literal["list", "ucf101", "hmdb51", "kinetics", "ssv2", "jester"]   # data.format (config-checked)
+FORMATS = typing.get_args(Format)
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v")
+
+
+class DataError(ConfigError):
+    """A data source that cannot work (wrong root, missing or malformed annotations, missing
+    decoder, bad template); the message names the argument or the file and line."""
 
 
 class Annotations(NamedTuple):
@@ -48,7 +57,7 @@ def _lines(path: Path):
     try:
         text = path.read_text(encoding="utf-8-sig")
     except OSError as error:
-        raise ValueError(f"annotations: cannot read {path}: {error.strerror or error}") from None
+        raise DataError(f"annotations: cannot read {path}: {error.strerror or error}") from None
     for number, line in enumerate(text.splitlines(), 1):
         if line.strip():
             yield number, line.strip()
@@ -72,8 +81,8 @@ def read_list(path, with_num_frames: Optional[bool] = None) -> Annotations:
                 continue
         except ValueError:
             pass
-        raise ValueError(f"annotations: {path}:{number}: expected 'path num_frames label' or 'path label', "
-                         f"got {line!r}")
+        raise DataError(f"annotations: {path}:{number}: expected 'path num_frames label' or 'path label', "
+                        f"got {line!r}")
     num = max((label for *_, label in items), default=-1) + 1
     return Annotations(items, [str(i) for i in range(num)], [])
 
@@ -85,15 +94,15 @@ def read_ucf101(path, classes=None, videos: bool = True) -> Annotations:
     path = Path(path)
     class_file = Path(classes) if classes else path.parent / "classInd.txt"
     if not class_file.is_file():
-        raise ValueError(f"ucf101: no class file {class_file} (classInd.txt of ucfTrainTestlist; set `classes`)")
+        raise DataError(f"ucf101: no class file {class_file} (classInd.txt of ucfTrainTestlist; set `classes`)")
     names: Dict[int, str] = {}
     for number, line in _lines(class_file):
         parts = line.split()
         if len(parts) != 2 or not parts[0].isdigit():
-            raise ValueError(f"ucf101: {class_file}:{number}: expected 'index ClassName', got {line!r}")
+            raise DataError(f"ucf101: {class_file}:{number}: expected 'index ClassName', got {line!r}")
         names[int(parts[0])] = parts[1]
     if sorted(names) != list(range(1, len(names) + 1)):
-        raise ValueError(f"ucf101: {class_file}: class indices must be 1..{len(names)}")
+        raise DataError(f"ucf101: {class_file}: class indices must be 1..{len(names)}")
     order = [names[i] for i in range(1, len(names) + 1)]
     index = {name: i for i, name in enumerate(order)}
     items = []
@@ -103,17 +112,17 @@ def read_ucf101(path, classes=None, videos: bool = True) -> Annotations:
         folder = video.split("/")[0] if "/" in video else None
         if len(parts) == 2:
             if not parts[1].isdigit() or int(parts[1]) not in names:
-                raise ValueError(f"ucf101: {path}:{number}: class index {parts[1]!r} is not in {class_file}")
+                raise DataError(f"ucf101: {path}:{number}: class index {parts[1]!r} is not in {class_file}")
             label = int(parts[1]) - 1
             if folder is not None and folder in index and index[folder] != label:
-                raise ValueError(f"ucf101: {path}:{number}: {video} is in folder {folder} but has class "
-                                 f"{parts[1]} ({order[label]}) in {class_file}")
+                raise DataError(f"ucf101: {path}:{number}: {video} is in folder {folder} but has class "
+                                f"{parts[1]} ({order[label]}) in {class_file}")
         elif len(parts) == 1:
             if folder not in index:
-                raise ValueError(f"ucf101: {path}:{number}: the folder of {video!r} is not a class of {class_file}")
+                raise DataError(f"ucf101: {path}:{number}: the folder of {video!r} is not a class of {class_file}")
             label = index[folder]
         else:
-            raise ValueError(f"ucf101: {path}:{number}: expected 'Class/video.avi [index]', got {line!r}")
+            raise DataError(f"ucf101: {path}:{number}: expected 'Class/video.avi [index]', got {line!r}")
         items.append((_stem(video, videos), -1, label))
     return Annotations(items, order, [])
 
@@ -124,13 +133,13 @@ def read_hmdb51(path, split: int = 1, train: bool = True, videos: bool = True) -
     ``<class>/<video>.avi``; labels: the sorted class names."""
     folder = Path(path)
     if not folder.is_dir():
-        raise ValueError(f"hmdb51: annotations must be the split folder (testTrainMulti_7030_splits), got {folder}")
+        raise DataError(f"hmdb51: annotations must be the split folder (testTrainMulti_7030_splits), got {folder}")
     if split not in (1, 2, 3):
-        raise ValueError(f"hmdb51: split must be 1, 2 or 3, got {split!r}")
+        raise DataError(f"hmdb51: split must be 1, 2 or 3, got {split!r}")
     suffix = f"_test_split{split}.txt"
     files = sorted(p for p in folder.iterdir() if p.name.endswith(suffix))
     if not files:
-        raise ValueError(f"hmdb51: no *{suffix} files in {folder}")
+        raise DataError(f"hmdb51: no *{suffix} files in {folder}")
     order = [p.name[: -len(suffix)] for p in files]
     wanted = "1" if train else "2"
     items = []
@@ -138,7 +147,7 @@ def read_hmdb51(path, split: int = 1, train: bool = True, videos: bool = True) -
         for number, line in _lines(file):
             parts = line.split()
             if len(parts) != 2 or parts[1] not in ("0", "1", "2"):
-                raise ValueError(f"hmdb51: {file}:{number}: expected 'video.avi 0|1|2', got {line!r}")
+                raise DataError(f"hmdb51: {file}:{number}: expected 'video.avi 0|1|2', got {line!r}")
             if parts[1] == wanted:
                 items.append((_stem(f"{name}/{parts[0]}", videos), -1, label))
     return Annotations(items, order, [])
@@ -147,7 +156,7 @@ def read_hmdb51(path, split: int = 1, train: bool = True, videos: bool = True) -
 def _class_list(path: Path, what: str) -> List[str]:
     names = [line for _, line in _lines(path)]
     if len(set(names)) != len(names):
-        raise ValueError(f"{what}: {path}: a class name is listed twice")
+        raise DataError(f"{what}: {path}: a class name is listed twice")
     return names
 
 
@@ -172,14 +181,14 @@ def read_kinetics(path, root, classes=None, videos: bool = True) -> Annotations:
         with open(path, newline="", encoding="utf-8-sig") as f:
             rows = list(csv.reader(f))
     except OSError as error:
-        raise ValueError(f"kinetics: cannot read {path}: {error.strerror or error}") from None
+        raise DataError(f"kinetics: cannot read {path}: {error.strerror or error}") from None
     if not rows:
-        raise ValueError(f"kinetics: {path} is empty")
+        raise DataError(f"kinetics: {path} is empty")
     header = [h.strip() for h in rows[0]]
     for column in ("label", "youtube_id", "time_start", "time_end"):
         if column not in header:
-            raise ValueError(f"kinetics: {path}:1: no {column!r} column in the header {header} "
-                             "(a test CSV without labels cannot be evaluated)")
+            raise DataError(f"kinetics: {path}:1: no {column!r} column in the header {header} "
+                            "(a test CSV without labels cannot be evaluated)")
     col = {name: header.index(name) for name in header}
     parsed = []
     for number, row in enumerate(rows[1:], 2):
@@ -189,8 +198,8 @@ def read_kinetics(path, root, classes=None, videos: bool = True) -> Annotations:
             label, vid = row[col["label"]].strip(), row[col["youtube_id"]].strip()
             start, end = int(float(row[col["time_start"]])), int(float(row[col["time_end"]]))
         except (IndexError, ValueError):
-            raise ValueError(f"kinetics: {path}:{number}: expected label,youtube_id,time_start,time_end,..., "
-                             f"got {','.join(row)!r}") from None
+            raise DataError(f"kinetics: {path}:{number}: expected label,youtube_id,time_start,time_end,..., "
+                            f"got {','.join(row)!r}") from None
         parsed.append((number, label, vid, start, end))
     if classes:
         order = _class_list(Path(classes), "kinetics")
@@ -207,7 +216,7 @@ def read_kinetics(path, root, classes=None, videos: bool = True) -> Annotations:
     items, missing = [], []
     for number, label, vid, start, end in parsed:
         if label not in index:
-            raise ValueError(f"kinetics: {path}:{number}: label {label!r} is not in {classes}")
+            raise DataError(f"kinetics: {path}:{number}: label {label!r} is not in {classes}")
         name = f"{vid}_{start:06d}_{end:06d}"
         hit = found.get(name) or found.get(vid)
         if hit is None:
@@ -230,33 +239,33 @@ def read_ssv2(path, classes=None, videos: bool = True) -> Annotations:
     try:
         labels = json.loads(class_file.read_text())
     except (OSError, json.JSONDecodeError) as error:
-        raise ValueError(f"ssv2: cannot read the labels JSON {class_file}: {error} (set `classes`)") from None
+        raise DataError(f"ssv2: cannot read the labels JSON {class_file}: {error} (set `classes`)") from None
     try:
         index = {name: int(i) for name, i in labels.items()}
     except (AttributeError, ValueError):
-        raise ValueError(f"ssv2: {class_file}: expected {{\"template\": \"index\"}}") from None
+        raise DataError(f"ssv2: {class_file}: expected {{\"template\": \"index\"}}") from None
     order = [None] * len(index)
     for name, i in index.items():
         if not 0 <= i < len(order) or order[i] is not None:
-            raise ValueError(f"ssv2: {class_file}: class indices must be 0..{len(order) - 1}, each once")
+            raise DataError(f"ssv2: {class_file}: class indices must be 0..{len(order) - 1}, each once")
         order[i] = name
     try:
         entries = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as error:
-        raise ValueError(f"ssv2: cannot read {path}: {error}") from None
+        raise DataError(f"ssv2: cannot read {path}: {error}") from None
     if not isinstance(entries, list):
-        raise ValueError(f"ssv2: {path}: expected a JSON list of {{'id', 'template'}} objects")
+        raise DataError(f"ssv2: {path}: expected a JSON list of {{'id', 'template'}} objects")
     items = []
     for number, entry in enumerate(entries, 1):
         if not isinstance(entry, dict) or "id" not in entry:
-            raise ValueError(f"ssv2: {path}: entry {number}: expected an object with 'id', got {entry!r:.80}")
+            raise DataError(f"ssv2: {path}: entry {number}: expected an object with 'id', got {entry!r:.80}")
         if "template" not in entry:
-            raise ValueError(f"ssv2: {path}: entry {number} (id {entry['id']}): no 'template' "
-                             "(a test JSON without labels cannot be evaluated)")
+            raise DataError(f"ssv2: {path}: entry {number} (id {entry['id']}): no 'template' "
+                            "(a test JSON without labels cannot be evaluated)")
         name = _ssv2_label(entry["template"])
         if name not in index:
-            raise ValueError(f"ssv2: {path}: entry {number} (id {entry['id']}): template {name!r} "
-                             f"is not in {class_file}")
+            raise DataError(f"ssv2: {path}: entry {number} (id {entry['id']}): template {name!r} "
+                            f"is not in {class_file}")
         items.append((f"{entry['id']}.webm" if videos else str(entry["id"]), -1, index[name]))
     return Annotations(items, order, [])
 
@@ -267,17 +276,17 @@ def read_jester(path, classes=None, videos: bool = False) -> Annotations:
     path = Path(path)
     class_file = Path(classes) if classes else path.parent / "jester-v1-labels.csv"
     if not class_file.is_file():
-        raise ValueError(f"jester: no labels file {class_file} (jester-v1-labels.csv; set `classes`)")
+        raise DataError(f"jester: no labels file {class_file} (jester-v1-labels.csv; set `classes`)")
     order = _class_list(class_file, "jester")
     index = {name: i for i, name in enumerate(order)}
     items = []
     for number, line in _lines(path):
         parts = line.split(";")
         if len(parts) != 2:
-            raise ValueError(f"jester: {path}:{number}: expected 'id;label', got {line!r} "
-                             "(a test CSV without labels cannot be evaluated)")
+            raise DataError(f"jester: {path}:{number}: expected 'id;label', got {line!r} "
+                            "(a test CSV without labels cannot be evaluated)")
         if parts[1] not in index:
-            raise ValueError(f"jester: {path}:{number}: label {parts[1]!r} is not in {class_file}")
+            raise DataError(f"jester: {path}:{number}: label {parts[1]!r} is not in {class_file}")
         items.append((parts[0] + (".webm" if videos else ""), -1, index[parts[1]]))
     return Annotations(items, order, [])
 
@@ -286,12 +295,12 @@ def read(format: str, annotations, *, root=None, train: bool = True, split: int 
          videos: bool = True) -> Annotations:
     """The items of ``annotations`` in ``format`` (see the module docstring)."""
     if format not in FORMATS:
-        raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
+        raise DataError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
     if annotations is None:
-        raise ValueError(f"format {format}: the data config needs `annotations` (per split)")
+        raise DataError(f"format {format}: the data config needs `annotations` (per split)")
     path = Path(annotations)
     if not path.exists():
-        raise ValueError(f"{format}: annotations {path} does not exist")
+        raise DataError(f"{format}: annotations {path} does not exist")
     if format == "list":
         return read_list(path)
     if format == "ucf101":
@@ -300,7 +309,7 @@ def read(format: str, annotations, *, root=None, train: bool = True, split: int 
         return read_hmdb51(path, int(split), train, videos)
     if format == "kinetics":
         if root is None:
-            raise ValueError("kinetics: `root` (the videos folder) is needed to match the CSV to files")
+            raise DataError("kinetics: `root` (the videos folder) is needed to match the CSV to files")
         return read_kinetics(path, root, classes, videos)
     if format == "ssv2":
         return read_ssv2(path, classes, videos)
@@ -343,8 +352,8 @@ def check_paths(annotations: Annotations, what: str) -> None:
     """Our lists are whitespace separated: reject a path with a space, naming it."""
     for path, _, _ in annotations.items:
         if _WHITESPACE.search(path):
-            raise ValueError(f"{what}: path {path!r} has whitespace; our lists cannot hold it "
-                             "(rename the file or read the official format directly)")
+            raise DataError(f"{what}: path {path!r} has whitespace; our lists cannot hold it "
+                            "(rename the file or read the official format directly)")
 
 
 def add_data_parser(sub) -> None:
@@ -366,7 +375,7 @@ def add_data_parser(sub) -> None:
 def run_data(args) -> Dict:
     """``vkd data``: write the list; the missing videos (kinetics) go to ``<out>.missing.txt``."""
     if args.frames and args.root is None:
-        raise ValueError("vkd data: --frames counts the frames of each folder under --root; give --root")
+        raise DataError("vkd data: --frames counts the frames of each folder under --root; give --root")
     found = read(args.format, args.annotations, root=args.root, train=args.subset == "train", split=args.split,
                  classes=args.classes, videos=not args.frames)
     counts = write_list(found, args.out, root=args.root, frames=args.frames, suffix=args.suffix)

@@ -13,6 +13,10 @@ from .base import Method, kd_loss
 from .baselines import CE, KD, FitNet
 from .collab import Collab
 
+# every method name of the trainer (REGISTRY holds those this build of vkd_kernels can run)
+ALL_METHODS = ("ce", "kd", "at", "fitnet", "collab", "collab_spectrum", "collab_param", "collab_fixed",
+               "collab_mutual", "gkd", "gkd_repr", "gkd_gd", "gkd_ad")
+
 REGISTRY: Dict[str, tuple] = {
     "ce": (CE, {}),
     "kd": (KD, {}),
@@ -49,4 +53,4 @@ def build_method(name: str, student, teacher=None, *, probe=None, **options) -> 
     return cls(student, teacher if cls is not CE else None, **kwargs)
 
 
-__all__ = ["REGISTRY", "Method", "build_method", "kd_loss"]
+__all__ = ["ALL_METHODS", "REGISTRY", "Method", "build_method", "kd_loss"]

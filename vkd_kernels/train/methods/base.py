@@ -9,6 +9,7 @@ checkpointed, not wrapped by DDP). ``forward(clips, labels)`` returns
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Dict, List, Optional, Sequence
 
@@ -73,7 +74,7 @@ class Method(nn.Module):
             else:
                 teacher.requires_grad_(False).eval()
                 self._frozen.append(teacher)
-        self.loss_seconds = 0.0
+        self.loss_seconds, self.time_losses = 0.0, False
         if self.uses_features:
             self.s_stages = stage_names(student, student_stages)
             self.t_stages = stage_names(teacher, teacher_stages)
@@ -108,16 +109,29 @@ class Method(nn.Module):
                 t_logits = teacher(clips)
         if self.uses_features:
             fs, ft = self.video_features(self.s_hooks, self.student), self.video_features(self.t_hooks, teacher)
-        sync = torch.cuda.synchronize if logits.is_cuda else (lambda: None)
+        with self.timed(logits):
+            terms = {"ce": F.cross_entropy(logits.float(), labels)}
+            terms.update(self.terms(logits, t_logits, fs, ft, labels))
+            if self.mutual:
+                terms["ce_teacher"] = F.cross_entropy(t_logits.float(), labels)
+        return self.combine(terms), logits, {k: v.detach() for k, v in terms.items()}
+
+    @contextlib.contextmanager
+    def timed(self, like: torch.Tensor):
+        """Add the forward time of the block to ``loss_seconds`` when ``time_losses`` is on
+        (on CUDA it synchronises before and after: off by default, ``train.time_losses``)."""
+        if not self.time_losses:
+            yield
+            return
+        sync = torch.cuda.synchronize if like.is_cuda else (lambda: None)
         sync()
         start = time.perf_counter()
-        terms = {"ce": F.cross_entropy(logits.float(), labels)}
-        terms.update(self.terms(logits, t_logits, fs, ft, labels))
-        if self.mutual:
-            terms["ce_teacher"] = F.cross_entropy(t_logits.float(), labels)
+        yield
         sync()
-        self.loss_seconds += time.perf_counter() - start     # forward time of the loss terms
-        return self.combine(terms), logits, {k: v.detach() for k, v in terms.items()}
+        self.loss_seconds += time.perf_counter() - start
+
+    def after_step(self) -> None:
+        """Called by the trainer after every optimiser step (e.g. to project parameters)."""
 
     def terms(self, logits, t_logits, fs, ft, labels) -> Dict[str, torch.Tensor]:
         return {}

@@ -14,7 +14,8 @@ Only the paper's abstract is public; this is our reading (methods.md, method B):
   uncertainty weighting ``L = sum_i exp(-s_i) L_i + s_i`` over the terms, ``s_i``
   learnable (initialised 0) and excluded from weight decay, and kept inside
   ``log_var_range`` (default ``s_i >= 0``: a weight ``exp(-s_i)`` never exceeds 1) by
-  projection before each use. Unbounded (``log_var_range=None``), each ``s_i`` runs
+  projection after each optimiser step (``after_step``; ``forward`` only reads
+  the clamped value, it never writes a parameter). Unbounded (``log_var_range=None``), each ``s_i`` runs
   towards ``log L_i``, so a term the networks can drive towards 0 gets a weight ~ 1 / L_i:
   measured on synthetic-full under SGD 0.1 + momentum, the parameter term's weight
   reached ~3700 in the first epoch and then jumped to ~0, and with ``mutual=True``
@@ -80,10 +81,17 @@ class Collab(Adapted):
     def combine(self, terms: Dict[str, torch.Tensor]) -> torch.Tensor:
         if not self.uncertainty:
             return super().combine(terms)
-        with torch.no_grad():          # projected SGD: the last step may have left the range
-            self.log_vars.copy_(self.log_variances)
         s = self.log_vars
+        if self.log_var_range != (None, None):     # the value in use; forward never writes the parameter
+            s = s.clamp(*self.log_var_range)
         return sum(torch.exp(-s[i]) * terms[name] + s[i] for i, name in enumerate(self.term_names))
+
+    def after_step(self) -> None:
+        """Projected SGD: put ``log_vars`` back into ``log_var_range`` after each step (at
+        the bound clamp's gradient is 1, so a log-variance can leave the bound again)."""
+        if self.uncertainty and self.log_var_range != (None, None):
+            with torch.no_grad():
+                self.log_vars.copy_(self.log_variances)
 
     def no_decay_parameters(self):
         return [self.log_vars]

@@ -10,7 +10,8 @@ turned into video layout), then::
     logits = mean_t Linear(Dropout(mean_hw F_fg))  per-time-step logits averaged over T
 
 and the :class:`~vkd_kernels.methods.gkd.ConditionalVAE` of (F, lambda). The
-backbone's own classifier (``head``) is replaced by the GKD one. T, H, W and C are
+backbone's own classifier (``head``) is replaced by the GKD one in the GKDNet's copy of
+the backbone (the model given is not modified). T, H, W and C are
 read from one probe forward; group-norm group counts adapt to C (``group_count``).
 With ``channels`` different from the backbone's width, a 1x1x1 conv adapter maps F to
 ``channels`` first (conv + BN + ReLU, so F stays non-negative as attention_apply's
@@ -31,8 +32,8 @@ holds backbone, head and CVAE. The teacher runs under ``torch.no_grad()`` throug
 """
 from __future__ import annotations
 
+import copy
 import math
-import time
 from typing import Dict, Optional
 
 import torch
@@ -52,7 +53,8 @@ class GKDNet(nn.Module):
     """A backbone with the GKD attention head, classifier and CVAE on stage ``stage``.
 
     Args:
-        backbone: a trainer model (its ``head`` is replaced by the GKD classifier).
+        backbone: a trainer model; the GKDNet holds a copy of it whose ``head`` is replaced
+            by the GKD classifier (the model passed in is left as it is).
         num_classes: classifier outputs. in_channels, time_steps, spatial_size: the shape
             (C, T, (H, W)) of the stage's output. channels: width of head and CVAE
             (default in_channels; otherwise a 1x1x1 adapter maps to it).
@@ -68,9 +70,10 @@ class GKDNet(nn.Module):
         self.options = dict(stage=stage, in_channels=in_channels, time_steps=time_steps, spatial_size=[H, W],
                             channels=channels, gn_groups=gn_groups, dropout=dropout, fused=fused,
                             per_sample=per_sample)
-        self.backbone, self.stage, self.per_sample = backbone, stage, per_sample
+        backbone = copy.deepcopy(backbone)     # the caller's model keeps its head
         if hasattr(backbone, "head"):
             backbone.head = nn.Identity()
+        self.backbone, self.stage, self.per_sample = backbone, stage, per_sample
         self.num_segments = getattr(backbone, "num_segments", None)
         self.feature_names = tuple(f"backbone.{n}" for n in getattr(backbone, "feature_names", (stage,)))
         self._hooks = FeatureHooks(backbone, [stage])
@@ -137,6 +140,9 @@ class GKD(Method):
                  fused: bool = True, per_sample: bool = True, **kwargs):
         if probe is None:
             raise ValueError("probe: a sample input batch is needed to read the feature shape")
+        if isinstance(rec_ramp, bool) or not isinstance(rec_ramp, int) or rec_ramp < 0:
+            raise ValueError(f"rec_ramp: the epochs over which L_rec ramps up, an integer >= 0 "
+                             f"(0: full weight from the first epoch), got {rec_ramp!r}")
         if kwargs.get("weights"):
             raise ValueError("weights: GKD's term weights are the options beta, gd_weight and rec_weight")
         if teacher is not None and self.uses_teacher and not isinstance(teacher, GKDNet):
@@ -192,9 +198,9 @@ class GKD(Method):
         if self.ad and self.phase == "net":
             with torch.no_grad():
                 lam_t = teacher.features(clips)[1]
-        start = time.perf_counter()
-        terms = self.cvae_terms(fs, lam_s) if self.phase == "cvae" else self.net_terms(logits, labels, fs, lam_s, lam_t)
-        self.loss_seconds += time.perf_counter() - start
+        with self.timed(logits):
+            terms = (self.cvae_terms(fs, lam_s) if self.phase == "cvae"
+                     else self.net_terms(logits, labels, fs, lam_s, lam_t))
         return self.combine(terms), logits, {k: v.detach() for k, v in terms.items()}
 
     def cvae_terms(self, fs, lam_s) -> Dict[str, torch.Tensor]:
@@ -220,9 +226,10 @@ class GKD(Method):
         return terms
 
     def coefficients(self) -> Dict[str, float]:
-        """The weight of each term (rec ramps up over the first rec_ramp epochs, epoch counted from 0)."""
+        """The weight of each term (rec ramps up over the first rec_ramp epochs, epoch counted from 0;
+        rec_ramp 0: rec_weight from the start)."""
         return {"cvae": 1.0, "gd": self.gd_weight, "ce": 1.0, "ad": self.beta,
-                "rec": self.rec_weight * min(self.epoch, self.rec_ramp) / self.rec_ramp}
+                "rec": self.rec_weight * (min(self.epoch, self.rec_ramp) / self.rec_ramp if self.rec_ramp else 1.0)}
 
     def combine(self, terms: Dict[str, torch.Tensor]) -> torch.Tensor:
         weights = self.coefficients()

