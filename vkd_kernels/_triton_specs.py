@@ -16,6 +16,20 @@ TRITON_TYPES = {torch.float32: "fp32", torch.float64: "fp64", torch.float16: "fp
 DOT_PRECISION = {torch.float32: "tf32x3", torch.float64: "ieee", torch.float16: "tf32", torch.bfloat16: "tf32"}
 
 
+# CUDA's grid limits: x < 2**31, y and z <= 65535. Launchers put every size-dependent
+# count on x and check it (a clear error rather than a failed launch).
+GRID_LIMITS = (2**31 - 1, 65535, 65535)
+
+
+def check_grid(grid: tuple) -> tuple:
+    """``grid``, or a ValueError if a dimension exceeds GRID_LIMITS."""
+    for axis, (size, limit) in enumerate(zip(grid, GRID_LIMITS)):
+        if size > limit:
+            raise ValueError(f"the Triton launch needs {size} programs on grid axis {'xyz'[axis]}, more than "
+                             f"CUDA's {limit}: the problem is too large for one launch")
+    return grid
+
+
 def aot_signature(kernel, pointers: dict, int_type: str, float_args: Iterable[str] = ()) -> dict:
     """Triton signature of a launch of ``kernel``: constexpr parameters as "constexpr",
     ``pointers`` (name -> "*fp32" ...) as given, the scalars named in ``float_args`` as
