@@ -11,9 +11,10 @@ Two kernel shapes: ``pixel`` (P = 1: each program takes BLOCK_L lines) and
 over it in BLOCK_L tiles). Dot precision: tf32x3 for float32 (float32 accuracy on
 tensor cores), tf32 for float16/bfloat16 (exact for their mantissas), ieee for float64.
 
-``launch_plan`` is the single place that maps a call to kernels and constexprs; the
-ahead-of-time compile test enumerates it, so every launchable config is compiled
-for sm_80 and sm_90 in the test suite.
+``launch_constexprs`` is the single place configs are chosen; ``launch_configs``
+enumerates every config the launchers can produce, and the launch-capture test
+(python_tests/test_triton_aot.py) checks that the launches it captures from the ops
+cover them, then compiles each captured launch for sm_80 and sm_90.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ import triton
 import triton.language as tl
 
 from .._checks import new_output
-from .._triton_specs import DOT_PRECISION, TRITON_TYPES, aot_signature, check_grid
+from .._triton_specs import DOT_PRECISION, TRITON_TYPES, check_grid
 from .layout import MAX_FUSED_T, SpectrumProblem, accumulation_dtype, view_strides
 
 
@@ -331,34 +332,16 @@ def backward(pr: SpectrumProblem, xs: torch.Tensor, xt: torch.Tensor, w: torch.T
                         **c, **_launch_options(pr.T))
 
 
-def aot_specs(int_type: str = "i32") -> Iterator[tuple]:
-    """(kernel, signature, constexprs, options) for every config launch_constexprs can
-    produce, with every constexpr branch (STORE_D both ways; NEED_S and NEED_T on, a
-    superset of the code of the other combinations)."""
-    seen = set()
+def launch_configs() -> Iterator[tuple]:
+    """(kernel, constexprs, launch options) of every config the launchers can produce:
+    each T of 2..MAX_FUSED_T, each dtype, STORE_D both ways, each NEED_S / NEED_T pair a
+    backward can need. The launch-capture test checks its captured launches cover them."""
     for T in range(2, MAX_FUSED_T + 1):
-        for dtype, ty in TRITON_TYPES.items():
-            c = launch_constexprs(T, dtype)
-            key = (tuple(sorted(c.items())), tuple(sorted(_launch_options(T).items())))
-            if key in seen:
-                continue
-            seen.add(key)
-            acc = "fp64" if dtype == torch.float64 else "fp32"
+        for dtype in TRITON_TYPES:
+            c, options = launch_constexprs(T, dtype), _launch_options(T)
             for kernel in (_pixel_forward, _group_forward):
                 for store_d in (False, True):
-                    pointers = {"xs_ptr": f"*{ty}", "xt_ptr": f"*{ty}", "w_ptr": "*fp32",
-                                "out_ptr": f"*{ty}" if store_d else f"*{acc}"}
-                    yield kernel, _signature(kernel, pointers, int_type), dict(c, STORE_D=store_d), \
-                        _launch_options(T)
+                    yield kernel, dict(c, STORE_D=store_d), options
             for kernel in (_pixel_backward, _group_backward):
-                pointers = {"xs_ptr": f"*{ty}", "xt_ptr": f"*{ty}", "w_ptr": "*fp32", "g_ptr": f"*{ty}",
-                            "dxs_ptr": f"*{ty}", "dxt_ptr": f"*{ty}"}
-                yield kernel, _signature(kernel, pointers, int_type), dict(c, NEED_S=True, NEED_T=True), \
-                    _launch_options(T)
-
-
-_FLOAT_ARGS = ("scale", "eps", "grad_scale")  # mode is an int
-
-
-def _signature(kernel, pointers: dict, int_type: str) -> dict:
-    return aot_signature(kernel, pointers, int_type, _FLOAT_ARGS)
+                for need_s, need_t in ((True, False), (False, True), (True, True)):
+                    yield kernel, dict(c, NEED_S=need_s, NEED_T=need_t), options

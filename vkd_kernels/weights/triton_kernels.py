@@ -23,7 +23,7 @@ import triton
 import triton.language as tl
 
 from .._checks import new_output
-from .._triton_specs import DOT_PRECISION, TRITON_TYPES, aot_signature, check_grid
+from .._triton_specs import DOT_PRECISION, TRITON_TYPES, check_grid
 from .layout import GROUP_FIELDS, MAX_P, TENSOR_FIELDS, Layout, tables
 
 
@@ -144,22 +144,15 @@ def gram_backward(layout: Layout, weights: Sequence[torch.Tensor], grads: Sequen
         tensors, groups, weights[0], M.contiguous(), layout.splits, nb, **c, num_warps=4)
 
 
-def aot_specs(int_type: str = "i32") -> Iterator[tuple]:
-    """(kernel, signature, constexprs, options) for every config launch_constexprs can produce."""
-    seen = set()
+def launch_configs() -> Iterator[tuple]:
+    """(kernel, constexprs, launch options) of every config the launchers can produce
+    (each largest kernel size Pmax of 2..MAX_P, each dtype); the launch-capture test
+    checks its captured launches cover them."""
     for Pmax in range(2, MAX_P + 1):
-        for dtype, ty in TRITON_TYPES.items():
+        for dtype in TRITON_TYPES:
             c = launch_constexprs(Pmax, dtype)
-            key = tuple(sorted(c.items()))
-            if key in seen:
-                continue
-            seen.add(key)
-            acc = "*fp64" if dtype == torch.float64 else "*fp32"
-            tables_ = {"tensors_ptr": "*i64", "groups_ptr": "*i64", "carrier_ptr": f"*{ty}"}
-            yield _gram_kernel, aot_signature(_gram_kernel, dict(tables_, partials_ptr=acc), int_type), c, \
-                dict(num_warps=4)
-            yield _gram_backward_kernel, aot_signature(_gram_backward_kernel, dict(tables_, m_ptr=acc), int_type), c, \
-                dict(num_warps=4)
+            yield _gram_kernel, c, dict(num_warps=4)
+            yield _gram_backward_kernel, c, dict(num_warps=4)
 
 
 assert (TENSOR_FIELDS, GROUP_FIELDS) == (4, 5), "the kernels index the tables with these row lengths"
