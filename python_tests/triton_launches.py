@@ -213,6 +213,13 @@ def weight_spectra():
     student = [torch.randn(128, 64, 3, 3, requires_grad=True)]  # 8192 rows: 2 splits
     weight_spectrum_distance(student, [torch.randn(128, 64, 3, 3, requires_grad=True)],
                              transform="fft", backend="triton").backward()
+    # more groups than grid axis y allows, through the launchers (the op's per-group Python is slow)
+    from vkd_kernels.weights import triton_kernels
+    from vkd_kernels.weights.layout import layout_of
+    weights = list(torch.randn(70000, 1, 1, 3, 3).unbind(0))
+    layout = layout_of(weights, list(range(len(weights))), len(weights))
+    triton_kernels.gram(layout, weights, torch.float32)
+    triton_kernels.gram_backward(layout, weights, weights, torch.empty(layout.flat_size))
 
 
 SCENARIOS = {f.__name__: f for f in (spectrum_configs, spectrum_layouts, attention_maps, attention_heads,
