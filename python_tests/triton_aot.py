@@ -1,10 +1,14 @@
-"""Ahead-of-time compilation of Triton kernels for real GPUs, without a GPU.
+"""Ahead-of-time compilation, for real GPUs and without one, of the Triton launches the
+ops really make.
 
-The interpreter (TRITON_INTERPRET=1) accepts code that no GPU compiles (tl.dot with a
-dim < 16, non-power-of-two blocks, dtype mismatches...), so every op's Triton module
-exposes ``aot_specs()`` yielding (kernel, signature, constexprs, launch options) for
-every config its launcher can produce, and this harness compiles each one for every
-target architecture. Reusable by every op: see test_triton_aot.py.
+The interpreter (TRITON_INTERPRET=1) accepts code no GPU compiles (tl.dot with a dim
+< 16, non-power-of-two blocks, dtype mismatches...) and runs kernels with arguments a
+GPU launch would type and specialise differently (Python floats stay doubles, no
+stride-1 constants). So the launches are captured from the public ops in a spawned
+process without the interpreter (triton_launches.py: the JIT's own binder and
+specialisation for the CUDA backend), deduplicated, and each distinct one is compiled
+for every target architecture, in parallel worker processes. Reusable by every op: add
+its calls to triton_launches.SCENARIOS.
 """
 from __future__ import annotations
 
@@ -13,35 +17,61 @@ import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
 
+from triton_launches import Launch
+
 ARCHS = (80, 90)
 
 
-def _compile_one(job) -> str | None:
-    """Compile spec number ``index`` of ``module`` for ``arch``; the error text or None."""
-    module_name, index, arch, int_type = job
+def _worker_init() -> None:
+    # before any import of the kernels: they must be JITFunctions, not interpreted ones
     os.environ.pop("TRITON_INTERPRET", None)
+
+
+def _pool(workers: int) -> ProcessPoolExecutor:
+    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_worker_init)
+
+
+def _capture(names):
+    import triton_launches
+    return triton_launches.capture(names)
+
+
+def capture_calls(names=None) -> list:
+    """The triton_launches.Call list of the scenarios (all, or ``names``), captured in a
+    fresh process."""
+    with _pool(1) as pool:
+        return pool.submit(_capture, names).result()
+
+
+def with_int64(launch: Launch) -> Launch:
+    """``launch`` with its 32-bit integer arguments 64-bit: what the JIT types a size or
+    stride of 2**31 or more (the int type changes nothing else)."""
+    return Launch(launch.module, launch.kernel, tuple((n, "i64" if t == "i32" else t) for n, t in launch.signature),
+                  launch.constexprs, launch.attrs, launch.options)
+
+
+def _compile_one(job) -> str | None:
+    """Compile ``launch`` for sm_``arch``: the error text, or None."""
+    launch, arch = job
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    kernel, signature, constexprs, options = list(importlib.import_module(module_name).aot_specs(int_type))[index]
+    kernel = getattr(importlib.import_module(launch.module), launch.kernel)
+    attrs = {(kernel.arg_names.index(name),): [list(a) for a in value] for name, value in launch.attrs}
     try:
-        triton.compile(ASTSource(kernel, signature, constexprs), target=GPUTarget("cuda", arch, 32),
-                       options={key: value for key, value in options.items() if key == "num_warps"})
-    except Exception as error:  # noqa: BLE001 - reported with the spec below
-        return f"{kernel.__name__} sm_{arch} {int_type} {constexprs}: {type(error).__name__}: {error}"[:2000]
+        triton.compile(ASTSource(kernel, dict(launch.signature), dict(launch.constexprs), attrs),
+                       target=GPUTarget("cuda", arch, 32), options=dict(launch.options))
+    except Exception as error:  # noqa: BLE001 - reported with the launch below
+        return f"{launch.kernel} sm_{arch} {launch}: {type(error).__name__}: {error}"[:3000]
     return None
 
 
-def compile_module(module_name: str, workers: int | None = None) -> list[str]:
-    """Compile every spec of ``module_name`` for every arch with 32-bit integer
-    arguments, and the first spec of each kernel with 64-bit ones (what a launch on a
-    tensor past 2**31 elements compiles; the int type changes nothing else); the list
-    of failures."""
-    specs = list(importlib.import_module(module_name).aot_specs())
-    first_of_kernel = {spec[0]: index for index, spec in reversed(list(enumerate(specs)))}
-    jobs = [(module_name, index, arch, "i32") for index in range(len(specs)) for arch in ARCHS]
-    jobs += [(module_name, index, arch, "i64") for index in first_of_kernel.values() for arch in ARCHS]
-    # spawn: fresh workers import the kernels as real JIT functions, not interpreted ones
-    with ProcessPoolExecutor(max_workers=workers or os.cpu_count(), mp_context=multiprocessing.get_context("spawn")) as pool:
-        return [error for error in pool.map(_compile_one, jobs, chunksize=8) if error]
+def compile_launches(launches, workers: int | None = None) -> list[str]:
+    """Compile every launch for every arch in ARCHS; the list of failures."""
+    jobs = [(launch, arch) for launch in sorted(set(launches), key=repr) for arch in ARCHS]
+    if not jobs:
+        return []
+    with _pool(min(workers or os.cpu_count() or 1, len(jobs))) as pool:
+        return [error for error in pool.map(_compile_one, jobs) if error]

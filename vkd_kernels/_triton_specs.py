@@ -1,10 +1,6 @@
-"""What every op's Triton module shares: dtype names and dot precisions of a launch, and
-the signature its ``aot_specs()`` hands to the ahead-of-time compile harness
-(python_tests/triton_aot.py). Imports neither Triton nor the kernels."""
+"""What every op's Triton module shares: the dtypes and dot precisions of a launch and
+CUDA's grid limits. Imports neither Triton nor the kernels."""
 from __future__ import annotations
-
-import inspect
-from typing import Iterable
 
 import torch
 
@@ -16,18 +12,15 @@ TRITON_TYPES = {torch.float32: "fp32", torch.float64: "fp64", torch.float16: "fp
 DOT_PRECISION = {torch.float32: "tf32x3", torch.float64: "ieee", torch.float16: "tf32", torch.bfloat16: "tf32"}
 
 
-def aot_signature(kernel, pointers: dict, int_type: str, float_args: Iterable[str] = ()) -> dict:
-    """Triton signature of a launch of ``kernel``: constexpr parameters as "constexpr",
-    ``pointers`` (name -> "*fp32" ...) as given, the scalars named in ``float_args`` as
-    fp32 (Python floats), every other scalar as ``int_type`` ("i32" or "i64")."""
-    fn = getattr(kernel, "fn", kernel)  # the Python function, also under TRITON_INTERPRET=1
-    float_args = set(float_args)
-    signature = {}
-    for name, param in inspect.signature(fn).parameters.items():
-        if "constexpr" in str(param.annotation):
-            signature[name] = "constexpr"
-        elif name in pointers:
-            signature[name] = pointers[name]
-        else:
-            signature[name] = "fp32" if name in float_args else int_type
-    return signature
+# CUDA's grid limits: x < 2**31, y and z <= 65535. Launchers put every size-dependent
+# count on x and check it (a clear error rather than a failed launch).
+GRID_LIMITS = (2**31 - 1, 65535, 65535)
+
+
+def check_grid(grid: tuple) -> tuple:
+    """``grid``, or a ValueError if a dimension exceeds GRID_LIMITS."""
+    for axis, (size, limit) in enumerate(zip(grid, GRID_LIMITS)):
+        if size > limit:
+            raise ValueError(f"the Triton launch needs {size} programs on grid axis {'xyz'[axis]}, more than "
+                             f"CUDA's {limit}: the problem is too large for one launch")
+    return grid

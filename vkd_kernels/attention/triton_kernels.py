@@ -5,7 +5,7 @@ and loops over the channels in [BLOCK_C, BLOCK_P] tiles: the forward sums |x|^q 
 C (one read of x), the backward writes dx = q |x|^(q-1) sign(x) dL/da / C (one read,
 one write). POWER selects the exponent case: 0 q = 2, 1 q = 1, 2 any q > 0 (via
 exp2/log2). No tl.dot, so any power-of-two block compiles; ``launch_constexprs`` is
-the one place configs are chosen and ``aot_specs`` enumerates all of them.
+the one place configs are chosen and ``launch_configs`` enumerates all of them.
 """
 from __future__ import annotations
 
@@ -15,9 +15,28 @@ import torch
 import triton
 import triton.language as tl
 
-from .._triton_specs import TRITON_TYPES, aot_signature
+from .._triton_specs import TRITON_TYPES, check_grid
 
 POWERS = {2.0: 0, 1.0: 1}  # exponent -> POWER; anything else -> 2
+
+
+@triton.jit
+def _scalar(value, IS_FP64: tl.constexpr):
+    """A float argument in the accumulation dtype. Float arguments are annotated fp64: the
+    JIT would type a Python float fp32, rounding a float64 launch's q, M and eps at ~1e-8,
+    so they arrive as doubles and are cast once here (exact for a float64 launch; for a
+    float32 one the same rounding as an fp32 argument). tl.full also takes the Python
+    float the interpreter passes, without a float32 detour."""
+    return tl.full((), value, tl.float64 if IS_FP64 else tl.float32)
+
+
+@triton.jit
+def _map_block(P, BLOCK_P: tl.constexpr):
+    """(sample n, positions p [BLOCK_P]) of this program: the grid is one axis of
+    N * cdiv(P, BLOCK_P) programs (N on grid axis y would stop at 65535 samples)."""
+    pid = tl.program_id(0).to(tl.int64)
+    blocks = tl.cdiv(P, BLOCK_P)
+    return pid // blocks, pid % blocks * BLOCK_P + tl.arange(0, BLOCK_P)
 
 
 @triton.jit
@@ -52,13 +71,13 @@ def _map_forward(
     x_ptr,                     # feature (N, C, P) strided
     a_ptr,                     # map (N, P) strided, accumulation dtype
     N, C, P,                   # sizes
-    q,                         # exponent (POWER == 2 only)
+    q: tl.float64,             # exponent (POWER == 2 only)
     x_sn, x_sc, x_sp,          # feature strides
     a_sn, a_sp,                # map strides
     POWER: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, IS_FP64: tl.constexpr,
 ):
-    n = tl.program_id(1).to(tl.int64)
-    p = tl.program_id(0).to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
+    n, p = _map_block(P, BLOCK_P)
+    q = _scalar(q, IS_FP64)
     acc = tl.zeros((BLOCK_P,), tl.float64 if IS_FP64 else tl.float32)
     for c0 in range(0, C, BLOCK_C):
         c = c0 + tl.arange(0, BLOCK_C)
@@ -74,14 +93,14 @@ def _map_backward(
     x_ptr,                     # feature (N, C, P) strided
     g_ptr,                     # dL/da (N, P) strided, accumulation dtype
     dx_ptr,                    # gradient (N, C, P) strided
-    N, C, P, q,
+    N, C, P, q: tl.float64,
     x_sn, x_sc, x_sp,
     g_sn, g_sp,
     dx_sn, dx_sc, dx_sp,
     POWER: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, IS_FP64: tl.constexpr,
 ):
-    n = tl.program_id(1).to(tl.int64)
-    p = tl.program_id(0).to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
+    n, p = _map_block(P, BLOCK_P)
+    q = _scalar(q, IS_FP64)
     g = tl.load(g_ptr + n * g_sn + p * g_sp, mask=p < P, other=0.0) / C
     for c0 in range(0, C, BLOCK_C):
         c = c0 + tl.arange(0, BLOCK_C)
@@ -119,7 +138,7 @@ def _head_norm_forward(
     h_ptr,                     # H (N, J, C) output
     stats_ptr,                 # (N, G, 2) output: mean, rstd (accumulation dtype)
     N, J, C, G,                # sizes
-    M, eps,                    # elements per group of the upsampled tensor (Cg L), GroupNorm eps
+    M: tl.float64, eps: tl.float64,  # elements per group of the upsampled tensor (Cg L), GroupNorm eps
     HAS_GAMMA: tl.constexpr, HAS_BETA: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_C: tl.constexpr,
     IS_FP64: tl.constexpr,
 ):
@@ -128,6 +147,7 @@ def _head_norm_forward(
     c0 = (pid % G) * Cg
     base = (pid // G).to(tl.int64) * J * C + c0
     dtype = tl.float64 if IS_FP64 else tl.float32
+    M, eps = _scalar(M, IS_FP64), _scalar(eps, IS_FP64)
     total = tl.zeros((BLOCK_J, BLOCK_C), dtype)
     for j0 in range(0, J, BLOCK_J):
         j = j0 + tl.arange(0, BLOCK_J)
@@ -154,8 +174,8 @@ def _head_norm_forward(
             h = tl.maximum((z - mean) * rstd * gamma[None, :] + beta[None, :], 0.0)
             tl.store(h_ptr + base + k0 + j[:, None].to(tl.int64) * C + c[None, :], h.to(h_ptr.dtype.element_ty),
                      mask=mask)
-    tl.store(stats_ptr + 2 * pid, mean)
-    tl.store(stats_ptr + 2 * pid + 1, rstd)
+    tl.store(stats_ptr + 2 * pid.to(tl.int64), mean)
+    tl.store(stats_ptr + 2 * pid.to(tl.int64) + 1, rstd)
 
 
 @triton.jit
@@ -165,7 +185,7 @@ def _head_norm_backward(
     dh_ptr,                    # dL/dH (N, J, C) contiguous
     dz_ptr,                    # dL/dZ (N, J, C) output
     dgamma_ptr, dbeta_ptr,     # (N, C) outputs: per-sample partial sums (unused unless HAS_GAMMA / HAS_BETA)
-    N, J, C, G, M,
+    N, J, C, G, M: tl.float64,
     HAS_GAMMA: tl.constexpr, HAS_BETA: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_C: tl.constexpr,
     IS_FP64: tl.constexpr,
 ):
@@ -175,8 +195,9 @@ def _head_norm_backward(
     n = (pid // G).to(tl.int64)
     base = n * J * C + c0
     dtype = tl.float64 if IS_FP64 else tl.float32
-    mean = tl.load(stats_ptr + 2 * pid)
-    rstd = tl.load(stats_ptr + 2 * pid + 1)
+    M = _scalar(M, IS_FP64)
+    mean = tl.load(stats_ptr + 2 * pid.to(tl.int64))
+    rstd = tl.load(stats_ptr + 2 * pid.to(tl.int64) + 1)
     s1 = tl.zeros((BLOCK_C,), dtype)
     s2 = tl.zeros((BLOCK_C,), dtype)
     for k0 in range(0, Cg, BLOCK_C):
@@ -217,8 +238,10 @@ def _head_norm_backward(
 
 @triton.jit
 def _row_offsets(r, C, T, sn, sc, st):
-    """Offsets of element (row r, 0) of a (N, C, T, S) tensor, rows r = (n, c, t) flattened."""
-    return r // (C * T) * sn + r // T % C * sc + r % T * st
+    """Offsets of element (row r, 0) of a (N, C, T, S) tensor, rows r = (n, c, t) flattened
+    (r int64; no C * T product, an int32 one past 2**31)."""
+    nc = r // T
+    return nc // C * sn + nc % C * sc + r % T * st
 
 
 @triton.jit
@@ -254,8 +277,12 @@ def _apply_affine(
     o_sn, o_sc, o_st, o_ss,
     HAS_B: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_S: tl.constexpr, IS_FP64: tl.constexpr,
 ):
-    r = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
-    s = tl.program_id(1).to(tl.int64) * BLOCK_S + tl.arange(0, BLOCK_S)
+    # one grid axis of cdiv(R, BLOCK_R) * cdiv(S, BLOCK_S) programs, S blocks fastest (S
+    # blocks on grid axis y would stop at 65535 * BLOCK_S elements per row)
+    pid = tl.program_id(0).to(tl.int64)
+    s_blocks = tl.cdiv(S, BLOCK_S)
+    r = pid // s_blocks * BLOCK_R + tl.arange(0, BLOCK_R)
+    s = pid % s_blocks * BLOCK_S + tl.arange(0, BLOCK_S)
     mask = (r[:, None] < R) & (s[None, :] < S)
     a = tl.load(a_ptr + r, mask=r < R, other=0.0)
     x = tl.load(x_ptr + _row_offsets(r, C, T, x_sn, x_sc, x_st)[:, None] + s[None, :] * x_ss, mask=mask, other=0.0)
@@ -277,7 +304,7 @@ def launch_constexprs(q: float, dtype: torch.dtype) -> dict:
 
 def _grid(x: torch.Tensor, c: dict) -> tuple:
     N, _, P = x.shape
-    return (triton.cdiv(P, c["BLOCK_P"]), N)
+    return check_grid((N * triton.cdiv(P, c["BLOCK_P"]),))
 
 
 def forward(x: torch.Tensor, p: float, a: torch.Tensor) -> None:
@@ -301,18 +328,20 @@ def head_constexprs(dtype: torch.dtype) -> dict:
 def head_norm_forward(Z, w, gamma, beta, groups: int, M: float, eps: float, H, stats) -> None:
     """Weighted GroupNorm + ReLU of the head's compact tail: writes H (N, J, C) and stats (N, G, 2)."""
     N, J, C = Z.shape
-    _head_norm_forward[(N * groups,)](Z, w, Z if gamma is None else gamma, Z if beta is None else beta, H, stats,
-                                      N, J, C, groups, M, eps, HAS_GAMMA=gamma is not None,
-                                      HAS_BETA=beta is not None, **head_constexprs(Z.dtype), num_warps=4)
+    grid = check_grid((N * groups,))
+    _head_norm_forward[grid](Z, w, Z if gamma is None else gamma, Z if beta is None else beta, H, stats,
+                             N, J, C, groups, M, eps, HAS_GAMMA=gamma is not None,
+                             HAS_BETA=beta is not None, **head_constexprs(Z.dtype), num_warps=4)
 
 
 def head_norm_backward(Z, w, gamma, beta, stats, dH, groups: int, M: float, dZ, dgamma, dbeta) -> None:
     """Writes dZ (N, J, C) and the per-sample partial sums dgamma, dbeta (N, C) where given."""
     N, J, C = Z.shape
-    _head_norm_backward[(N * groups,)](Z, w, Z if gamma is None else gamma, Z if beta is None else beta, stats, dH,
-                                       dZ, Z if dgamma is None else dgamma, Z if dbeta is None else dbeta,
-                                       N, J, C, groups, M, HAS_GAMMA=gamma is not None, HAS_BETA=beta is not None,
-                                       **head_constexprs(Z.dtype), num_warps=4)
+    grid = check_grid((N * groups,))
+    _head_norm_backward[grid](Z, w, Z if gamma is None else gamma, Z if beta is None else beta, stats, dH,
+                              dZ, Z if dgamma is None else dgamma, Z if dbeta is None else dbeta,
+                              N, J, C, groups, M, HAS_GAMMA=gamma is not None, HAS_BETA=beta is not None,
+                              **head_constexprs(Z.dtype), num_warps=4)
 
 
 def apply_constexprs(dtype: torch.dtype) -> dict:
@@ -326,45 +355,33 @@ def apply_reduce(x: torch.Tensor, y, rows: torch.Tensor) -> None:
     c = apply_constexprs(x.dtype)
     has_y = y is not None
     y = y if has_y else x
-    _apply_reduce[(triton.cdiv(N * C * T, c["BLOCK_R"]),)](x, y, rows, C, T, S, N * C * T, *x.stride(), *y.stride(),
-                                                          HAS_Y=has_y, **c, num_warps=4)
+    grid = check_grid((triton.cdiv(N * C * T, c["BLOCK_R"]),))
+    _apply_reduce[grid](x, y, rows, C, T, S, N * C * T, *x.stride(), *y.stride(), HAS_Y=has_y, **c, num_warps=4)
 
 
 def apply_affine(x: torch.Tensor, a: torch.Tensor, b, out: torch.Tensor) -> None:
     """Writes out = x a[row] + b[row] (b None: 0) for x, out (N, C, T, S) strided."""
     N, C, T, S = x.shape
     c = apply_constexprs(x.dtype)
-    grid = (triton.cdiv(N * C * T, c["BLOCK_R"]), triton.cdiv(S, c["BLOCK_S"]))
+    grid = check_grid((triton.cdiv(N * C * T, c["BLOCK_R"]) * triton.cdiv(S, c["BLOCK_S"]),))
     _apply_affine[grid](x, a, a if b is None else b, out, C, T, S, N * C * T, *x.stride(), *out.stride(),
                         HAS_B=b is not None, **c, num_warps=4)
 
 
-def aot_specs(int_type: str = "i32") -> Iterator[tuple]:
-    """(kernel, signature, constexprs, options) for every config launch_constexprs can produce."""
-    for dtype, ty in TRITON_TYPES.items():
-        acc = "fp64" if dtype == torch.float64 else "fp32"
-        # the head kernels with gamma and beta present (a superset of the code without)
-        c = dict(head_constexprs(dtype), HAS_GAMMA=True, HAS_BETA=True)
-        tensors = {name: f"*{ty}" for name in ("z_ptr", "w_ptr", "gamma_ptr", "beta_ptr", "h_ptr", "dh_ptr",
-                                                "dz_ptr", "dgamma_ptr", "dbeta_ptr")}
-        tensors["stats_ptr"] = f"*{acc}"
-        # the row kernels, with and without y / b (forward and backward)
-        apply_pointers = {"x_ptr": f"*{ty}", "y_ptr": f"*{ty}", "out_ptr": f"*{ty}", "rows_ptr": f"*{acc}",
-                          "a_ptr": f"*{acc}", "b_ptr": f"*{acc}"}
-        for present in (True, False):
-            yield _apply_reduce, _signature(_apply_reduce, apply_pointers, int_type), \
-                dict(apply_constexprs(dtype), HAS_Y=present), dict(num_warps=4)
-            yield _apply_affine, _signature(_apply_affine, apply_pointers, int_type), \
-                dict(apply_constexprs(dtype), HAS_B=present), dict(num_warps=4)
-        for kernel in (_head_norm_forward, _head_norm_backward):
-            yield kernel, _signature(kernel, tensors, int_type), c, dict(num_warps=4)
+def launch_configs() -> Iterator[tuple]:
+    """(kernel, constexprs, launch options) of every config the launchers can produce
+    (each dtype, POWER case, gamma / beta presence, HAS_Y / HAS_B); the launch-capture
+    test checks its captured launches cover them."""
+    options = dict(num_warps=4)
+    for dtype in TRITON_TYPES:
         for q in (2.0, 1.0, 1.5):
-            c = launch_constexprs(q, dtype)
-            yield _map_forward, _signature(_map_forward, {"x_ptr": f"*{ty}", "a_ptr": f"*{acc}"}, int_type), c, \
-                dict(num_warps=4)
-            yield _map_backward, _signature(_map_backward, {"x_ptr": f"*{ty}", "g_ptr": f"*{acc}",
-                                                            "dx_ptr": f"*{ty}"}, int_type), c, dict(num_warps=4)
-
-
-def _signature(kernel, pointers: dict, int_type: str) -> dict:
-    return aot_signature(kernel, pointers, int_type, ("q", "M", "eps"))
+            yield _map_forward, launch_constexprs(q, dtype), options
+            yield _map_backward, launch_constexprs(q, dtype), options
+        for gamma in (False, True):
+            for beta in (False, True):
+                c = dict(head_constexprs(dtype), HAS_GAMMA=gamma, HAS_BETA=beta)
+                yield _head_norm_forward, c, options
+                yield _head_norm_backward, c, options
+        for present in (False, True):
+            yield _apply_reduce, dict(apply_constexprs(dtype), HAS_Y=present), options
+            yield _apply_affine, dict(apply_constexprs(dtype), HAS_B=present), options

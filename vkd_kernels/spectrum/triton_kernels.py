@@ -11,9 +11,10 @@ Two kernel shapes: ``pixel`` (P = 1: each program takes BLOCK_L lines) and
 over it in BLOCK_L tiles). Dot precision: tf32x3 for float32 (float32 accuracy on
 tensor cores), tf32 for float16/bfloat16 (exact for their mantissas), ieee for float64.
 
-``launch_plan`` is the single place that maps a call to kernels and constexprs; the
-ahead-of-time compile test enumerates it, so every launchable config is compiled
-for sm_80 and sm_90 in the test suite.
+``launch_constexprs`` is the single place configs are chosen; ``launch_configs``
+enumerates every config the launchers can produce, and the launch-capture test
+(python_tests/test_triton_aot.py) checks that the launches it captures from the ops
+cover them, then compiles each captured launch for sm_80 and sm_90.
 """
 from __future__ import annotations
 
@@ -24,8 +25,18 @@ import triton
 import triton.language as tl
 
 from .._checks import new_output
-from .._triton_specs import DOT_PRECISION, TRITON_TYPES, aot_signature
+from .._triton_specs import DOT_PRECISION, TRITON_TYPES, check_grid
 from .layout import MAX_FUSED_T, SpectrumProblem, accumulation_dtype, view_strides
+
+
+@triton.jit
+def _scalar(value, IS_FP64: tl.constexpr):
+    """A float argument in the accumulation dtype. Float arguments are annotated fp64: the
+    JIT would type a Python float fp32, rounding a float64 launch's scale, eps and
+    grad_scale at ~1e-8, so they arrive as doubles and are cast once here (exact for a
+    float64 launch; for a float32 one the same rounding as an fp32 argument). tl.full
+    also takes the Python float the interpreter passes, without a float32 detour."""
+    return tl.full((), value, tl.float64 if IS_FP64 else tl.float32)
 
 
 @triton.jit
@@ -77,18 +88,20 @@ def _load_lines(ptr, b, s, stride_b, stride_t, stride_s, line_mask, T, T_PAD: tl
 
 
 @triton.jit
-def _bin_weights(w_ptr, K, K_PAD: tl.constexpr):
+def _bin_weights(w_ptr, K, K_PAD: tl.constexpr, IS_FP64: tl.constexpr):
+    """The (K,) bin weights (float32, or float64 for a float64 launch) in the accumulation dtype."""
     k = tl.arange(0, K_PAD)
-    return tl.load(w_ptr + k, mask=k < K, other=0.0)
+    w = tl.load(w_ptr + k, mask=k < K, other=0.0)
+    return w.to(tl.float64) if IS_FP64 else w.to(tl.float32)
 
 
 @triton.jit
 def _pixel_forward(
     xs_ptr, xt_ptr,            # student, teacher: (B, T, S) strided
-    w_ptr,                     # (K,) float32 bin weights
+    w_ptr,                     # (K,) bin weights (float32 or float64)
     out_ptr,                   # STORE_D: d (B, K, S) strided; else partial sums, one per program
     B, T, S, K,                # problem sizes
-    mode, scale, eps,          # spectrum (0 magnitude, 1 power, 2 log), norm scale, eps
+    mode, scale: tl.float64, eps: tl.float64,  # spectrum (0 magnitude, 1 power, 2 log), norm scale, eps
     xs_sb, xs_st, xs_ss,       # student strides
     xt_sb, xt_st, xt_ss,       # teacher strides
     d_sb, d_sk, d_ss,          # d strides (STORE_D)
@@ -97,15 +110,16 @@ def _pixel_forward(
 ):
     pid = tl.program_id(0)
     line = pid.to(tl.int64) * BLOCK_L + tl.arange(0, BLOCK_L)
-    line_mask = line < B * S
     b = line // S
     s = line % S
+    line_mask = b < B  # not line < B * S: an int32 product, wrong from 2**31 lines on
+    scale, eps = _scalar(scale, IS_FP64), _scalar(eps, IS_FP64)
     cos, sin = _twiddles(T, K, scale, T_PAD, K_PAD, IS_FP64)
     xs = _load_lines(xs_ptr, b, s, xs_sb, xs_st, xs_ss, line_mask, T, T_PAD, IS_FP64)
     xt = _load_lines(xt_ptr, b, s, xt_sb, xt_st, xt_ss, line_mask, T, T_PAD, IS_FP64)
     _, _, a_s, _ = _spectrum(xs, cos, sin, mode, eps, PRECISION)
     _, _, a_t, _ = _spectrum(xt, cos, sin, mode, eps, PRECISION)
-    w = _bin_weights(w_ptr, K, K_PAD)
+    w = _bin_weights(w_ptr, K, K_PAD, IS_FP64)
     diff = a_s - a_t
     d = tl.where(line_mask[:, None], w[None, :] * diff * diff, 0.0)
     if STORE_D:
@@ -119,11 +133,11 @@ def _pixel_forward(
 @triton.jit
 def _pixel_backward(
     xs_ptr, xt_ptr,            # student, teacher: (B, T, S) strided
-    w_ptr,                     # (K,) float32 bin weights
+    w_ptr,                     # (K,) bin weights (float32 or float64)
     g_ptr,                     # dL/dd as (B, K, S) strided (strides 0 for a scalar loss)
     dxs_ptr, dxt_ptr,          # gradients (B, T, S) strided (unused unless NEED_S / NEED_T)
     B, T, S, K,
-    mode, scale, eps, grad_scale,  # grad_scale: 1/count for reduction="mean", else 1
+    mode, scale: tl.float64, eps: tl.float64, grad_scale: tl.float64,  # grad_scale: 1/count ("mean"), else 1
     xs_sb, xs_st, xs_ss, xt_sb, xt_st, xt_ss,
     g_sb, g_sk, g_ss,
     dxs_sb, dxs_st, dxs_ss, dxt_sb, dxt_st, dxt_ss,
@@ -133,10 +147,12 @@ def _pixel_backward(
 ):
     pid = tl.program_id(0)
     line = pid.to(tl.int64) * BLOCK_L + tl.arange(0, BLOCK_L)
-    line_mask = line < B * S
     b = line // S
     s = line % S
+    line_mask = b < B  # not line < B * S: an int32 product, wrong from 2**31 lines on
+    scale, eps = _scalar(scale, IS_FP64), _scalar(eps, IS_FP64)
     k = tl.arange(0, K_PAD)
+    grad_scale = _scalar(grad_scale, IS_FP64)
     cos, sin = _twiddles(T, K, scale, T_PAD, K_PAD, IS_FP64)
     xs = _load_lines(xs_ptr, b, s, xs_sb, xs_st, xs_ss, line_mask, T, T_PAD, IS_FP64)
     xt = _load_lines(xt_ptr, b, s, xt_sb, xt_st, xt_ss, line_mask, T, T_PAD, IS_FP64)
@@ -145,7 +161,7 @@ def _pixel_backward(
     g_mask = line_mask[:, None] & (k[None, :] < K)
     g_offsets = (b * g_sb + s * g_ss)[:, None] + k[None, :].to(tl.int64) * g_sk
     go = tl.load(g_ptr + g_offsets, mask=g_mask, other=0.0).to(a_s.dtype) * grad_scale
-    w = _bin_weights(w_ptr, K, K_PAD)
+    w = _bin_weights(w_ptr, K, K_PAD, IS_FP64)
     grad_a = tl.where(g_mask, 2.0 * w[None, :] * (a_s - a_t) * go, 0.0)
     t = tl.arange(0, T_PAD)
     x_mask = line_mask[:, None] & (t[None, :] < T)
@@ -195,10 +211,10 @@ def _group_input_grad(x_ptr, dx_ptr, b, g, P, T, K, stride_b, stride_t, stride_s
 @triton.jit
 def _group_forward(
     xs_ptr, xt_ptr,            # student, teacher: (B, T, S) strided, S = G * P
-    w_ptr,                     # (K,) float32 bin weights
+    w_ptr,                     # (K,) bin weights (float32 or float64)
     out_ptr,                   # STORE_D: d (B, K, G) strided; else partial sums, one per group
     B, T, S, K, P,             # problem sizes; groups of P consecutive s
-    mode, scale, eps,
+    mode, scale: tl.float64, eps: tl.float64,
     xs_sb, xs_st, xs_ss, xt_sb, xt_st, xt_ss,
     d_sb, d_sk, d_sg,
     STORE_D: tl.constexpr, T_PAD: tl.constexpr,
@@ -208,15 +224,16 @@ def _group_forward(
     G = S // P
     b = pid.to(tl.int64) // G
     g = pid.to(tl.int64) % G
+    scale, eps = _scalar(scale, IS_FP64), _scalar(eps, IS_FP64)
     cos, sin = _twiddles(T, K, scale, T_PAD, K_PAD, IS_FP64)
     a_s = _group_mean_spectrum(xs_ptr, b, g, P, T, K, xs_sb, xs_st, xs_ss, cos, sin, mode, eps, T_PAD,
                                K_PAD, BLOCK_L, PRECISION, IS_FP64)
     a_t = _group_mean_spectrum(xt_ptr, b, g, P, T, K, xt_sb, xt_st, xt_ss, cos, sin, mode, eps, T_PAD,
                                K_PAD, BLOCK_L, PRECISION, IS_FP64)
-    w = _bin_weights(w_ptr, K, K_PAD)
+    w = _bin_weights(w_ptr, K, K_PAD, IS_FP64)
     d = w * (a_s - a_t) * (a_s - a_t)
     if STORE_D:
-        k = tl.arange(0, K_PAD)
+        k = tl.arange(0, K_PAD).to(tl.int64)
         tl.store(out_ptr + b * d_sb + g * d_sg + k * d_sk, d.to(out_ptr.dtype.element_ty), mask=k < K)
     else:
         tl.store(out_ptr + pid, tl.sum(d, axis=0))
@@ -228,7 +245,7 @@ def _group_backward(
     g_ptr,                     # dL/dd as (B, K, G) strided (strides 0 for a scalar loss)
     dxs_ptr, dxt_ptr,          # gradients (B, T, S) strided (unused unless NEED_S / NEED_T)
     B, T, S, K, P,
-    mode, scale, eps, grad_scale,
+    mode, scale: tl.float64, eps: tl.float64, grad_scale: tl.float64,
     xs_sb, xs_st, xs_ss, xt_sb, xt_st, xt_ss,
     g_sb, g_sk, g_sg,
     dxs_sb, dxs_st, dxs_ss, dxt_sb, dxt_st, dxt_ss,
@@ -240,14 +257,16 @@ def _group_backward(
     G = S // P
     b = pid.to(tl.int64) // G
     g = pid.to(tl.int64) % G
-    k = tl.arange(0, K_PAD)
+    scale, eps = _scalar(scale, IS_FP64), _scalar(eps, IS_FP64)
+    k = tl.arange(0, K_PAD).to(tl.int64)
+    grad_scale = _scalar(grad_scale, IS_FP64)
     cos, sin = _twiddles(T, K, scale, T_PAD, K_PAD, IS_FP64)
     a_s = _group_mean_spectrum(xs_ptr, b, g, P, T, K, xs_sb, xs_st, xs_ss, cos, sin, mode, eps, T_PAD,
                                K_PAD, BLOCK_L, PRECISION, IS_FP64)
     a_t = _group_mean_spectrum(xt_ptr, b, g, P, T, K, xt_sb, xt_st, xt_ss, cos, sin, mode, eps, T_PAD,
                                K_PAD, BLOCK_L, PRECISION, IS_FP64)
     go = tl.load(g_ptr + b * g_sb + g * g_sg + k * g_sk, mask=k < K, other=0.0).to(a_s.dtype) * grad_scale
-    w = _bin_weights(w_ptr, K, K_PAD)
+    w = _bin_weights(w_ptr, K, K_PAD, IS_FP64)
     grad_a = 2.0 * w * (a_s - a_t) * go / P
     if NEED_S:
         _group_input_grad(xs_ptr, dxs_ptr, b, g, P, T, K, xs_sb, xs_st, xs_ss, dxs_sb, dxs_st, dxs_ss,
@@ -276,21 +295,23 @@ def _launch_options(T: int) -> dict:
 
 
 def _grid(pr: SpectrumProblem, constexprs: dict) -> tuple:
-    """(programs, size arguments, grouped) of a call: a program per group of P > 1 lines
+    """(grid, size arguments, grouped) of a call: a program per group of P > 1 lines
     (the group kernels), else per BLOCK_L lines (the pixel kernels)."""
     if pr.P > 1:
-        return pr.B * pr.G, (pr.B, pr.T, pr.S, pr.K, pr.P), True
-    return triton.cdiv(pr.B * pr.S, constexprs["BLOCK_L"]), (pr.B, pr.T, pr.S, pr.K), False
+        programs, sizes, grouped = pr.B * pr.G, (pr.B, pr.T, pr.S, pr.K, pr.P), True
+    else:
+        programs, sizes, grouped = triton.cdiv(pr.B * pr.S, constexprs["BLOCK_L"]), (pr.B, pr.T, pr.S, pr.K), False
+    return check_grid((programs,)), sizes, grouped
 
 
 def forward(pr: SpectrumProblem, xs: torch.Tensor, xt: torch.Tensor, w: torch.Tensor,
             d: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
     """Writes d (B, K, G) if given; else returns the partial sums of d."""
     c = launch_constexprs(pr.T, xs.dtype)
-    programs, sizes, grouped = _grid(pr, c)
-    out = d if d is not None else new_output((programs,), accumulation_dtype(xs.dtype), xs.device)
+    grid, sizes, grouped = _grid(pr, c)
+    out = d if d is not None else new_output(grid, accumulation_dtype(xs.dtype), xs.device)
     kernel = _group_forward if grouped else _pixel_forward
-    kernel[(programs,)](xs, xt, w, out, *sizes, pr.mode, pr.scale, pr.eps,
+    kernel[grid](xs, xt, w, out, *sizes, pr.mode, pr.scale, pr.eps,
                         *view_strides(xs), *view_strides(xt), *view_strides(d), STORE_D=d is not None,
                         **c, **_launch_options(pr.T))
     return None if d is not None else out
@@ -301,9 +322,9 @@ def backward(pr: SpectrumProblem, xs: torch.Tensor, xt: torch.Tensor, w: torch.T
              dxt: Optional[torch.Tensor]) -> None:
     """Writes the gradients dxs, dxt (B, T, S) where not None."""
     c = launch_constexprs(pr.T, xs.dtype)
-    programs, sizes, grouped = _grid(pr, c)
+    grid, sizes, grouped = _grid(pr, c)
     kernel = _group_backward if grouped else _pixel_backward
-    kernel[(programs,)](xs, xt, w, grad, dxs if dxs is not None else xs,
+    kernel[grid](xs, xt, w, grad, dxs if dxs is not None else xs,
                         dxt if dxt is not None else xt, *sizes, pr.mode, pr.scale, pr.eps, grad_scale,
                         *view_strides(xs), *view_strides(xt), *view_strides(grad),
                         *view_strides(dxs), *view_strides(dxt),
@@ -311,34 +332,16 @@ def backward(pr: SpectrumProblem, xs: torch.Tensor, xt: torch.Tensor, w: torch.T
                         **c, **_launch_options(pr.T))
 
 
-def aot_specs(int_type: str = "i32") -> Iterator[tuple]:
-    """(kernel, signature, constexprs, options) for every config launch_constexprs can
-    produce, with every constexpr branch (STORE_D both ways; NEED_S and NEED_T on, a
-    superset of the code of the other combinations)."""
-    seen = set()
+def launch_configs() -> Iterator[tuple]:
+    """(kernel, constexprs, launch options) of every config the launchers can produce:
+    each T of 2..MAX_FUSED_T, each dtype, STORE_D both ways, each NEED_S / NEED_T pair a
+    backward can need. The launch-capture test checks its captured launches cover them."""
     for T in range(2, MAX_FUSED_T + 1):
-        for dtype, ty in TRITON_TYPES.items():
-            c = launch_constexprs(T, dtype)
-            key = (tuple(sorted(c.items())), tuple(sorted(_launch_options(T).items())))
-            if key in seen:
-                continue
-            seen.add(key)
-            acc = "fp64" if dtype == torch.float64 else "fp32"
+        for dtype in TRITON_TYPES:
+            c, options = launch_constexprs(T, dtype), _launch_options(T)
             for kernel in (_pixel_forward, _group_forward):
                 for store_d in (False, True):
-                    pointers = {"xs_ptr": f"*{ty}", "xt_ptr": f"*{ty}", "w_ptr": "*fp32",
-                                "out_ptr": f"*{ty}" if store_d else f"*{acc}"}
-                    yield kernel, _signature(kernel, pointers, int_type), dict(c, STORE_D=store_d), \
-                        _launch_options(T)
+                    yield kernel, dict(c, STORE_D=store_d), options
             for kernel in (_pixel_backward, _group_backward):
-                pointers = {"xs_ptr": f"*{ty}", "xt_ptr": f"*{ty}", "w_ptr": "*fp32", "g_ptr": f"*{ty}",
-                            "dxs_ptr": f"*{ty}", "dxt_ptr": f"*{ty}"}
-                yield kernel, _signature(kernel, pointers, int_type), dict(c, NEED_S=True, NEED_T=True), \
-                    _launch_options(T)
-
-
-_FLOAT_ARGS = ("scale", "eps", "grad_scale")  # mode is an int
-
-
-def _signature(kernel, pointers: dict, int_type: str) -> dict:
-    return aot_signature(kernel, pointers, int_type, _FLOAT_ARGS)
+                for need_s, need_t in ((True, False), (False, True), (True, True)):
+                    yield kernel, dict(c, NEED_S=need_s, NEED_T=need_t), options

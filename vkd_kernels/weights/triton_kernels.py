@@ -2,12 +2,13 @@
 
 One launch per pass for every group of the model, read through the offset tables of
 layout.py (data pointers are cast from the int64 table, so the weights are never
-copied into one buffer). Grid: (split u, group g, output block).
+copied into one buffer). Grid: (group g, split u, output block): the group count, the
+only one without a small bound (splits <= 64, blocks <= 64), on axis x (y and z stop at 65535).
 
-- ``_gram_kernel``: program (u, g, bi * NB + bj) computes the BLOCK_P x BLOCK_P block
+- ``_gram_kernel``: program (g, u, bi * NB + bj) computes the BLOCK_P x BLOCK_P block
   (bi, bj) of the partial Gram W^T W over split u's rows of group g, as tl.dot of
   [BLOCK_R, BLOCK_P] row tiles, and writes it to partials[u, offset_g + ...].
-- ``_gram_backward_kernel``: program (u, g, bj) writes columns bj of dW = W M_g for
+- ``_gram_backward_kernel``: program (g, u, bj) writes columns bj of dW = W M_g for
   split u's rows: a loop over the row tiles, each the sum over bi of tl.dot(W_bi, M_bi,bj).
 
 Programs whose block lies beyond their group's P return at once. Dot precision as in
@@ -22,7 +23,7 @@ import triton
 import triton.language as tl
 
 from .._checks import new_output
-from .._triton_specs import DOT_PRECISION, TRITON_TYPES, aot_signature
+from .._triton_specs import DOT_PRECISION, TRITON_TYPES, check_grid
 from .layout import GROUP_FIELDS, MAX_P, TENSOR_FIELDS, Layout, tables
 
 
@@ -53,8 +54,8 @@ def _gram_kernel(
     F, splits, NB,             # flat size, splits per group, output blocks per side
     BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr, PRECISION: tl.constexpr, IS_FP64: tl.constexpr,
 ):
-    u = tl.program_id(0).to(tl.int64)
-    g = tl.program_id(1).to(tl.int64)
+    g = tl.program_id(0).to(tl.int64)
+    u = tl.program_id(1).to(tl.int64)
     bi = tl.program_id(2) // NB
     bj = tl.program_id(2) % NB
     P, first, end, lo, hi, offset = _split_rows(groups_ptr, g, u, splits)
@@ -87,8 +88,8 @@ def _gram_backward_kernel(
     splits, NB,
     BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr, PRECISION: tl.constexpr, IS_FP64: tl.constexpr,
 ):
-    u = tl.program_id(0).to(tl.int64)
-    g = tl.program_id(1).to(tl.int64)
+    g = tl.program_id(0).to(tl.int64)
+    u = tl.program_id(1).to(tl.int64)
     bj = tl.program_id(2)
     P, first, end, lo, hi, offset = _split_rows(groups_ptr, g, u, splits)
     if bj * BLOCK_P >= P:
@@ -128,7 +129,7 @@ def gram(layout: Layout, weights: Sequence[torch.Tensor], acc: torch.dtype) -> t
     partials = new_output((layout.splits, layout.flat_size), acc, weights[0].device)
     c = launch_constexprs(layout.Pmax, weights[0].dtype)
     nb = triton.cdiv(layout.Pmax, c["BLOCK_P"])
-    _gram_kernel[(layout.splits, layout.num_groups, nb * nb)](
+    _gram_kernel[check_grid((layout.num_groups, layout.splits, nb * nb))](
         tensors, groups, weights[0], partials, layout.flat_size, layout.splits, nb, **c, num_warps=4)
     return partials
 
@@ -139,26 +140,19 @@ def gram_backward(layout: Layout, weights: Sequence[torch.Tensor], grads: Sequen
     tensors, groups = tables(layout, weights, grads)
     c = launch_constexprs(layout.Pmax, weights[0].dtype)
     nb = triton.cdiv(layout.Pmax, c["BLOCK_P"])
-    _gram_backward_kernel[(layout.splits, layout.num_groups, nb)](
+    _gram_backward_kernel[check_grid((layout.num_groups, layout.splits, nb))](
         tensors, groups, weights[0], M.contiguous(), layout.splits, nb, **c, num_warps=4)
 
 
-def aot_specs(int_type: str = "i32") -> Iterator[tuple]:
-    """(kernel, signature, constexprs, options) for every config launch_constexprs can produce."""
-    seen = set()
+def launch_configs() -> Iterator[tuple]:
+    """(kernel, constexprs, launch options) of every config the launchers can produce
+    (each largest kernel size Pmax of 2..MAX_P, each dtype); the launch-capture test
+    checks its captured launches cover them."""
     for Pmax in range(2, MAX_P + 1):
-        for dtype, ty in TRITON_TYPES.items():
+        for dtype in TRITON_TYPES:
             c = launch_constexprs(Pmax, dtype)
-            key = tuple(sorted(c.items()))
-            if key in seen:
-                continue
-            seen.add(key)
-            acc = "*fp64" if dtype == torch.float64 else "*fp32"
-            tables_ = {"tensors_ptr": "*i64", "groups_ptr": "*i64", "carrier_ptr": f"*{ty}"}
-            yield _gram_kernel, aot_signature(_gram_kernel, dict(tables_, partials_ptr=acc), int_type), c, \
-                dict(num_warps=4)
-            yield _gram_backward_kernel, aot_signature(_gram_backward_kernel, dict(tables_, m_ptr=acc), int_type), c, \
-                dict(num_warps=4)
+            yield _gram_kernel, c, dict(num_warps=4)
+            yield _gram_backward_kernel, c, dict(num_warps=4)
 
 
 assert (TENSOR_FIELDS, GROUP_FIELDS) == (4, 5), "the kernels index the tables with these row lengths"
