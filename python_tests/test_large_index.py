@@ -19,19 +19,22 @@ import numpy as np
 import pytest
 import torch
 
+from harness import assert_close, device_for
+
 from vkd_kernels import _backend
 from vkd_kernels.attention import native as attention_native
 from vkd_kernels.attention.op import raw_map
 from vkd_kernels.spectrum import native as spectrum_native
 from vkd_kernels.spectrum.layout import effective_weights, make_problem
 from vkd_kernels.spectrum.op import temporal_spectrum_loss
+from vkd_kernels.spectrum.reference import temporal_spectrum_loss_reference
 
 DEVICE = torch.device("cpu")  # the logical-size views are built on CPU storage
 B, S, T = 1 << 16, (1 << 15) + 3, 2  # B S = 2^31 + 196608 lines
 
 
-def _skip_unless(backend):
-    why = _backend.device_unsupported(backend, DEVICE)
+def _skip_unless(backend, device=DEVICE):
+    why = _backend.device_unsupported(backend, device)
     if why:
         pytest.skip(f"{backend} cannot run here: {why}")
 
@@ -192,3 +195,48 @@ def test_spectrum_triton_last_programs_past_2_31_lines(spatial):
         expected = ((_window_mean(_line_spectra(bs), b) - _window_mean(_line_spectra(bt), b)) ** 2).sum(1)
     assert torch.isfinite(got).all(), got
     assert torch.allclose(got, expected, rtol=1e-4, atol=0), (got, expected)
+
+
+# ---- one program of each Triton pixel kernel, forward and backward, on the backend's device ----
+
+
+
+def _one_line_loss(xs, xt):
+    """Loss (reduction="sum", spectrum magnitude, norm ortho) of one line and its gradient."""
+    xs = xs.clone().requires_grad_(True)
+    pr = make_problem(xs, xt, time_dim=1, num_segments=None, spectrum="magnitude", norm="ortho",
+                      spatial="pixel", reduction="sum", eps=1e-12)
+    loss = temporal_spectrum_loss_reference(xs, xt, pr, None, norm="ortho", spectrum="magnitude",
+                                            spatial="pixel", reduction="sum")
+    loss.backward()
+    return loss.detach(), xs.grad, pr
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_pixel_kernels_past_2_31_lines_one_program(dtype):
+    """Program 0 of each Triton pixel kernel (forward and backward), launched directly on a
+    device tensor: a line mask computed as the int32 product B * S masks every line there,
+    the loss is 0 and no gradient is written. One line broadcast with zero strides."""
+    device = device_for("triton")
+    _skip_unless("triton", device)
+    T = 8
+    from vkd_kernels.spectrum import triton_kernels as tk
+
+    xs, xt = (torch.randn(1, T, 1, dtype=dtype, device=device) for _ in range(2))
+    loss, grad, pr = _one_line_loss(xs, xt)
+    c = tk.launch_constexprs(T, dtype)
+    lines = lambda x: x.expand(B, T, S)  # noqa: E731 - strides (0, 1, 0)
+    w = torch.ones(pr.K, dtype=torch.float32, device=device)
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    out = torch.full((1,), float("nan"), dtype=acc, device=device)
+    # program 0 only: its BLOCK_L lines, all equal to the one line
+    tk._pixel_forward[(1,)](lines(xs), lines(xt), w, out, B, T, S, pr.K, pr.mode, pr.scale, pr.eps,
+                            0, 1, 0, 0, 1, 0, 0, 0, 0, STORE_D=False, **c, num_warps=4)
+    assert_close(out, loss.to(acc).view(1) * c["BLOCK_L"], dtype, "partial sum of program 0")
+    dx = torch.full((T,), float("nan"), dtype=dtype, device=device)
+    grad_out = torch.ones(1, dtype=dtype, device=device).expand(B, pr.K, S)
+    # every line writes its (equal) gradient to the same T elements
+    tk._pixel_backward[(1,)](lines(xs), lines(xt), w, grad_out, dx.as_strided((B, T, S), (0, 1, 0)), xt,
+                             B, T, S, pr.K, pr.mode, pr.scale, pr.eps, 1.0, 0, 1, 0, 0, 1, 0, 0, 0, 0,
+                             0, 1, 0, 0, 0, 0, NEED_S=True, NEED_T=False, **c, num_warps=4)
+    assert_close(dx, grad.view(T), dtype, "student gradient")
