@@ -29,11 +29,15 @@ import importlib.util
 import inspect
 import re
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Literal, Optional, Sequence, Union
 
-import yaml
+try:
+    import yaml
+except ModuleNotFoundError as error:          # the kernels install without the trainer's extra
+    raise ModuleNotFoundError("vkd_kernels.train needs PyYAML (the 'train' extra): "
+                              "python -m pip install 'vkd-kernels[train]'", name="yaml") from error
 
 RECIPES = Path(__file__).parent / "recipes"
 
