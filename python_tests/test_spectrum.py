@@ -9,7 +9,6 @@ import torch
 from harness import ALL, FUSED, assert_close, call, compare, device_for, expect_device
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from tolerances import tolerance, well_conditioned
 
 from vkd_kernels import TemporalSpectrumLoss, temporal_spectrum_loss
@@ -292,7 +291,8 @@ BAD = [
     (lambda s, t: temporal_spectrum_loss(s, t, num_segments=3), ValueError, "num_segments=3 must divide"),
     (lambda s, t: temporal_spectrum_loss(s, t, num_segments=1), ValueError, "num_segments must be"),
     (lambda s, t: temporal_spectrum_loss(s, t, bin_weights=torch.ones(3)), ValueError, "bin_weights must have shape"),
-    (lambda s, t: temporal_spectrum_loss(s, t, bin_weights=[1, float("nan"), 1, 1]), ValueError, "bin_weights contains"),
+    (lambda s, t: temporal_spectrum_loss(s, t, bin_weights=[1, float("nan"), 1, 1]), ValueError,
+     "bin_weights contains"),
     (lambda s, t: temporal_spectrum_loss(s, t, spectrum="phase"), ValueError, "spectrum must be one of"),
     (lambda s, t: temporal_spectrum_loss(s, t, norm="l1"), ValueError, "norm must be one of"),
     (lambda s, t: temporal_spectrum_loss(s, t, spatial="max"), ValueError, "spatial must be one of"),

@@ -9,8 +9,6 @@ yields dL/da exactly. Nothing of feature size is kept for backward but the input
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 
 from .. import _backend

@@ -25,7 +25,16 @@ from typing import Optional
 import torch
 
 from . import report
-from .config import ConfigError, EvalConfig, TrainConfig, check_method_name, check_run, load_recipe, recipe_names, run_config
+from .config import (
+    ConfigError,
+    EvalConfig,
+    TrainConfig,
+    check_method_name,
+    check_run,
+    load_recipe,
+    recipe_names,
+    run_config,
+)
 from .data import build_dataset, collate_skip
 from .engine import ShardSampler, distributed, evaluate, fit, load_model
 

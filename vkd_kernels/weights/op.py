@@ -18,11 +18,27 @@ import torch
 import torch.nn.functional as F
 
 from .. import _backend
-from .._checks import (check_choice, check_float_tensor, check_positive_number, finite_check_enabled,
-                       new_output, raise_if_not_finite)
+from .._checks import (
+    check_choice,
+    check_float_tensor,
+    check_positive_number,
+    finite_check_enabled,
+    new_output,
+    raise_if_not_finite,
+)
 from . import native
-from .layout import (DISTANCES, MAX_P, REDUCTIONS, TRANSFORMS, accumulation_dtype, layout_of, normalize,
-                     pad_positions, padded_basis, spectrum_distance)
+from .layout import (
+    DISTANCES,
+    MAX_P,
+    REDUCTIONS,
+    TRANSFORMS,
+    accumulation_dtype,
+    layout_of,
+    normalize,
+    pad_positions,
+    padded_basis,
+    spectrum_distance,
+)
 from .reference import spectrum_reference, weight_spectrum_distance_reference
 
 _OP = "weight_spectrum_distance"

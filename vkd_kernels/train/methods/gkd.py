@@ -41,8 +41,13 @@ import torch.nn.functional as F
 from torch import nn
 
 import vkd_kernels
-from vkd_kernels.methods.gkd import (ConditionalVAE, attention_distillation_loss, cvae_loss,
-                                     generative_distillation_loss, group_count)
+from vkd_kernels.methods.gkd import (
+    ConditionalVAE,
+    attention_distillation_loss,
+    cvae_loss,
+    generative_distillation_loss,
+    group_count,
+)
 
 from ..hooks import FeatureHooks, as_video
 from ..models.resnet3d import conv_bn
