@@ -9,7 +9,8 @@ reference (and, on CUDA, Triton) backends.
 from __future__ import annotations
 
 import functools
-import importlib.util
+import importlib.machinery
+import os
 import warnings
 
 import torch
@@ -20,11 +21,9 @@ try:
     EXT_ERROR: str | None = None
 except ImportError as error:  # pragma: no cover - exercised by the fallback test
     EXT = None
-    try:
-        installed = importlib.util.find_spec(f"{__package__}._C") is not None
-    except ValueError:                         # sys.modules holds a None for it (the tests do that)
-        installed = True
-    if not installed:
+    # a file search of the package folder (not sys.modules): is there a _C to import at all?
+    installed = importlib.machinery.PathFinder.find_spec(f"{__package__}._C", [os.path.dirname(__file__)])
+    if installed is None:
         EXT_ERROR = ("vkd_kernels._C is not installed (built without a C++ compiler, or with "
                      "VKD_BUILD_EXTENSION=OFF)")
     else:
