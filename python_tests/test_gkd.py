@@ -1,4 +1,4 @@
-"""GKD's conditional VAE and losses (methods.md, method A)."""
+"""GKD's conditional VAE and losses (docs/methods.md, method A)."""
 import pytest
 import torch
 

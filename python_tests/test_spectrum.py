@@ -1,5 +1,5 @@
 """Temporal spectrum loss: every backend against the reference, the reference against
-an independent float64 DFT, gradients, registration, errors (engineering.md recipe)."""
+an independent float64 DFT, gradients, registration, errors (docs/engineering.md recipe)."""
 import math
 import subprocess
 import sys
@@ -47,7 +47,7 @@ def check_backend(backend, device, student, teacher, **options):
 # ---- the reference against an independent float64 DFT ------------------------------
 
 def direct_spectrum(x, time_dim, spectrum, norm, eps):
-    """A by the DFT definition (ops.md section 1), via explicit twiddle matrices."""
+    """A by the DFT definition (docs/ops.md section 1), via explicit twiddle matrices."""
     T = x.shape[time_dim]
     K = T // 2 + 1
     t = torch.arange(T, dtype=torch.float64)

@@ -1,4 +1,4 @@
-"""attention_apply (ops.md 3b): F_fg = F * lam * sum(F) / sum(F * lam), fused.
+"""attention_apply (docs/ops.md 3b): F_fg = F * lam * sum(F) / sum(F * lam), fused.
 
 F (N, C, T, *spatial) is read as N C T rows of S = prod(spatial) elements, viewed
 (N, C, T, S) with its own strides (contiguous and channels_last_3d features are read

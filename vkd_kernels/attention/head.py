@@ -1,4 +1,4 @@
-"""The GKD generative attention head (ops.md 3b): the tail in exact compact form.
+"""The GKD generative attention head (docs/ops.md 3b): the tail in exact compact form.
 
 Tail: y (N, C1, T) -> nearest upsample to L -> Conv1d(C1 -> C, k=3, zero pad 1)
 -> GroupNorm(G, C) -> ReLU -> Linear(L -> T') over the upsampled axis -> sigmoid.

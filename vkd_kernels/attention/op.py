@@ -1,4 +1,4 @@
-"""Attention-transfer maps and loss (ops.md 3a): public functions, torch.library ops, autograd.
+"""Attention-transfer maps and loss (docs/ops.md 3a): public functions, torch.library ops, autograd.
 
 The fused part is the one that touches the features: ``vkd::attention_raw_map``
 reads each feature once and writes a[n, p] = mean_c |x[n, c, p]|^p; its backward
@@ -84,7 +84,7 @@ def raw_map(x: torch.Tensor, p: float, channel_dim: int, backend: str, name: str
 
 def attention_map(x: torch.Tensor, p: float = 2, *, channel_dim: int = 1, mode: str = "spatiotemporal",
                   backend: str = "auto") -> torch.Tensor:
-    """Attention-transfer map of a feature (ops.md 3a).
+    """Attention-transfer map of a feature (docs/ops.md 3a).
 
     x: (N, C, *map), e.g. (N, C, T, H, W), channel axis at ``channel_dim``.
     Returns (N, *map) = a / max(||a||_2, 1e-12) with a = mean_c |x|^p, the norm taken

@@ -34,7 +34,7 @@ def safe_norm(d: torch.Tensor) -> torch.Tensor:
 
 def transfer_distance(a_s: torch.Tensor, a_t: torch.Tensor, mode: str, distance: str,
                       reduction: str) -> torch.Tensor:
-    """The loss of ops.md 3a from raw maps a_s (N, *map_s), a_t (N, *map_t)."""
+    """The loss of docs/ops.md 3a from raw maps a_s (N, *map_s), a_t (N, *map_t)."""
     size = tuple(min(s, t) for s, t in zip(a_s.shape[1:], a_t.shape[1:]))
     d = normalize(pool_to(a_s, size), mode) - normalize(pool_to(a_t, size), mode)
     per = d.square() if distance == "mse" else safe_norm(d)

@@ -1,4 +1,4 @@
-"""Generative feature distillation (GKD; methods.md, method A): the conditional VAE and
+"""Generative feature distillation (GKD; docs/methods.md, method A): the conditional VAE and
 its losses.
 
 Each network (teacher and student) carries, on its last feature stage F (N, C, T, H, W),
@@ -21,7 +21,7 @@ L_rec = mean((Dec(e + lambda, lambda) - F)^2).
 Departures from the published code, on purpose: group-norm group counts are the largest
 divisor of C that is <= gn_groups (the code hard-codes 32, which fails for C not a multiple
 of 32). The MLPs put a ReLU between layers and none after the last, so mu, log s2 and
-the decoder's pre-activation are unconstrained (our reading of methods.md).
+the decoder's pre-activation are unconstrained (our reading of docs/methods.md).
 """
 from __future__ import annotations
 

@@ -117,7 +117,7 @@ def temporal_spectrum_loss(student: torch.Tensor, teacher: torch.Tensor, *, time
                            bin_weights: Union[None, torch.Tensor, Sequence[float]] = None,
                            drop_dc: bool = False, spatial: str = "pixel", reduction: str = "mean",
                            eps: float = 1e-12, backend: str = "auto") -> torch.Tensor:
-    """Match the student's temporal frequency spectrum to the teacher's (ops.md section 1).
+    """Match the student's temporal frequency spectrum to the teacher's (docs/ops.md section 1).
 
     For every line x[0..T-1] along time (all other indices fixed), with K = T//2 + 1::
 

@@ -33,7 +33,7 @@ def spectrum_of(x: torch.Tensor, time_dim: int, norm: str, spectrum: str, eps: f
 def temporal_spectrum_loss_reference(student: torch.Tensor, teacher: torch.Tensor, problem: SpectrumProblem,
                                      weights: Optional[torch.Tensor], *, norm: str, spectrum: str,
                                      spatial: str, reduction: str) -> torch.Tensor:
-    """The loss of ops.md section 1 for a validated ``problem`` (see layout.make_problem)."""
+    """The loss of docs/ops.md section 1 for a validated ``problem`` (see layout.make_problem)."""
     td = problem.time_dim
     a_s, a_t = (spectrum_of(x.reshape(problem.unfolded_shape), td, norm, spectrum, problem.eps)
                 for x in (student, teacher))

@@ -231,7 +231,7 @@ def weight_spectrum_distance(student: Sequence[Group], teacher: Sequence[Union[G
                              transform: str = "dct", distance: str = "kl", drop_dc: bool = False,
                              reduction: str = "mean", eps: float = 1e-12, backend: str = "auto") -> torch.Tensor:
     """Match the spatial-frequency energy distribution of the student's conv kernels to
-    the teacher's (ops.md section 2).
+    the teacher's (docs/ops.md section 2).
 
     For a group (a weight (O, I, *k) or a list of them with one kernel size k, P = prod(k)),
     every kernel is a row w of W (#kernels, P) and::

@@ -1,4 +1,4 @@
-"""GKD (methods.md, method A) in the trainer: the network with its attention head and
+"""GKD (docs/methods.md, method A) in the trainer: the network with its attention head and
 CVAE (:class:`GKDNet`) and the method with its two passes per epoch (:class:`GKD`).
 
 A :class:`GKDNet` wraps any trainer model: the backbone runs up to its last feature
@@ -128,7 +128,7 @@ class GKDNet(nn.Module):
 class GKD(Method):
     """GKD and its ablations: ``gd`` (L_GD in the CVAE pass), ``ad`` (L_AD in the network pass).
 
-    Options (methods.md defaults): beta 0.1 (L_AD), gd_weight 0.01, rec_weight 0.5,
+    Options (docs/methods.md defaults): beta 0.1 (L_AD), gd_weight 0.01, rec_weight 0.5,
     rec_ramp 20 (epochs), kl_weight 0.1, cvae_lr 1e-4, cvae_betas (0.8, 0.999),
     gn_groups 32, dropout None (the backbone classifier's rate), fused True (fused head
     tail), per_sample True (attention_apply sums per sample; False: over the batch, as the
