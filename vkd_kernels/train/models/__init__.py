@@ -30,7 +30,7 @@ def build_model(spec: Dict, num_classes: int, load_weights: bool = True) -> nn.M
         from .pretrained import load_pretrained
         log.info("pretrained: %s", load_pretrained(model, pretrained))
     if gkd is not None:
-        from ..methods.gkd import GKDNet
+        from .gkd_net import GKDNet
         model = GKDNet(model, num_classes, **gkd)
     return model
 
