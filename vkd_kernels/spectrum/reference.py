@@ -10,14 +10,13 @@ from typing import Optional
 
 import torch
 
+from .._math import safe_sqrt
 from .layout import SpectrumProblem
 
 
 def safe_magnitude(power: torch.Tensor, eps: float) -> torch.Tensor:
     """sqrt(power + eps) with gradient 0 (not NaN) where power + eps == 0."""
-    value = power + eps
-    positive = value > 0
-    return torch.where(positive, torch.sqrt(torch.where(positive, value, torch.ones_like(value))), 0.0)
+    return safe_sqrt(power + eps)
 
 
 def spectrum_of(x: torch.Tensor, time_dim: int, norm: str, spectrum: str, eps: float) -> torch.Tensor:

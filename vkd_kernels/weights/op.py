@@ -26,7 +26,6 @@ from .._checks import (
     new_output,
     raise_if_not_finite,
 )
-from . import native
 from .layout import (
     DISTANCES,
     MAX_P,
@@ -45,14 +44,6 @@ _OP = "weight_spectrum_distance"
 Group = Union[torch.Tensor, Sequence[torch.Tensor]]
 
 
-def _impl(backend: str):
-    """The kernel module of a fused backend (Triton is imported on first use)."""
-    if backend == "triton":
-        from . import triton_kernels
-        return triton_kernels
-    return native
-
-
 # ---- the custom ops -----------------------------------------------------------------
 
 @torch.library.custom_op("vkd::weight_gram", mutates_args=())
@@ -62,7 +53,7 @@ def _gram_op(weights: List[torch.Tensor], group_ids: List[int], num_groups: int,
     Every weight contiguous and of one dtype; accumulation in float32 (float64)."""
     with _backend.device_guard(weights[0].device):
         layout = layout_of(weights, group_ids, num_groups)
-        partials = _impl(backend).gram(layout, weights, accumulation_dtype(weights[0].dtype))
+        partials = _backend.kernels(__package__, backend).gram(layout, weights, accumulation_dtype(weights[0].dtype))
         flat = partials.sum(0) if layout.splits > 1 else partials[0]
         G = flat.new_zeros(num_groups * Pmax * Pmax)
         G[pad_positions(layout, Pmax, flat.device)] = flat
@@ -82,7 +73,8 @@ def _gram_backward_op(grad: torch.Tensor, weights: List[torch.Tensor], group_ids
         layout = layout_of(weights, group_ids, num_groups)
         M = (grad + grad.transpose(1, 2)).reshape(-1)[pad_positions(layout, grad.shape[-1], grad.device)]
         grads = [new_output(w.shape, w.dtype, w.device) for w in weights]
-        _impl(backend).gram_backward(layout, weights, grads, M.to(accumulation_dtype(weights[0].dtype)))
+        M = M.to(accumulation_dtype(weights[0].dtype))
+        _backend.kernels(__package__, backend).gram_backward(layout, weights, grads, M)
         return grads
 
 
