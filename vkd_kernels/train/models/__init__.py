@@ -23,7 +23,7 @@ def build_model(spec: Dict, num_classes: int, load_weights: bool = True) -> nn.M
     if name not in MODELS:
         raise ValueError(f"model name must be one of {sorted(MODELS)}, got {name!r}")
     spec.pop("features", None)
-    gkd = spec.pop("gkd", None)     # a GKD network (backbone + attention head + CVAE), see train/methods/gkd.py
+    gkd = spec.pop("gkd", None)     # a GKD network (backbone + attention head + CVAE), see models/gkd_net.py
     pretrained = spec.pop("pretrained", None)     # a checkpoint path: pytorch-i3d, TSM, torchvision, ours
     model = MODELS[name](num_classes=num_classes, **spec)
     if pretrained and load_weights:
