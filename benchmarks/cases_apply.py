@@ -10,10 +10,9 @@ from __future__ import annotations
 from typing import List
 
 import torch
+from harness import Case
 
 from vkd_kernels import attention_apply
-
-from harness import Case
 
 OP = "apply"
 # F (N, C, T, H, W): the GKD shape, and a larger one

@@ -10,12 +10,11 @@ import math
 from typing import List
 
 import torch
+from harness import Case
 
 import vkd_kernels
 from vkd_kernels.attention.reference import raw_map_reference
 from vkd_kernels.attention.tiny import transfer_distance
-
-from harness import Case
 
 OP = "attention"
 # (student, teacher): the shape, and a teacher at a coarser (T, H, W) (pooled)

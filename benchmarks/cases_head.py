@@ -10,10 +10,9 @@ from __future__ import annotations
 from typing import List
 
 import torch
+from harness import Case
 
 from vkd_kernels.attention.head import attention_head_tail
-
-from harness import Case
 
 OP = "head"
 # (N, C1, C, T, L, groups): the paper's shape, and L not a multiple of T

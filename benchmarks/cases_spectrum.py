@@ -10,12 +10,11 @@ import math
 from typing import List
 
 import torch
+from harness import Case
 
 import vkd_kernels
 from vkd_kernels.spectrum.layout import make_problem
 from vkd_kernels.spectrum.reference import temporal_spectrum_loss_reference
-
-from harness import Case
 
 OP = "spectrum"
 SHAPES = [(8, 256, 8, 14, 14), (8, 512, 16, 7, 7), (4, 64, 32, 28, 28), (16, 2048, 8, 7, 7)]

@@ -17,11 +17,10 @@ from __future__ import annotations
 from typing import List
 
 import torch
+from harness import Case
 
 import vkd_kernels
 from vkd_kernels.weights.reference import weight_spectrum_distance_reference
-
-from harness import Case
 
 OP = "weights"
 WIDTHS = (64, 128, 256, 512)

@@ -79,7 +79,7 @@ def main() -> None:
                     timed[reader] = (args.clips / (time.perf_counter() - began), decoded / args.clips)
                 rows.append((gop, size_mb, name, *timed["seek"], *timed["full"]))
                 print(rows[-1], flush=True)
-    lines = [f"# Decoding: clips / s per worker (one decoder thread)\n",
+    lines = ["# Decoding: clips / s per worker (one decoder thread)\n",
              f"`PYTHONPATH=. python benchmarks/decode.py --clips {args.clips} --seconds {args.seconds}` on "
              f"{platform.processor() or platform.machine()}, PyAV {av.__version__}, a shared 2-core machine "
              "(other jobs running: absolute numbers are noisy, the ratio less so).\n",

@@ -22,7 +22,6 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import torch  # noqa: E402
-
 from harness import MODES, Case, count_ops, kept_for_backward, peak_mb, time_mode  # noqa: E402
 
 COLUMNS = ["device", "torch", "date", "op", "shape", "provider", "mode", "median_ms", "p20_ms", "p80_ms",

@@ -62,7 +62,7 @@ template <Device> int64_t spectrum_num_partials(int64_t groups);
 template <Device> void spectrum_forward(const SpectrumForwardArgs& args);
 template <Device> void spectrum_backward(const SpectrumBackwardArgs& args);
 
-// Attention-transfer raw map (ops.md 3a) of x viewed as (N, C, P). Forward writes
+// Attention-transfer raw map (docs/ops.md 3a) of x viewed as (N, C, P). Forward writes
 // a[n, p] = mean_c |x|^q to `map` (accumulation dtype: float64 for float64 inputs, else
 // float32). Backward reads dL/da from `map` (accumulation dtype) and writes grad_x.
 struct AttentionMapArgs {

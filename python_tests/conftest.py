@@ -20,9 +20,10 @@ if not torch.cuda.is_available():
 os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
 
 import harness  # noqa: E402
-import vkd_kernels  # noqa: E402,F401
 from harness import assert_close  # noqa: E402,F401  (kept importable from conftest)
 from tolerances import TOLERANCE, relative_error  # noqa: E402,F401
+
+import vkd_kernels  # noqa: E402,F401
 
 SEED = int(os.environ.get("VKD_TEST_SEED", "1"))
 SLOW_SEEDS = range(8)

@@ -1,4 +1,4 @@
-"""attention_apply (ops.md 3b): every fused backend against the float64 formula (values
+"""attention_apply (docs/ops.md 3b): every fused backend against the float64 formula (values
 and both gradients), odd row lengths, both sum scopes, strided layouts, s2 == 0 groups,
 gradcheck, opcheck, torch.compile, bad input."""
 import pytest

@@ -1,8 +1,8 @@
 """The GKD attention head: the compact tail against the plain layers (exactness, every
 gradient, FLOPs, no (N, C, L) tensor), the module, errors (attention_apply: test_attention_apply.py)."""
 import pytest
-import torch
 import tolerances
+import torch
 import torch.nn.functional as F
 from harness import FUSED, assert_close, call, compare, device_for, expect_device
 from tolerances import tolerance

@@ -6,7 +6,6 @@ import torch
 from harness import ALL, FUSED, assert_close, call, compare, device_for
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from tolerances import tolerance
 
 from vkd_kernels import AttentionTransferLoss, attention_map, attention_transfer_loss

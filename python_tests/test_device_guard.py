@@ -11,6 +11,7 @@ import types
 
 import pytest
 import torch
+from conftest import FUSED_BACKENDS
 
 import vkd_kernels
 from vkd_kernels import _backend, _ext
@@ -19,8 +20,6 @@ from vkd_kernels.spectrum import native as spectrum_native
 from vkd_kernels.spectrum.layout import make_problem
 from vkd_kernels.weights import native as weights_native
 from vkd_kernels.weights.layout import layout_of
-
-from conftest import FUSED_BACKENDS
 
 pytestmark = pytest.mark.skipif(_ext.EXT is None, reason=f"vkd_kernels._C is not importable: {_ext.EXT_ERROR}")
 

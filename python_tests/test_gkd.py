@@ -1,9 +1,14 @@
-"""GKD's conditional VAE and losses (methods.md, method A)."""
+"""GKD's conditional VAE and losses (docs/methods.md, method A)."""
 import pytest
 import torch
 
-from vkd_kernels.methods.gkd import (ConditionalVAE, attention_distillation_loss, cvae_loss,
-                                     generative_distillation_loss, group_count)
+from vkd_kernels.methods.gkd import (
+    ConditionalVAE,
+    attention_distillation_loss,
+    cvae_loss,
+    generative_distillation_loss,
+    group_count,
+)
 
 
 def test_group_count_is_the_largest_divisor_up_to_the_request():

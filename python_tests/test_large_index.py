@@ -18,13 +18,11 @@ import contextlib
 import numpy as np
 import pytest
 import torch
-
 from harness import assert_close, device_for
 
 from vkd_kernels import _backend
 from vkd_kernels.attention import native as attention_native
 from vkd_kernels.attention.op import raw_map
-from vkd_kernels.spectrum import native as spectrum_native
 from vkd_kernels.spectrum.layout import effective_weights, make_problem
 from vkd_kernels.spectrum.op import temporal_spectrum_loss
 from vkd_kernels.spectrum.reference import temporal_spectrum_loss_reference
@@ -132,9 +130,9 @@ def test_apply_row_sums_past_2_31_elements_cpu():
 def only_last_programs(keep: int):
     """Runs the interpreter's grid over the last `keep` program ids of each axis only:
     the launch sees the full grid size, program_id returns the real (offset) ids."""
+    import triton.language as tl
     from triton.runtime import interpreter
     from triton.runtime.interpreter import TensorHandle
-    import triton.language as tl
 
     builder, executor = interpreter.interpreter_builder, interpreter.GridExecutor
     real_init, offsets = executor.__init__, [0, 0, 0]

@@ -1,5 +1,5 @@
 """Temporal spectrum loss: every backend against the reference, the reference against
-an independent float64 DFT, gradients, registration, errors (engineering.md recipe)."""
+an independent float64 DFT, gradients, registration, errors (docs/engineering.md recipe)."""
 import math
 import subprocess
 import sys
@@ -9,7 +9,6 @@ import torch
 from harness import ALL, FUSED, assert_close, call, compare, device_for, expect_device
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from tolerances import tolerance, well_conditioned
 
 from vkd_kernels import TemporalSpectrumLoss, temporal_spectrum_loss
@@ -48,7 +47,7 @@ def check_backend(backend, device, student, teacher, **options):
 # ---- the reference against an independent float64 DFT ------------------------------
 
 def direct_spectrum(x, time_dim, spectrum, norm, eps):
-    """A by the DFT definition (ops.md section 1), via explicit twiddle matrices."""
+    """A by the DFT definition (docs/ops.md section 1), via explicit twiddle matrices."""
     T = x.shape[time_dim]
     K = T // 2 + 1
     t = torch.arange(T, dtype=torch.float64)
@@ -292,7 +291,8 @@ BAD = [
     (lambda s, t: temporal_spectrum_loss(s, t, num_segments=3), ValueError, "num_segments=3 must divide"),
     (lambda s, t: temporal_spectrum_loss(s, t, num_segments=1), ValueError, "num_segments must be"),
     (lambda s, t: temporal_spectrum_loss(s, t, bin_weights=torch.ones(3)), ValueError, "bin_weights must have shape"),
-    (lambda s, t: temporal_spectrum_loss(s, t, bin_weights=[1, float("nan"), 1, 1]), ValueError, "bin_weights contains"),
+    (lambda s, t: temporal_spectrum_loss(s, t, bin_weights=[1, float("nan"), 1, 1]), ValueError,
+     "bin_weights contains"),
     (lambda s, t: temporal_spectrum_loss(s, t, spectrum="phase"), ValueError, "spectrum must be one of"),
     (lambda s, t: temporal_spectrum_loss(s, t, norm="l1"), ValueError, "norm must be one of"),
     (lambda s, t: temporal_spectrum_loss(s, t, spatial="max"), ValueError, "spatial must be one of"),

@@ -1,7 +1,6 @@
 """Trainer configuration: recipes validated up front, --set typed as YAML, no shared
 sections, unknown keys / methods / missing sections named; --resume checked; logs."""
 import importlib.util
-import json
 
 import pytest
 import torch
@@ -55,7 +54,8 @@ def test_set_values_are_yaml_scalars_and_sections_are_not_shared():
 
 def test_missing_sections_and_unknown_top_level_keys(tmp_path):
     recipe = tmp_path / "r.yaml"
-    recipe.write_text("data: {name: synthetic}\nteacher: {model: {name: resnet3d}}\nstudent: {model: {name: resnet3d}}\n")
+    recipe.write_text("data: {name: synthetic}\nteacher: {model: {name: resnet3d}}\n"
+                      "student: {model: {name: resnet3d}}\n")
     with pytest.raises(ConfigError, match=r"missing section train \(a recipe needs data, teacher, student, train\)"):
         load_recipe(str(recipe))
     recipe.write_text(recipe.read_text() + "train: {epochs: 1, batch_size: 2, lr: 0.1}\nmethod: {}\n")

@@ -6,11 +6,10 @@ import pytest
 import torch
 
 from vkd_kernels.train.config import run_config
-from vkd_kernels.train.data import DataError, build_dataset, collate_skip
+from vkd_kernels.train.data import DataError, build_dataset, collate_skip, synthetic
 from vkd_kernels.train.data.frames import FrameFolderDataset
-from vkd_kernels.train.engine import fit
-from vkd_kernels.train.data import synthetic
 from vkd_kernels.train.data.sampling import dense_indices, segment_indices, train_transform, val_transform
+from vkd_kernels.train.engine import fit
 
 
 def test_synthetic_is_deterministic_balanced_and_split_dependent():
@@ -111,7 +110,7 @@ def test_frame_folders_round_trip_and_skip_missing(tmp_path):
 
 
 def test_video_files_round_trip_and_skip_corrupt(tmp_path):
-    import av                                         # PyAV: in the [video] and [dev] extras
+    import av  # PyAV: in the [video] and [dev] extras
     path = tmp_path / "clip.mp4"
     with av.open(str(path), "w") as container:
         stream = container.add_stream("mpeg4", rate=8)
@@ -165,7 +164,8 @@ def test_wrong_root_and_missing_decoder_fail_at_construction(tmp_path, monkeypat
     with pytest.raises(DataError, match=r"root: none of the first 2 listed samples exists under '.*b'"):
         build_dataset({**cfg, "root": str(tmp_path / "b")}, "val")
     monkeypatch.setattr(FrameFolderDataset, "decoder", "no_such_decoder_module")
-    with pytest.raises(DataError, match=r"reads files with no_such_decoder_module, which is not installed.*pip install"):
+    with pytest.raises(DataError,
+                       match=r"reads files with no_such_decoder_module, which is not installed.*pip install"):
         build_dataset(cfg, "val")
 
 

@@ -118,7 +118,8 @@ def test_video_dataset_uses_the_seeking_decoder(videos, tmp_path):
     clip, _ = ds[0]
     # 40 true frames (the header says 25): the centred dense clip is frames 4, 14, 24, 34
     full = decode.decode_all(videos["avi"])
-    from vkd_kernels.train.data.sampling import val_transform
     import torch
+
+    from vkd_kernels.train.data.sampling import val_transform
     expected = val_transform(torch.from_numpy(full[[4, 14, 24, 34]]), 16, 16)
     assert torch.allclose(clip, expected)

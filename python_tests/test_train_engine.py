@@ -31,7 +31,8 @@ def test_resume_after_a_kill_gives_bit_identical_weights(tmp_path):
     recipe = tiny_recipe("train.epochs=3")
     teacher = fit(run_config(recipe, "teacher"), tmp_path / "teacher", progress=False)
     assert teacher["top1"] >= 0
-    cfg = run_config(recipe, "student", method="collab_spectrum", seed=1, teacher=str(tmp_path / "teacher" / "model.pt"))
+    cfg = run_config(recipe, "student", method="collab_spectrum", seed=1,
+                     teacher=str(tmp_path / "teacher" / "model.pt"))
     full = fit(cfg, tmp_path / "full", progress=False)
     # "kill" after the first epoch (the checkpoint of epoch 1 is all that is left), then resume twice
     assert fit(cfg, tmp_path / "cut", stop_after=1, progress=False) == {}
@@ -124,6 +125,7 @@ def test_ddp_figures_equal_a_single_process_pass_over_the_same_data(tmp_path):
     """lr 0 keeps the weights fixed, so the training figures are a plain average over the
     samples of both ranks' batches; validation (15 clips: shards of 8 and 7) is the whole set."""
     from torch.utils.data import DataLoader, DistributedSampler
+
     from vkd_kernels.train.data import build_dataset, collate_skip
     from vkd_kernels.train.engine import ShardSampler, evaluate_counts, load_model
     from vkd_kernels.train.models import build_model

@@ -2,15 +2,12 @@
 (tiny videos with PyAV, frame folders with Pillow), read directly and through `vkd data`."""
 import csv
 import json
-import warnings
 
 import numpy as np
 import pytest
-import torch
 
 from vkd_kernels.train.cli import main as vkd
-from vkd_kernels.train.data import build_dataset
-from vkd_kernels.train.data import formats
+from vkd_kernels.train.data import build_dataset, formats
 
 av = pytest.importorskip("av")
 
@@ -66,7 +63,8 @@ def test_ucf101_three_splits_read_directly_and_as_videos(ucf):
     frames = formats.read("ucf101", lists / "testlist01.txt", videos=False)
     assert frames.items[0] == ("ApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01", -1, 0)
     cfg = dict(name="video", format="ucf101", root=str(videos), **CLIP,
-               train={"annotations": str(lists / "trainlist01.txt")}, val={"annotations": str(lists / "testlist01.txt")})
+               train={"annotations": str(lists / "trainlist01.txt")},
+               val={"annotations": str(lists / "testlist01.txt")})
     ds = build_dataset(cfg, "val")
     assert ds.num_classes == 3 and len(ds) == 3
     clip, label = ds[2]
@@ -110,7 +108,7 @@ def test_hmdb51_markers_and_three_splits(tmp_path):
             f"{c}/{c}_{k}.avi" for c in ("brush_hair", "wave") for k in range(6) if (k + split) % 3 == 1)
         assert {p for p, _, _ in test.items} == {
             f"{c}/{c}_{k}.avi" for c in ("brush_hair", "wave") for k in range(6) if (k + split) % 3 == 2}
-        assert dict((p, l) for p, _, l in test.items)[test.items[-1][0]] == 1
+        assert dict((p, label) for p, _, label in test.items)[test.items[-1][0]] == 1
     (splits / "wave_test_split1.txt").write_text("wave_0.avi 1\nwave_1.avi 4\n")
     with pytest.raises(ValueError, match=r"wave_test_split1.txt:2: expected 'video.avi 0\|1\|2'"):
         formats.read("hmdb51", splits, split=1)
@@ -149,7 +147,8 @@ def test_kinetics_csv_naming_and_missing_videos(tmp_path):
     classes.write_text("air drumming\nzumba\n")
     with pytest.raises(ValueError, match=r"validate.csv:4: label .*passing.* is not in .*classes.txt"):
         formats.read("kinetics", tmp_path / "validate.csv", root=root, classes=classes)
-    _kinetics_csv(tmp_path / "test.csv", [("abc", 10, 20, "test")], header=("youtube_id", "time_start", "time_end", "split"))
+    _kinetics_csv(tmp_path / "test.csv", [("abc", 10, 20, "test")],
+                  header=("youtube_id", "time_start", "time_end", "split"))
     with pytest.raises(ValueError, match=r"test.csv:1: no 'label' column"):
         formats.read("kinetics", tmp_path / "test.csv", root=root)
     _kinetics_csv(tmp_path / "bad.csv", [("zumba", "abc", "ten", 20, "val")])
@@ -245,7 +244,8 @@ def test_label_outside_num_classes_is_rejected(ucf):
     lists, videos = ucf
     cfg = dict(name="video", format="ucf101", root=str(videos), annotations=str(lists / "testlist01.txt"),
                num_classes=2, **CLIP)
-    with pytest.raises(ValueError, match=r"testlist01.txt: label 2 of YoYo/v_YoYo_g01_c01.avi is outside num_classes=2"):
+    with pytest.raises(ValueError,
+                       match=r"testlist01.txt: label 2 of YoYo/v_YoYo_g01_c01.avi is outside num_classes=2"):
         build_dataset(cfg, "val")
 
 

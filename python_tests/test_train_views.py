@@ -14,8 +14,15 @@ from torch.utils.data import DataLoader
 from vkd_kernels.train import cli
 from vkd_kernels.train.config import ConfigError, load_recipe
 from vkd_kernels.train.data import build_dataset, collate_skip
-from vkd_kernels.train.data.sampling import (crop_views, crop_windows, dense_indices, dense_views, segment_indices,
-                                             segment_views, val_transform)
+from vkd_kernels.train.data.sampling import (
+    crop_views,
+    crop_windows,
+    dense_indices,
+    dense_views,
+    segment_indices,
+    segment_views,
+    val_transform,
+)
 from vkd_kernels.train.engine import ShardSampler, average_views, evaluate, evaluate_counts, load_model
 from vkd_kernels.train.models import build_model
 
@@ -50,7 +57,7 @@ def test_crop_windows_follow_the_long_side():
     assert crop_windows(20, 24, 16, 3) == [(2, 0, False), (2, 4, False), (2, 8, False)]     # short side centred
     ten = crop_windows(20, 24, 16, 10)
     assert ten[:5] == [(0, 0, False), (0, 8, False), (4, 0, False), (4, 8, False), (2, 4, False)]
-    assert ten[5:] == [(t, l, True) for t, l, _ in ten[:5]]
+    assert ten[5:] == [(t, left, True) for t, left, _ in ten[:5]]
     with pytest.raises(ValueError, match="crops must be one of"):
         crop_windows(16, 24, 16, 5)
 

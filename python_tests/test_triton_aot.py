@@ -7,7 +7,7 @@ import inspect
 import pytest
 
 pytest.importorskip("triton")
-from triton_aot import compile_launches, capture_calls, with_int64  # noqa: E402
+from triton_aot import capture_calls, compile_launches, with_int64  # noqa: E402
 
 from vkd_kernels._triton_specs import GRID_LIMITS  # noqa: E402
 

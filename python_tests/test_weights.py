@@ -1,6 +1,6 @@
 """Weight-spectrum distance: every backend against the reference, the reference against
 an independent float64 transform, gradients, teacher caching, groups, registration,
-errors (engineering.md recipe)."""
+errors (docs/engineering.md recipe)."""
 import itertools
 import math
 

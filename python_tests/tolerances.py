@@ -7,7 +7,7 @@ far below the largest one may be off by more, relative to itself, without failin
 which is what a loss and its gradient need (their scale is set by the largest
 element) and what keeps a handful of near-zero elements from making a test flaky.
 
-Bounds are fixed per input dtype (engineering.md) and never derived from the error
+Bounds are fixed per input dtype (docs/engineering.md) and never derived from the error
 measured on the current run's input. Where an option makes the math itself
 ill-conditioned in a dtype, the tests either move to a well-conditioned setting (and
 say so: ``WELL_CONDITIONED``) or use a documented, fixed exception (``EXCEPTIONS``). Each exception

@@ -86,6 +86,7 @@ def capture(names=None) -> list:
     os.environ["VKD_CHECK_FINITE"] = "0"     # outputs are never written
     os.environ.pop("VKD_POISON_OUTPUTS", None)
     import torch
+
     from vkd_kernels import _backend
 
     calls, scenario = [], [""]
@@ -113,6 +114,7 @@ def _spectrum(shape, dtype, grads=("s",), reductions=("mean", "none"), spatial=(
     for reduction="mean" (dL/dd a broadcast scalar), to the student for "none" where
     ``backward_none`` (a contiguous dL/dd; "sum" launches as "mean")."""
     import torch
+
     from vkd_kernels import temporal_spectrum_loss
 
     for sp in spatial:
@@ -149,6 +151,7 @@ def spectrum_layouts():
 def attention_maps():
     """attention_transfer_loss (raw map forward and backward) per dtype and POWER case."""
     import torch
+
     from vkd_kernels import attention_map, attention_transfer_loss
 
     for dtype in _dtypes():
@@ -167,6 +170,7 @@ def attention_heads():
     """attention_head_tail: its GroupNorm + ReLU kernels with gamma and beta each present
     or absent, forward and backward, per dtype."""
     import torch
+
     from vkd_kernels.attention.head import attention_head_tail
 
     for dtype in _dtypes():
@@ -186,6 +190,7 @@ def attention_applies():
     """attention_apply: its reduce (HAS_Y) and affine (HAS_B) kernels both ways
     (forward and backward) per dtype."""
     import torch
+
     from vkd_kernels.attention.apply import attention_apply
 
     for dtype in _dtypes():
@@ -202,6 +207,7 @@ def weight_spectra():
     """weight_spectrum_distance per dtype and BLOCK_P (P <= 16, <= 32, <= 64 and 512), a
     frozen teacher, and one group split over several programs."""
     import torch
+
     from vkd_kernels import weight_spectrum_distance
 
     for dtype in _dtypes():

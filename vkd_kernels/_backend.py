@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib
 import os
 import warnings
 from typing import Callable, Optional
@@ -34,6 +35,14 @@ def triton_unavailable() -> Optional[str]:
 
 def triton_interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def kernels(package: str, backend: str):
+    """The kernel module of the fused ``backend`` of the op package ``package`` (its
+    ``__package__``, e.g. "vkd_kernels.spectrum"): ``triton_kernels`` for "triton",
+    imported on first use so Triton loads only when it runs, else ``native`` (the calls
+    into vkd_kernels._C for "cpu" and "cuda")."""
+    return importlib.import_module(f"{package}.{'triton_kernels' if backend == 'triton' else 'native'}")
 
 
 def device_unsupported(backend: str, device: torch.device) -> Optional[str]:

@@ -9,6 +9,8 @@ reference (and, on CUDA, Triton) backends.
 from __future__ import annotations
 
 import functools
+import importlib.machinery
+import os
 import warnings
 
 import torch
@@ -19,7 +21,13 @@ try:
     EXT_ERROR: str | None = None
 except ImportError as error:  # pragma: no cover - exercised by the fallback test
     EXT = None
-    EXT_ERROR = f"vkd_kernels._C could not be imported ({error})"
+    # a file search of the package folder (not sys.modules): is there a _C to import at all?
+    installed = importlib.machinery.PathFinder.find_spec(f"{__package__}._C", [os.path.dirname(__file__)])
+    if installed is None:
+        EXT_ERROR = ("vkd_kernels._C is not installed (built without a C++ compiler, or with "
+                     "VKD_BUILD_EXTENSION=OFF)")
+    else:
+        EXT_ERROR = f"vkd_kernels._C could not be imported ({error})"
     warnings.warn(
         f"{EXT_ERROR}; the 'cpu' and 'cuda' backends are unavailable and CPU tensors "
         "use the eager reference. Reinstall with a C++17 compiler (and nvcc for CUDA).",

@@ -1,4 +1,5 @@
-"""``python -m vkd_kernels.demo``: the losses at work until the reference trainer exists.
+"""``python -m vkd_kernels.demo``: a quick look at the temporal spectrum loss (the reference
+trainer, ``vkd``, is the full use).
 
 Distils the temporal spectrum of a frozen "teacher" feature map into a small student
 (a Conv3d over the same clip), checks every available backend against the eager

@@ -1,4 +1,4 @@
-// Math of attention_apply (ops.md 3b) shared by the CPU and CUDA kernels. F (N, C, T, S)
+// Math of attention_apply (docs/ops.md 3b) shared by the CPU and CUDA kernels. F (N, C, T, S)
 // is read as N C T rows of S elements (strides n, c, t, s); row i = (n, c, t) with
 // n = i / (C T), c = i / T % C, t = i % T, so channels_last_3d features are read in place.
 // Two passes cover forward and backward (vkd_kernels/attention/apply.py):

@@ -1,4 +1,4 @@
-// Math of the attention-transfer raw map (ops.md 3a), shared by the CPU and CUDA
+// Math of the attention-transfer raw map (docs/ops.md 3a), shared by the CPU and CUDA
 // kernels: a[n, p] = (1/C) sum_c |x[n, c, p]|^q and its gradient
 // dx[n, c, p] = q |x|^(q-1) sign(x) * dL/da[n, p] / C, for x viewed as (N, C, P).
 // Work is done on tiles of L consecutive positions p of one sample (L = 1 on CUDA):
@@ -17,7 +17,7 @@ struct Strides2 { int64_t n, p; };
 
 struct MapProblem {
   int64_t N, C, P;
-  double q;  // the exponent p of ops.md (q > 0)
+  double q;  // the exponent p of docs/ops.md (q > 0)
 };
 
 // Exponent cases with their own exact fast paths.
@@ -99,7 +99,7 @@ VKD_HD void map_grad_tile(const MapProblem& pr, const scalar_t* x, Strides3 xs, 
 namespace vkd {
 namespace head {
 
-// Weighted GroupNorm + ReLU of the GKD head's compact tail (ops.md 3b). Z holds the J
+// Weighted GroupNorm + ReLU of the GKD head's compact tail (docs/ops.md 3b). Z holds the J
 // distinct conv columns channels-last, (N, J, C) contiguous; column class j stands for
 // w_j of the L upsampled columns, so the statistics of group g (channels [g Cg, (g+1) Cg))
 // are mean = sum_{j,c} w_j Z / M, var = sum_{j,c} w_j (Z - mean)^2 / M, M = Cg L, and

@@ -1,5 +1,5 @@
 // Temporal spectrum loss: the per-group math shared by the CPU and CUDA kernels
-// (spec: ops.md section 1).
+// (docs/ops.md section 1).
 //
 // Canonical problem: every input is viewed as (B, T, S) with arbitrary strides;
 // a *line* is x[b, :, s]. Lines are compared in *groups* of P consecutive s

@@ -1,5 +1,5 @@
 // Weight-spectrum distance: the table layout and the Gram / backward math shared by
-// the CPU and CUDA kernels (spec: ops.md section 2; layout: vkd_kernels/weights/layout.py).
+// the CPU and CUDA kernels (docs/ops.md section 2; layout: vkd_kernels/weights/layout.py).
 //
 // Every group g of a call is a list of contiguous conv weights read as rows of P_g
 // elements (one kernel per row). The forward writes, for split u of each group, the

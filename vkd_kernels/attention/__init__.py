@@ -1,4 +1,4 @@
-"""Attention maps (ops.md section 3): attention transfer and the GKD attention head."""
+"""Attention maps (docs/ops.md section 3): attention transfer and the GKD attention head."""
 from .apply import attention_apply
 from .head import attention_head_tail
 from .loss import AttentionTransferLoss

@@ -1,4 +1,4 @@
-"""attention_apply (ops.md 3b): F_fg = F * lam * sum(F) / sum(F * lam), fused.
+"""attention_apply (docs/ops.md 3b): F_fg = F * lam * sum(F) / sum(F * lam), fused.
 
 F (N, C, T, *spatial) is read as N C T rows of S = prod(spatial) elements, viewed
 (N, C, T, S) with its own strides (contiguous and channels_last_3d features are read
@@ -29,15 +29,7 @@ import torch
 from .. import _backend
 from .._backend import BACKENDS
 from .._checks import check_choice, check_float_tensor, finite_check_enabled, new_output, raise_if_not_finite
-from . import native
 from .layout import accumulation_dtype
-
-
-def _impl(backend: str):
-    if backend == "triton":
-        from . import triton_kernels
-        return triton_kernels
-    return native
 
 
 def _rows(x: torch.Tensor) -> torch.Tensor:
@@ -67,12 +59,12 @@ def _apply_op(F: torch.Tensor, lam: torch.Tensor, per_sample: bool,
         rows = _rows(F)
         N, C, T, _ = rows.shape
         q = new_output((N, C * T), accumulation_dtype(F.dtype), F.device)
-        _impl(backend).apply_reduce(rows, None, q)
+        _backend.kernels(__package__, backend).apply_reduce(rows, None, q)
         alpha = _factors(q, lam, per_sample)[0]
         if finite_check_enabled(F.device):  # on the (N, C T) factors: NaN/inf in F or lam reach them
             raise_if_not_finite(alpha, F=F, lam=lam)
         out = new_output(rows.shape, F.dtype, F.device)
-        _impl(backend).apply_affine(rows, alpha, None, out)
+        _backend.kernels(__package__, backend).apply_affine(rows, alpha, None, out)
         return out.view(F.shape), q
 
 
@@ -88,7 +80,7 @@ def _apply_backward_op(grad: torch.Tensor, F: torch.Tensor, lam: torch.Tensor, q
     with _backend.device_guard(F.device):
         rows, g = _rows(F), _rows(grad)
         m = new_output(q.shape, q.dtype, F.device)
-        _impl(backend).apply_reduce(rows, g, m)
+        _backend.kernels(__package__, backend).apply_reduce(rows, g, m)
         alpha, k, inv_s2 = _factors(q, lam, per_sample)
         B = k.shape[0]
         g_over_s2 = (lam.reshape(B, -1).to(q.dtype) * m.view(B, -1)).sum(-1, keepdim=True) * inv_s2
@@ -97,7 +89,7 @@ def _apply_backward_op(grad: torch.Tensor, F: torch.Tensor, lam: torch.Tensor, q
             return F.new_empty(0), d_lam
         beta = (g_over_s2 * (1.0 - alpha.view(B, -1))).view(q.shape)
         d_F = new_output(rows.shape, F.dtype, F.device)
-        _impl(backend).apply_affine(g, alpha, beta, d_F)
+        _backend.kernels(__package__, backend).apply_affine(g, alpha, beta, d_F)
         return d_F.view(F.shape), d_lam
 
 

@@ -1,4 +1,4 @@
-"""The GKD generative attention head (ops.md 3b): the tail in exact compact form.
+"""The GKD generative attention head (docs/ops.md 3b): the tail in exact compact form.
 
 Tail: y (N, C1, T) -> nearest upsample to L -> Conv1d(C1 -> C, k=3, zero pad 1)
 -> GroupNorm(G, C) -> ReLU -> Linear(L -> T') over the upsampled axis -> sigmoid.
@@ -38,7 +38,6 @@ import torch.nn.functional as F
 from .. import _backend
 from .._backend import BACKENDS
 from .._checks import check_choice, check_float_tensor, check_positive_number, new_output
-from . import native
 from .layout import accumulation_dtype
 
 
@@ -109,13 +108,6 @@ def tail_reference(y, conv_weight, conv_bias, gn_weight, gn_bias, gn_groups, lin
     return torch.sigmoid(F.linear(h, linear_weight, linear_bias))
 
 
-def _impl(backend: str):
-    if backend == "triton":
-        from . import triton_kernels
-        return triton_kernels
-    return native
-
-
 @torch.library.custom_op("vkd::head_norm_relu", mutates_args=())
 def _norm_op(Z: torch.Tensor, w: torch.Tensor, gamma: Optional[torch.Tensor], beta: Optional[torch.Tensor],
              groups: int, M: float, eps: float, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -123,7 +115,7 @@ def _norm_op(Z: torch.Tensor, w: torch.Tensor, gamma: Optional[torch.Tensor], be
     with _backend.device_guard(Z.device):
         H = new_output(Z.shape, Z.dtype, Z.device)
         stats = new_output((Z.shape[0], groups, 2), accumulation_dtype(Z.dtype), Z.device)
-        _impl(backend).head_norm_forward(Z, w, gamma, beta, groups, M, eps, H, stats)
+        _backend.kernels(__package__, backend).head_norm_forward(Z, w, gamma, beta, groups, M, eps, H, stats)
         return H, stats
 
 
@@ -142,7 +134,8 @@ def _norm_backward_op(dH: torch.Tensor, Z: torch.Tensor, w: torch.Tensor, gamma:
         dZ = new_output(Z.shape, Z.dtype, Z.device)
         dgamma = new_output((N, C), Z.dtype, Z.device) if gamma is not None else None
         dbeta = new_output((N, C), Z.dtype, Z.device) if beta is not None else None
-        _impl(backend).head_norm_backward(Z, w, gamma, beta, stats, dH.contiguous(), groups, M, dZ, dgamma, dbeta)
+        _backend.kernels(__package__, backend).head_norm_backward(Z, w, gamma, beta, stats, dH.contiguous(), groups,
+                                                                  M, dZ, dgamma, dbeta)
         return dZ, *(d.sum(0) if d is not None else Z.new_empty(0) for d in (dgamma, dbeta))
 
 

@@ -12,6 +12,7 @@ import math
 import torch
 
 from .._checks import check_choice, check_float_tensor, check_positive_number
+from .._math import accumulation_dtype  # noqa: F401  (the ops import it from here)
 
 MODES = ("spatiotemporal", "per_frame")
 DISTANCES = ("mse", "l2")
@@ -45,11 +46,6 @@ def view_ncp(x: torch.Tensor, channel_dim: int) -> torch.Tensor:
     """x as (N, C, P): a view when the strides allow (contiguous, channels_last), else a copy."""
     moved = x.movedim(channel_dim, 1)
     return moved.reshape(moved.shape[0], moved.shape[1], -1)
-
-
-def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype kernels accumulate in and write the maps in."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def check_feature(name: str, x, channel_dim, mode: str) -> int:

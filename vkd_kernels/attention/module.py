@@ -11,7 +11,7 @@ from .head import attention_head_tail
 
 
 class GenerativeAttentionHead(nn.Module):
-    """lambda (N, C, T) in (0, 1) from a feature (N, C, T, H, W) (ops.md 3b).
+    """lambda (N, C, T) in (0, 1) from a feature (N, C, T, H, W) (docs/ops.md 3b).
 
     Y = ReLU(GN(Conv3d(F; C -> C1, kernel (1, H, W)))) is the first block; the tail
     (upsample to L, Conv1d k=3, GN, ReLU, Linear L -> T, sigmoid) runs in the exact

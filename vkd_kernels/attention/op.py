@@ -1,4 +1,4 @@
-"""Attention-transfer maps and loss (ops.md 3a): public functions, torch.library ops, autograd.
+"""Attention-transfer maps and loss (docs/ops.md 3a): public functions, torch.library ops, autograd.
 
 The fused part is the one that touches the features: ``vkd::attention_raw_map``
 reads each feature once and writes a[n, p] = mean_c |x[n, c, p]|^p; its backward
@@ -9,23 +9,13 @@ yields dL/da exactly. Nothing of feature size is kept for backward but the input
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 
 from .. import _backend
 from .._checks import check_choice, finite_check_enabled, new_output, raise_if_not_finite
-from . import native
 from .layout import MODES, accumulation_dtype, check_exponent, check_feature, check_transfer, map_shape, view_ncp
 from .reference import raw_map_reference
 from .tiny import normalize, transfer_distance
-
-
-def _impl(backend: str):
-    if backend == "triton":
-        from . import triton_kernels
-        return triton_kernels
-    return native
 
 
 @torch.library.custom_op("vkd::attention_raw_map", mutates_args=())
@@ -33,7 +23,7 @@ def _raw_map_op(x: torch.Tensor, p: float, channel_dim: int, backend: str, name:
     with _backend.device_guard(x.device):
         x3 = view_ncp(x, channel_dim)
         a = new_output((x3.shape[0], x3.shape[2]), accumulation_dtype(x.dtype), x.device)
-        _impl(backend).forward(x3, p, a)
+        _backend.kernels(__package__, backend).forward(x3, p, a)
         if finite_check_enabled(x.device):
             raise_if_not_finite(a, **{name: x})
         return a.view(map_shape(x, channel_dim))
@@ -51,7 +41,7 @@ def _raw_map_backward_op(grad: torch.Tensor, x: torch.Tensor, p: float, channel_
         x3 = view_ncp(x, channel_dim)
         dx = new_output(x3.shape, x.dtype, x.device)
         g = grad.to(accumulation_dtype(x.dtype)).reshape(x3.shape[0], x3.shape[2])
-        _impl(backend).backward(x3, g, p, dx)
+        _backend.kernels(__package__, backend).backward(x3, g, p, dx)
         moved = x.movedim(channel_dim, 1).shape
         return dx.view(moved).movedim(1, channel_dim)
 
@@ -86,7 +76,7 @@ def raw_map(x: torch.Tensor, p: float, channel_dim: int, backend: str, name: str
 
 def attention_map(x: torch.Tensor, p: float = 2, *, channel_dim: int = 1, mode: str = "spatiotemporal",
                   backend: str = "auto") -> torch.Tensor:
-    """Attention-transfer map of a feature (ops.md 3a).
+    """Attention-transfer map of a feature (docs/ops.md 3a).
 
     x: (N, C, *map), e.g. (N, C, T, H, W), channel axis at ``channel_dim``.
     Returns (N, *map) = a / max(||a||_2, 1e-12) with a = mean_c |x|^p, the norm taken

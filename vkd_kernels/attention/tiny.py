@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .._math import safe_sqrt
 from .layout import NORM_EPS
 
 
@@ -27,14 +28,12 @@ def normalize(a: torch.Tensor, mode: str) -> torch.Tensor:
 
 def safe_norm(d: torch.Tensor) -> torch.Tensor:
     """Per-sample L2 norm of d (N, ...) with gradient 0 (not NaN) where d == 0."""
-    sq = d.flatten(1).square().sum(1)
-    positive = sq > 0
-    return torch.where(positive, torch.sqrt(torch.where(positive, sq, torch.ones_like(sq))), 0.0)
+    return safe_sqrt(d.flatten(1).square().sum(1))
 
 
 def transfer_distance(a_s: torch.Tensor, a_t: torch.Tensor, mode: str, distance: str,
                       reduction: str) -> torch.Tensor:
-    """The loss of ops.md 3a from raw maps a_s (N, *map_s), a_t (N, *map_t)."""
+    """The loss of docs/ops.md 3a from raw maps a_s (N, *map_s), a_t (N, *map_t)."""
     size = tuple(min(s, t) for s, t in zip(a_s.shape[1:], a_t.shape[1:]))
     d = normalize(pool_to(a_s, size), mode) - normalize(pool_to(a_t, size), mode)
     per = d.square() if distance == "mse" else safe_norm(d)

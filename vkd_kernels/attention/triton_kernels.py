@@ -1,4 +1,4 @@
-"""Triton kernels of the attention-transfer raw map (spec: ops.md 3a).
+"""Triton kernels of the attention-transfer raw map (docs/ops.md 3a).
 
 x is read as (N, C, P) strided. Each program takes BLOCK_P positions of one sample
 and loops over the channels in [BLOCK_C, BLOCK_P] tiles: the forward sums |x|^q over

@@ -85,7 +85,8 @@ def _apply() -> Headline:
     shape = (6, 1024, 8, 7, 7)
     n, lam = _nbytes([shape]), _nbytes([shape[:3]])
     return Headline("attention_apply", "F " + "x".join(map(str, shape)),
-                    lambda d: [torch.rand(shape, device=d).requires_grad_(), torch.rand(shape[:3], device=d).requires_grad_()],
+                    lambda d: [torch.rand(shape, device=d).requires_grad_(),
+                               torch.rand(shape[:3], device=d).requires_grad_()],
                     lambda b, t: vkd_kernels.attention_apply(t[0], t[1], backend=b),
                     # forward reads F (and lam), writes out; backward reads F and g, writes dF (and dlam)
                     {"forward": 2 * n + lam, "full": 5 * n + 3 * lam})
@@ -189,5 +190,5 @@ def run(device, providers: List[str], ops: Optional[List[str]] = None) -> Tuple[
                         for x in wrt:
                             x.grad = None
                     rows.append(row)
-            del inputs, wrt
+            inputs = wrt = None                 # free the case's tensors before the next one
     return copy, rows

@@ -27,8 +27,9 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.f
 TOLERANCE_RULE = (
     "A check passes when every output and every gradient is finite, has the reference's shape and dtype, the "
     "float64 expectation is not all zero, and max |got - expected| / max |expected| <= the dtype's fixed "
-    "tolerance (vkd_kernels.check.runner.TOLERANCE, which the test suite uses too; never derived from a run's own errors). Inputs: seeded "
-    "float64 values rounded to the dtype; expected: backend='reference' on those values in float64. log_magnitude runs at eps 1e-2 (README).")
+    "tolerance (vkd_kernels.check.runner.TOLERANCE, which the test suite uses too; never derived from a run's own "
+    "errors). Inputs: seeded float64 values rounded to the dtype; expected: backend='reference' on those values in "
+    "float64. log_magnitude runs at eps 1e-2 (README).")
 
 
 def parser() -> argparse.ArgumentParser:

@@ -1,4 +1,4 @@
-"""Temporal spectrum loss (ops.md section 1)."""
+"""Temporal spectrum loss (docs/ops.md section 1)."""
 from .loss import TemporalSpectrumLoss
 from .op import temporal_spectrum_loss
 

@@ -18,6 +18,7 @@ from typing import Optional, Sequence, Union
 import torch
 
 from .._checks import check_choice, check_pair, check_positive_number
+from .._math import accumulation_dtype  # noqa: F401  (the ops import it from here)
 
 SPECTRA = ("magnitude", "power", "log_magnitude")
 NORMS = ("backward", "ortho", "forward")
@@ -57,11 +58,6 @@ class SpectrumProblem:
     def view(self, x: torch.Tensor) -> torch.Tensor:
         """x as (B, T, S): a view when the strides allow it, else a contiguous copy."""
         return x.reshape(self.unfolded_shape).reshape(self.B, self.T, self.S)
-
-
-def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype kernels accumulate (and write partial sums) in."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def view_strides(x: Optional[torch.Tensor]) -> tuple:

@@ -12,19 +12,10 @@ import torch
 
 from .. import _backend
 from .._checks import finite_check_enabled, new_output, raise_if_not_finite
-from . import native
 from .layout import MAX_FUSED_T, SpectrumProblem, accumulation_dtype, effective_weights, make_problem
 from .reference import temporal_spectrum_loss_reference
 
 _OP = "temporal_spectrum_loss"
-
-
-def _impl(backend: str):
-    """The kernel module of a fused backend (Triton is imported on first use)."""
-    if backend == "triton":
-        from . import triton_kernels
-        return triton_kernels
-    return native
 
 
 def _problem(student, teacher, time_dim, num_segments, spectrum, norm, spatial, reduction, eps) -> SpectrumProblem:
@@ -41,10 +32,10 @@ def _forward_op(student: torch.Tensor, teacher: torch.Tensor, weights: torch.Ten
         xs, xt = pr.view(student), pr.view(teacher)
         if reduction == "none":
             d = new_output((pr.B, pr.K, pr.G), student.dtype, student.device)
-            _impl(backend).forward(pr, xs, xt, weights, d)
+            _backend.kernels(__package__, backend).forward(pr, xs, xt, weights, d)
             out = d.view(pr.out_shape)
         else:
-            total = _impl(backend).forward(pr, xs, xt, weights, None).sum()
+            total = _backend.kernels(__package__, backend).forward(pr, xs, xt, weights, None).sum()
             out = (total / pr.count if reduction == "mean" else total).to(student.dtype)
         if finite_check_enabled(student.device):
             raise_if_not_finite(out, student=student, teacher=teacher)
@@ -76,7 +67,8 @@ def _backward_op(grad: torch.Tensor, student: torch.Tensor, teacher: torch.Tenso
             return new_output((pr.B, pr.T, pr.S), student.dtype, student.device) if needed else None
 
         ds, dt = new_grad(need_student), new_grad(need_teacher)
-        _impl(backend).backward(pr, pr.view(student), pr.view(teacher), weights, grad3, grad_scale, ds, dt)
+        _backend.kernels(__package__, backend).backward(pr, pr.view(student), pr.view(teacher), weights, grad3,
+                                                        grad_scale, ds, dt)
         return tuple(g.view(student.shape) if g is not None else student.new_empty(0) for g in (ds, dt))
 
 
@@ -117,7 +109,7 @@ def temporal_spectrum_loss(student: torch.Tensor, teacher: torch.Tensor, *, time
                            bin_weights: Union[None, torch.Tensor, Sequence[float]] = None,
                            drop_dc: bool = False, spatial: str = "pixel", reduction: str = "mean",
                            eps: float = 1e-12, backend: str = "auto") -> torch.Tensor:
-    """Match the student's temporal frequency spectrum to the teacher's (ops.md section 1).
+    """Match the student's temporal frequency spectrum to the teacher's (docs/ops.md section 1).
 
     For every line x[0..T-1] along time (all other indices fixed), with K = T//2 + 1::
 

@@ -10,14 +10,13 @@ from typing import Optional
 
 import torch
 
+from .._math import safe_sqrt
 from .layout import SpectrumProblem
 
 
 def safe_magnitude(power: torch.Tensor, eps: float) -> torch.Tensor:
     """sqrt(power + eps) with gradient 0 (not NaN) where power + eps == 0."""
-    value = power + eps
-    positive = value > 0
-    return torch.where(positive, torch.sqrt(torch.where(positive, value, torch.ones_like(value))), 0.0)
+    return safe_sqrt(power + eps)
 
 
 def spectrum_of(x: torch.Tensor, time_dim: int, norm: str, spectrum: str, eps: float) -> torch.Tensor:
@@ -33,7 +32,7 @@ def spectrum_of(x: torch.Tensor, time_dim: int, norm: str, spectrum: str, eps: f
 def temporal_spectrum_loss_reference(student: torch.Tensor, teacher: torch.Tensor, problem: SpectrumProblem,
                                      weights: Optional[torch.Tensor], *, norm: str, spectrum: str,
                                      spatial: str, reduction: str) -> torch.Tensor:
-    """The loss of ops.md section 1 for a validated ``problem`` (see layout.make_problem)."""
+    """The loss of docs/ops.md section 1 for a validated ``problem`` (see layout.make_problem)."""
     td = problem.time_dim
     a_s, a_t = (spectrum_of(x.reshape(problem.unfolded_shape), td, norm, spectrum, problem.eps)
                 for x in (student, teacher))

@@ -1,4 +1,4 @@
-"""Triton kernels of the temporal spectrum loss (spec: ops.md section 1).
+"""Triton kernels of the temporal spectrum loss (docs/ops.md section 1).
 
 The DFT of a tile of lines is a matrix product with the twiddles, done by ``tl.dot``:
 X[BLOCK_L, T_PAD] @ C[T_PAD, K_PAD] -> Re, and likewise Im; the backward is the

@@ -25,7 +25,16 @@ from typing import Optional
 import torch
 
 from . import report
-from .config import ConfigError, EvalConfig, TrainConfig, check_method_name, check_run, load_recipe, recipe_names, run_config
+from .config import (
+    ConfigError,
+    EvalConfig,
+    TrainConfig,
+    check_method_name,
+    check_run,
+    load_recipe,
+    recipe_names,
+    run_config,
+)
 from .data import build_dataset, collate_skip
 from .engine import ShardSampler, distributed, evaluate, fit, load_model
 
@@ -97,11 +106,7 @@ def reproduce_plan(recipe, seeds, methods, explicit: bool):
     if not methods:
         raise ConfigError("reproduce.methods: no methods (set reproduce.methods in the recipe or pass --methods)")
     for name in methods:
-        check_method_name(name, "--methods" if explicit else "reproduce.methods", available=explicit)
-    missing = [m for m in methods if m not in REGISTRY]
-    if missing:
-        log.warning("not available in this build, left out: %s", ", ".join(missing))
-        methods = [m for m in methods if m in REGISTRY]
+        check_method_name(name, "--methods" if explicit else "reproduce.methods")
     teacher_seed = int(recipe.get("teacher_seed", 0))
     check_run(run_config(recipe, "teacher", seed=teacher_seed))
     for name in {getattr(REGISTRY[m][0], "teacher_method", None) for m in methods} - {None}:

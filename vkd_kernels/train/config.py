@@ -29,11 +29,15 @@ import importlib.util
 import inspect
 import re
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Literal, Optional, Sequence, Union
 
-import yaml
+try:
+    import yaml
+except ModuleNotFoundError as error:          # the kernels install without the trainer's extra
+    raise ModuleNotFoundError("vkd_kernels.train needs PyYAML (the 'train' extra): "
+                              "python -m pip install 'vkd-kernels[train]'", name="yaml") from error
 
 RECIPES = Path(__file__).parent / "recipes"
 
@@ -390,16 +394,12 @@ def method_schema(name: str) -> Dict[str, tuple]:
     return signature_schema(functions, exclude=("student", "teacher", "probe", *fixed))
 
 
-def check_method_name(name: str, where: str, *, available: bool = True) -> None:
-    """An unknown method name is rejected with the closest; ``available``: also a method
-    whose ops are missing in this build of vkd_kernels."""
-    from .methods import ALL_METHODS, REGISTRY
+def check_method_name(name: str, where: str) -> None:
+    """An unknown method name is rejected with the closest."""
+    from .methods import ALL_METHODS
     if name not in ALL_METHODS:
         raise ConfigError(f"{where}: unknown method {name!r}{closest(str(name), ALL_METHODS)}; "
                           f"methods: {', '.join(ALL_METHODS)}")
-    if available and name not in REGISTRY:
-        raise ConfigError(f"{where}: method {name!r} needs ops this build of vkd_kernels lacks "
-                          f"(available: {', '.join(sorted(REGISTRY))})")
 
 
 def check_method_options(name: str, options: Dict, where: str) -> None:
@@ -440,14 +440,14 @@ def check_recipe(recipe: Dict, source: str = "recipe") -> None:
             key = str(error).split(":", 1)[0].split(".")[-1]
             raise ConfigError(f"{role}.{error}" if key in own else str(error)) from None
     for name, options in (recipe.get("methods") or {}).items():
-        check_method_name(name, f"methods.{name}", available=False)
+        check_method_name(name, f"methods.{name}")
         if options is not None and not isinstance(options, dict):
             raise ConfigError(f"methods.{name}: expected a mapping of options, got {options!r}")
         check_method_options(name, options or {}, f"methods.{name}")
     if recipe.get("reproduce") is not None:
         check_schema(recipe["reproduce"], dataclass_schema(ReproduceConfig), "reproduce")
         for i, name in enumerate(recipe["reproduce"]["methods"]):
-            check_method_name(name, f"reproduce.methods[{i}]", available=False)
+            check_method_name(name, f"reproduce.methods[{i}]")
 
 
 def recipe_names() -> List[str]:

@@ -43,13 +43,16 @@ def table(runs: Dict[str, List[Dict]], teacher: Optional[Dict] = None) -> Dict:
 
 def markdown(rows: Dict) -> str:
     ce = rows.get("ce", {}).get("top1_mean")
-    lines = ["| method | top-1 (%) | top-5 (%) | top-1 per seed | top-1 - CE | s / epoch | s / epoch in losses | params |",
+    lines = ["| method | top-1 (%) | top-5 (%) | top-1 per seed | top-1 - CE | s / epoch | s / epoch in losses "
+             "| params |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, r in rows.items():
         delta = "" if ce is None or name in ("teacher", "ce") else f"{r['top1_mean'] - ce:+.2f}"
-        lines.append(f"| {name} | {r['top1_mean']:.2f} ± {r['top1_std']:.2f} | {r['top5_mean']:.2f} ± {r['top5_std']:.2f} "
+        loss_seconds = "n/a" if r["loss_seconds"] is None else format(r["loss_seconds"], ".3f")
+        lines.append(f"| {name} | {r['top1_mean']:.2f} ± {r['top1_std']:.2f} "
+                     f"| {r['top5_mean']:.2f} ± {r['top5_std']:.2f} "
                      f"| {', '.join(f'{v:.2f}' for v in r['top1'])} | {delta} | {r['epoch_seconds']:.2f} "
-                     f"| {'n/a' if r['loss_seconds'] is None else format(r['loss_seconds'], '.3f')} | {r['params']:,} |")
+                     f"| {loss_seconds} | {r['params']:,} |")
     return "\n".join(lines) + "\n"
 
 

@@ -1,4 +1,4 @@
-"""Weight-spectrum distance (ops.md section 2): parameter distribution distillation."""
+"""Weight-spectrum distance (docs/ops.md section 2): parameter distribution distillation."""
 from .groups import conv_weight_groups
 from .loss import WeightSpectrumLoss
 from .op import weight_spectrum, weight_spectrum_distance

@@ -23,6 +23,8 @@ from typing import Sequence
 
 import torch
 
+from .._math import accumulation_dtype  # noqa: F401  (the ops import it from here)
+
 TRANSFORMS = ("dct", "fft")
 DISTANCES = ("kl", "l2", "js")
 REDUCTIONS = ("mean", "sum")
@@ -109,10 +111,6 @@ def pad_positions(layout: Layout, Pmax: int, device: torch.device) -> torch.Tens
 @functools.lru_cache(maxsize=64)
 def group_table(layout: Layout, device: torch.device) -> torch.Tensor:
     return torch.tensor(layout.group_table(), dtype=torch.int64, device=device)
-
-
-def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 # ---- the transform: B as a matrix on row-major flattened kernels --------------------

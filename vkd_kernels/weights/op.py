@@ -18,23 +18,30 @@ import torch
 import torch.nn.functional as F
 
 from .. import _backend
-from .._checks import (check_choice, check_float_tensor, check_positive_number, finite_check_enabled,
-                       new_output, raise_if_not_finite)
-from . import native
-from .layout import (DISTANCES, MAX_P, REDUCTIONS, TRANSFORMS, accumulation_dtype, layout_of, normalize,
-                     pad_positions, padded_basis, spectrum_distance)
+from .._checks import (
+    check_choice,
+    check_float_tensor,
+    check_positive_number,
+    finite_check_enabled,
+    new_output,
+    raise_if_not_finite,
+)
+from .layout import (
+    DISTANCES,
+    MAX_P,
+    REDUCTIONS,
+    TRANSFORMS,
+    accumulation_dtype,
+    layout_of,
+    normalize,
+    pad_positions,
+    padded_basis,
+    spectrum_distance,
+)
 from .reference import spectrum_reference, weight_spectrum_distance_reference
 
 _OP = "weight_spectrum_distance"
 Group = Union[torch.Tensor, Sequence[torch.Tensor]]
-
-
-def _impl(backend: str):
-    """The kernel module of a fused backend (Triton is imported on first use)."""
-    if backend == "triton":
-        from . import triton_kernels
-        return triton_kernels
-    return native
 
 
 # ---- the custom ops -----------------------------------------------------------------
@@ -46,7 +53,7 @@ def _gram_op(weights: List[torch.Tensor], group_ids: List[int], num_groups: int,
     Every weight contiguous and of one dtype; accumulation in float32 (float64)."""
     with _backend.device_guard(weights[0].device):
         layout = layout_of(weights, group_ids, num_groups)
-        partials = _impl(backend).gram(layout, weights, accumulation_dtype(weights[0].dtype))
+        partials = _backend.kernels(__package__, backend).gram(layout, weights, accumulation_dtype(weights[0].dtype))
         flat = partials.sum(0) if layout.splits > 1 else partials[0]
         G = flat.new_zeros(num_groups * Pmax * Pmax)
         G[pad_positions(layout, Pmax, flat.device)] = flat
@@ -66,7 +73,8 @@ def _gram_backward_op(grad: torch.Tensor, weights: List[torch.Tensor], group_ids
         layout = layout_of(weights, group_ids, num_groups)
         M = (grad + grad.transpose(1, 2)).reshape(-1)[pad_positions(layout, grad.shape[-1], grad.device)]
         grads = [new_output(w.shape, w.dtype, w.device) for w in weights]
-        _impl(backend).gram_backward(layout, weights, grads, M.to(accumulation_dtype(weights[0].dtype)))
+        M = M.to(accumulation_dtype(weights[0].dtype))
+        _backend.kernels(__package__, backend).gram_backward(layout, weights, grads, M)
         return grads
 
 
@@ -215,7 +223,7 @@ def weight_spectrum_distance(student: Sequence[Group], teacher: Sequence[Union[G
                              transform: str = "dct", distance: str = "kl", drop_dc: bool = False,
                              reduction: str = "mean", eps: float = 1e-12, backend: str = "auto") -> torch.Tensor:
     """Match the spatial-frequency energy distribution of the student's conv kernels to
-    the teacher's (ops.md section 2).
+    the teacher's (docs/ops.md section 2).
 
     For a group (a weight (O, I, *k) or a list of them with one kernel size k, P = prod(k)),
     every kernel is a row w of W (#kernels, P) and::

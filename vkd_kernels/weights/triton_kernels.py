@@ -1,4 +1,4 @@
-"""Triton kernels of the weight-spectrum distance (spec: ops.md section 2).
+"""Triton kernels of the weight-spectrum distance (docs/ops.md section 2).
 
 One launch per pass for every group of the model, read through the offset tables of
 layout.py (data pointers are cast from the int64 table, so the weights are never

@@ -7,7 +7,7 @@ section may hold are the keyword arguments of the dataset (``DATASETS``), which
 """
 from __future__ import annotations
 
-from typing import Dict, List
+from typing import Dict
 
 import torch
 

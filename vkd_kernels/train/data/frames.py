@@ -33,8 +33,16 @@ from torch.utils.data import Dataset
 
 from . import formats
 from .formats import DataError, Format
-from .sampling import (CROPS, crop_views, dense_indices, dense_views, segment_indices, segment_views, train_transform,
-                       val_transform)
+from .sampling import (
+    CROPS,
+    crop_views,
+    dense_indices,
+    dense_views,
+    segment_indices,
+    segment_views,
+    train_transform,
+    val_transform,
+)
 
 ANNOTATION_FORMATS = formats.FORMATS  # our lists and the official files (data/formats.py)
 PROBE_ITEMS = 8                     # samples whose files are looked for at construction
@@ -215,5 +223,5 @@ class VideoDataset(_ClipDataset):
         return errors + (av.FFmpegError,)
 
     def load(self, path: Path, num_frames: int, rng) -> torch.Tensor:
-        from .decode import read_frames             # seeks: decodes only the frames the clip needs
+        from .decode import read_frames  # seeks: decodes only the frames the clip needs
         return torch.from_numpy(read_frames(path, sample=lambda n: self.indices(n, rng)))

@@ -121,7 +121,7 @@ def crop_windows(h: int, w: int, size: int, crops: int):
             return [(top, 0, False), (top, left, False), (top, w - size, False)]
         return [(0, left, False), (top, left, False), (h - size, left, False)]
     five = [(0, 0), (0, w - size), (h - size, 0), (h - size, w - size), (top, left)]
-    return [(t, l, m) for m in (False, True) for t, l in five]
+    return [(t, left, m) for m in (False, True) for t, left in five]
 
 
 def crop_views(frames: torch.Tensor, size: int, scale_size: int, crops: int = 1) -> torch.Tensor:

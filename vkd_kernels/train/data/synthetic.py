@@ -18,8 +18,8 @@ Design (fixed before any method was run; not tuned for any method):
 * Appearance distractors that carry no label, all random per clip: the actor's
   shape (disk, square, diamond), colour (at least 0.25 away from the background's
   mean grey level, else it is pushed dark or light), base radius r0, speed and phase;
-  a background (a random mid-range colour plus static texture noise); a second, static *distractor* shape of random shape
-  and colour whose brightness flickers at random every frame (white noise in time);
+  a background (a random mid-range colour plus static texture noise); a second, static
+  *distractor* shape of random shape and colour whose brightness flickers at random every frame (white noise in time);
   and per-frame pixel noise.
 * Why the label is temporal: playing a clip backwards gives, exactly, a clip of the
   opposite direction with the same frequency (``reverse_params``; a test checks it),

@@ -1,46 +1,35 @@
 """Methods of the trainer, by name: ``build_method(name, student, teacher, probe=..., **options)``.
 
-Each registry entry is (class, fixed options). ``at`` and the collab variants that need
-the weight-spectrum op are registered only once those ops exist in vkd_kernels.
+Each registry entry is (class, fixed options): the ablations are a method with some
+options fixed.
 """
 from __future__ import annotations
 
 from typing import Dict
 
-import vkd_kernels
-
+from .at import AT
 from .base import Method, kd_loss
 from .baselines import CE, KD, FitNet
 from .collab import Collab
-
-# every method name of the trainer (REGISTRY holds those this build of vkd_kernels can run)
-ALL_METHODS = ("ce", "kd", "at", "fitnet", "collab", "collab_spectrum", "collab_param", "collab_fixed",
-               "collab_mutual", "gkd", "gkd_repr", "gkd_gd", "gkd_ad")
+from .gkd import GKD, GKDRepr
 
 REGISTRY: Dict[str, tuple] = {
     "ce": (CE, {}),
     "kd": (KD, {}),
+    "at": (AT, {}),
     "fitnet": (FitNet, {}),
+    "collab": (Collab, {}),
     "collab_spectrum": (Collab, {"param": False}),
+    "collab_param": (Collab, {"spectrum": False}),
+    "collab_fixed": (Collab, {"uncertainty": False}),
+    "collab_mutual": (Collab, {"mutual": True}),
+    "gkd": (GKD, {}),                    # GKD (method A) and its ablations
+    "gkd_repr": (GKDRepr, {}),
+    "gkd_gd": (GKD, {"ad": False}),
+    "gkd_ad": (GKD, {"gd": False}),
 }
-if hasattr(vkd_kernels, "attention_transfer_loss"):
-    from .at import AT
-    REGISTRY["at"] = (AT, {})
-if hasattr(vkd_kernels, "WeightSpectrumLoss"):
-    REGISTRY.update({
-        "collab": (Collab, {}),
-        "collab_param": (Collab, {"spectrum": False}),
-        "collab_fixed": (Collab, {"uncertainty": False}),
-        "collab_mutual": (Collab, {"mutual": True}),
-    })
-if hasattr(vkd_kernels, "GenerativeAttentionHead"):    # GKD (method A) and its ablations
-    from .gkd import GKD, GKDRepr
-    REGISTRY.update({
-        "gkd_repr": (GKDRepr, {}),
-        "gkd_gd": (GKD, {"ad": False}),
-        "gkd_ad": (GKD, {"gd": False}),
-        "gkd": (GKD, {}),
-    })
+# every method name of the trainer, in the order of the docs
+ALL_METHODS = tuple(REGISTRY)
 
 
 def build_method(name: str, student, teacher=None, *, probe=None, **options) -> Method:

@@ -23,8 +23,9 @@ class KD(Method):
 
 def feature_channels(model: nn.Module, stages, probe) -> list:
     """Channel count of each stage's output, from one forward pass on ``probe``."""
-    from ..hooks import FeatureHooks, as_video
     import torch
+
+    from ..hooks import FeatureHooks, as_video
     with FeatureHooks(model, stages) as hooks, torch.no_grad():
         was_training = model.training
         model.eval()
@@ -47,7 +48,8 @@ class Adapted(Method):
 
     def adapted(self, fs, ft):
         """Pairs (adapter(student feature), teacher feature) of matching size."""
-        return [match_size(adapter(s), t if self.mutual else t.detach()) for adapter, s, t in zip(self.adapters, fs, ft)]
+        return [match_size(adapter(s), t if self.mutual else t.detach())
+                for adapter, s, t in zip(self.adapters, fs, ft)]
 
 
 class FitNet(Adapted):

@@ -1,6 +1,6 @@
 """Collaborative distillation in the parameter and spectrum domains (arXiv 2009.06902).
 
-Only the paper's abstract is public; this is our reading (methods.md, method B):
+Only the paper's abstract is public; this is our reading (docs/methods.md, method B):
 
 * spectrum term: ``vkd_kernels.temporal_spectrum_loss(adapter(f_s), f_t)`` on the
   chosen stages (default: last), a 1x1x1 conv adapter on the student;

@@ -23,14 +23,14 @@ def build_model(spec: Dict, num_classes: int, load_weights: bool = True) -> nn.M
     if name not in MODELS:
         raise ValueError(f"model name must be one of {sorted(MODELS)}, got {name!r}")
     spec.pop("features", None)
-    gkd = spec.pop("gkd", None)     # a GKD network (backbone + attention head + CVAE), see train/methods/gkd.py
+    gkd = spec.pop("gkd", None)     # a GKD network (backbone + attention head + CVAE), see models/gkd_net.py
     pretrained = spec.pop("pretrained", None)     # a checkpoint path: pytorch-i3d, TSM, torchvision, ours
     model = MODELS[name](num_classes=num_classes, **spec)
     if pretrained and load_weights:
         from .pretrained import load_pretrained
         log.info("pretrained: %s", load_pretrained(model, pretrained))
     if gkd is not None:
-        from ..methods.gkd import GKDNet
+        from .gkd_net import GKDNet
         model = GKDNet(model, num_classes, **gkd)
     return model
 

@@ -134,12 +134,15 @@ class I3D(nn.Module):
         c = lambda n: max(4, int(round(n * width)))  # noqa: E731
         tp = 2 if temporal_pool else 1
         self.stem = nn.Sequential(
-            conv_bn(in_channels, c(64), (7 if kt[0] == 3 else 1, 7, 7), (tp, 2, 2)), nn.MaxPool3d((1, 3, 3), (1, 2, 2), (0, 1, 1)),
-            conv_bn(c(64), c(64), 1), conv_bn(c(64), c(192), (kt[0], 3, 3)), nn.MaxPool3d((1, 3, 3), (1, 2, 2), (0, 1, 1)))
+            conv_bn(in_channels, c(64), (7 if kt[0] == 3 else 1, 7, 7), (tp, 2, 2)),
+            nn.MaxPool3d((1, 3, 3), (1, 2, 2), (0, 1, 1)),
+            conv_bn(c(64), c(64), 1), conv_bn(c(64), c(192), (kt[0], 3, 3)),
+            nn.MaxPool3d((1, 3, 3), (1, 2, 2), (0, 1, 1)))
         cin = c(192)
         for name, widths in MIXED.items():
             if name == "Mixed_4b":
-                self.add_module("pool4", nn.MaxPool3d((3 if tp == 2 else 1, 3, 3), (tp, 2, 2), (1 if tp == 2 else 0, 1, 1)))
+                self.add_module("pool4", nn.MaxPool3d((3 if tp == 2 else 1, 3, 3), (tp, 2, 2),
+                                                      (1 if tp == 2 else 0, 1, 1)))
             if name == "Mixed_5b":
                 self.add_module("pool5", nn.MaxPool3d((2 if tp == 2 else 1, 2, 2), (tp, 2, 2), 0, ceil_mode=True))
             stage = int(name[6]) - 2                                       # Mixed_3x -> 1, 4x -> 2, 5x -> 3

@@ -36,8 +36,10 @@ class ShiftBlock(nn.Module):
             self.body = nn.Sequential(conv_bn(cin, planes, 1, dims=2), conv_bn(planes, planes, 3, stride, dims=2),
                                       conv_bn(planes, cout, 1, relu=False, dims=2))
         else:
-            self.body = nn.Sequential(conv_bn(cin, planes, 3, stride, dims=2), conv_bn(planes, cout, 3, relu=False, dims=2))
-        self.shortcut = nn.Identity() if stride == 1 and cin == cout else conv_bn(cin, cout, 1, stride, relu=False, dims=2)
+            self.body = nn.Sequential(conv_bn(cin, planes, 3, stride, dims=2),
+                                      conv_bn(planes, cout, 3, relu=False, dims=2))
+        self.shortcut = (nn.Identity() if stride == 1 and cin == cout
+                         else conv_bn(cin, cout, 1, stride, relu=False, dims=2))
         self.relu = nn.ReLU(inplace=True)
         self.out_channels = cout
 
@@ -66,7 +68,8 @@ class TSMResNet(nn.Module):
                 cin = blocks[-1].out_channels
             setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
         self.num_features = cin
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(cin, num_classes))
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout),
+                                  nn.Linear(cin, num_classes))
 
     def forward(self, x):
         n, c, t, h, w = x.shape
