@@ -97,6 +97,32 @@ def test_cli_reproduce_end_to_end(tmp_path, capsys):
     assert "top1" in json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
 
+def test_cli_reproduce_reports_on_rank_0_only(tmp_path, capsys, monkeypatch):
+    """Under torchrun every rank trains (each run is distributed), but only rank 0 computes
+    the spectra and writes results.md / results.json / plots; the others print nothing."""
+    out, trained = tmp_path / "repro", []
+
+    def fake_run(cfg, run_dir, resume, progress):      # a finished run, as fit leaves it
+        trained.append(run_dir.relative_to(out).as_posix())
+        run_dir.mkdir(parents=True)
+        (run_dir / "summary.json").write_text(json.dumps({"curve_top1": [1.0, 2.0]}))
+
+    def no_report(*args, **kwargs):
+        raise AssertionError("the report is rank 0's work")
+    monkeypatch.setattr(cli, "_run", fake_run)
+    monkeypatch.setattr(cli.report, "table", no_report)
+    monkeypatch.setattr(cli.report, "temporal_spectrum", no_report)
+    monkeypatch.setattr(cli, "build_dataset", no_report)
+    monkeypatch.setenv("RANK", "1")
+    args = ["reproduce", "--recipe", "synthetic-quick", "--out", str(out), "--no-progress",
+            "--methods", "ce", "kd", "--seeds", "0", "1"]
+    assert cli.main(args + sum((["--set", i] for i in TINY), [])) == 0
+    assert trained == ["teacher", "ce/seed0", "ce/seed1", "kd/seed0", "kd/seed1"]
+    assert capsys.readouterr().out == ""
+    assert sorted(p.name for p in out.iterdir()) == ["ce", "kd", "teacher"]      # no results.* nor plots
+    assert cli.reproduce(load_recipe("synthetic-quick"), out, [0, 1], ["ce", "kd"], False, False) == ""
+
+
 def test_recipes_load_and_bad_input():
     for name in ("synthetic-full", "ucf101-i3d", "hmdb51-i3d", "kinetics400-tsm", "ssv2-tsm", "jester-tsm"):
         recipe = load_recipe(name)

@@ -8,13 +8,18 @@ from vkd_kernels.train.models import build_model, temporal_shift
 CASES = [
     (dict(name="resnet3d", depth=10, width=4, stem_pool=False), {"layer4": (2, 32, 4, 2, 2)}),
     (dict(name="resnet3d", depth=50, width=2, temporal_strides=(1, 2, 1, 1)), {"layer2": (2, 16, 2, 4, 4)}),
+    (dict(name="resnet3d", depth=10, width=4, conv="2plus1d", stem_pool=False, temporal_strides=(1, 2, 2, 2)),
+     {"layer4": (2, 32, 1, 2, 2)}),
     (dict(name="i3d", width=0.05, temporal_pool=False), {"Mixed_5c": (2, 50, 4, 1, 1)}),
     (dict(name="top_heavy_i3d", width=0.05), {"Mixed_4f": (2, 41, 1, 2, 2)}),
     (dict(name="tsm_resnet", depth=18, width=4, num_segments=4), {"layer4": (8, 32, 1, 1)}),
 ]
 
 
-@pytest.mark.parametrize("spec,features", CASES, ids=[c[0]["name"] + str(c[0].get("depth", "")) for c in CASES])
+IDS = [c[0]["name"] + str(c[0].get("depth", "")) + c[0].get("conv", "") for c in CASES]
+
+
+@pytest.mark.parametrize("spec,features", CASES, ids=IDS)
 def test_forward_and_feature_hooks(spec, features):
     torch.manual_seed(0)
     model = build_model(spec, num_classes=5).eval()
@@ -54,6 +59,10 @@ def test_bad_arguments():
         build_model(dict(name="nope"), 3)
     with pytest.raises(ValueError, match="names"):
         FeatureHooks(torch.nn.Linear(2, 2), ["layer9"])
+    with pytest.raises(ValueError, match="conv must be '3d' or '2plus1d'"):
+        build_model(dict(name="resnet3d", conv="2+1d"), 3)
+    with pytest.raises(ValueError, match="basic-block depths"):
+        build_model(dict(name="resnet3d", depth=50, conv="2plus1d"), 3)
     with pytest.raises(ValueError, match="num_segments"):
         build_model(dict(name="tsm_resnet", depth=18, width=4, num_segments=4), 3)(torch.randn(1, 3, 5, 16, 16))
 

@@ -1,6 +1,6 @@
 """Pretrained key mappings, on the key/shape lists of the originals (python_tests/data/,
 dumped from pytorch-i3d's InceptionI3d, TSM's TSN ResNet-18/50 and torchvision's r3d_18 /
-mc3_18 rebuilt from their public source; their logits matched ours, see docs/data.md)."""
+mc3_18 / r2plus1d_18 rebuilt from their public source; their logits matched ours, see docs/data.md)."""
 from pathlib import Path
 
 import pytest
@@ -18,6 +18,8 @@ CASES = {   # key list -> (our model spec, source)
                             "temporal_strides": [1, 2, 2, 2]}, "torchvision_video"),
     "torchvision_mc3_18": ({"name": "resnet3d", "depth": 18, "stem_kernel": [3, 7, 7], "stem_pool": False},
                            "torchvision_video"),
+    "torchvision_r2plus1d_18": ({"name": "resnet3d", "depth": 18, "conv": "2plus1d", "stem_pool": False,
+                                 "temporal_strides": [1, 2, 2, 2]}, "torchvision_r2plus1d"),
 }
 
 
@@ -83,12 +85,12 @@ def test_unmatched_missing_and_misshaped_keys_are_listed(tmp_path):
         load_pretrained(build_model({"name": "top_heavy_i3d"}, 400), tmp_path / "i3d.pth")
 
 
-def test_r2plus1d_and_bad_files_are_refused_by_name(tmp_path):
-    state = {"stem.0.weight": torch.zeros(45, 3, 1, 7, 7), "stem.3.weight": torch.zeros(64, 45, 3, 1, 1),
-             "layer1.0.conv1.0.weight": torch.zeros(1)}
-    torch.save(state, tmp_path / "r2p1.pth")
-    with pytest.raises(ValueError, match="r2plus1d_18 .* none can hold it"):
-        load_pretrained(build_model({"name": "resnet3d"}, 400), tmp_path / "r2p1.pth")
+def test_r2plus1d_into_a_3d_resnet_and_bad_files_are_refused_by_name(tmp_path):
+    torch.save(fake_checkpoint("torchvision_r2plus1d_18"), tmp_path / "r2p1.pth")
+    plain = {"name": "resnet3d", "depth": 18, "stem_pool": False, "temporal_strides": [1, 2, 2, 2]}
+    with pytest.raises(ValueError, match=r"r2p1.pth \(torchvision_r2plus1d\): .* checkpoint keys with no place "
+                                         r"in the model: stem.0.weight"):
+        load_pretrained(build_model(plain, 400), tmp_path / "r2p1.pth")
     with pytest.raises(ValueError, match="pretrained: no file .*nothere.pth"):
         load_pretrained(build_model({"name": "resnet3d"}, 400), tmp_path / "nothere.pth")
     (tmp_path / "junk.pth").write_bytes(b"junk")

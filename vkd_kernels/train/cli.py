@@ -123,7 +123,17 @@ def _run(cfg, run_dir: Path, resume: bool, progress: bool) -> None:
     fit(cfg, run_dir, resume=resume and (run_dir / "last.pt").exists(), progress=progress)
 
 
+def _rank() -> int:
+    """This process's rank: its process group's, else torchrun's ``RANK`` (0 when alone)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank()
+    return int(os.environ.get("RANK", "0"))
+
+
 def reproduce(recipe, out: Path, seeds, methods, resume: bool, progress: bool, explicit: bool = True) -> str:
+    """Train the teacher(s) and every method x seed (each run on all ranks under torchrun),
+    then, on rank 0 only, the spectra, results.md / results.json and the plots; returns the
+    markdown on rank 0, "" on the others."""
     from .methods import REGISTRY
     methods = reproduce_plan(recipe, seeds, methods, explicit)
     if resume and not out.is_dir():
@@ -155,6 +165,8 @@ def reproduce(recipe, out: Path, seeds, methods, resume: bool, progress: bool, e
             summary = json.loads((run_dir / "summary.json").read_text())
             runs.setdefault(method, []).append(summary)
             curves.setdefault(method, []).append(summary["curve_top1"])
+    if _rank() != 0:        # the runs needed every rank; the report is rank 0's work and files
+        return ""
     rows = report.table(runs, teacher)
     val = torch.utils.data.DataLoader(build_dataset(recipe["data"], "val"), batch_size=32, collate_fn=collate_skip)
     spectra = {"teacher": report.temporal_spectrum(load_model(teacher_dir / "model.pt"), val)}
@@ -240,7 +252,9 @@ def _main(args) -> int:
         reproduce_cfg = recipe.get("reproduce") or {}
         seeds = args.seeds or reproduce_cfg.get("seeds")
         methods = args.methods or reproduce_cfg.get("methods")
-        print(reproduce(recipe, Path(args.out), seeds, methods, args.resume, progress, explicit=bool(args.methods)))
+        text = reproduce(recipe, Path(args.out), seeds, methods, args.resume, progress, explicit=bool(args.methods))
+        if text:
+            print(text)
     return 0
 
 

@@ -17,8 +17,10 @@ renames its keys to ours and loads it. Sources:
 * ``torchvision_video``: torchvision ``r3d_18`` / ``mc3_18``: ``stem.{0,1}`` -> ``stem.0.{0,1}``,
   ``downsample`` -> ``shortcut``, ``fc`` -> ``head.3``; mc3's (1, 3, 3) kernels go into our
   (3, 3, 3) ones at the centre time step, zeros elsewhere (the same function; reported).
-  ``r2plus1d_18`` cannot be held: its (2+1)-D convs have a BatchNorm + ReLU between the
-  spatial and the temporal conv, which no single 3-D conv equals.
+* ``torchvision_r2plus1d``: torchvision ``r2plus1d_18`` into ``ResNet3D(conv="2plus1d")``:
+  stem ``stem.{0,1,3}`` (spatial conv, its BN, temporal conv) / ``stem.4`` -> ``stem.0.0.{0,1,3}`` /
+  ``stem.0.1``; block ``conv{1,2}.0.{0,1,3}`` (the (2+1)-D conv) / ``conv{1,2}.1`` keep their
+  names; ``downsample`` -> ``shortcut``, ``fc`` -> ``head.3``.
 * ``vkd``: our own ``model.pt`` or state dict.
 
 A key of the checkpoint with no place in the model, a model key the checkpoint lacks, or
@@ -92,8 +94,23 @@ def _torchvision_key(key: str) -> str:
     return ""
 
 
+def _r2plus1d_key(key: str) -> str:
+    if key.startswith("fc."):
+        return "head.3." + key[3:]
+    m = re.fullmatch(r"stem\.([0134])\.(\w+)", key)
+    if m:
+        return f"stem.0.1.{m.group(2)}" if m.group(1) == "4" else f"stem.0.0.{m.group(1)}.{m.group(2)}"
+    if re.fullmatch(r"layer\d\.\d+\.conv[12]\.(0\.[013]|1)\.\w+", key):
+        return key
+    m = re.fullmatch(r"(layer\d\.\d+)\.downsample\.([01])\.(\w+)", key)
+    if m:
+        return f"{m.group(1)}.shortcut.{m.group(2)}.{m.group(3)}"
+    return ""
+
+
 SOURCES: Dict[str, Callable[[str], str]] = {
-    "pytorch_i3d": _i3d_key, "tsm": _tsm_key, "torchvision_video": _torchvision_key, "vkd": lambda k: k}
+    "pytorch_i3d": _i3d_key, "tsm": _tsm_key, "torchvision_video": _torchvision_key,
+    "torchvision_r2plus1d": _r2plus1d_key, "vkd": lambda k: k}
 
 
 def detect(state: Dict[str, torch.Tensor]) -> str:
@@ -103,11 +120,9 @@ def detect(state: Dict[str, torch.Tensor]) -> str:
         return "pytorch_i3d"
     if "base_model.conv1.weight" in keys:
         return "tsm"
+    if "stem.0.weight" in keys and "stem.3.weight" in keys and "layer1.0.conv1.0.0.weight" in keys:
+        return "torchvision_r2plus1d"                                      # (2+1)-D stem and convs
     if "stem.0.weight" in keys and "layer1.0.conv1.0.weight" in keys:
-        if "stem.3.weight" in keys and state["stem.3.weight"].dim() == 5:
-            raise PretrainedError("pretrained: this is torchvision's r2plus1d_18 (a (2+1)-D stem): our models "
-                                  "have no (2+1)-D convolution (BatchNorm + ReLU between the spatial and temporal "
-                                  "convs), so none can hold it")
         return "torchvision_video"
     return "vkd"
 
