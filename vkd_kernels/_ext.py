@@ -9,11 +9,25 @@ reference (and, on CUDA, Triton) backends.
 from __future__ import annotations
 
 import functools
-import importlib.machinery
-import os
+import sys
 import warnings
 
 import torch
+
+
+def _extension_exists() -> bool:
+    """Is there a _C to import at all? Asks every import finder directly (not through
+    sys.modules, which a test may have blocked), so an editable install's finder, which
+    maps _C to its build folder, counts as well as a file in the package folder."""
+    name, path = f"{__package__}._C", list(sys.modules[__package__].__path__)
+    for finder in sys.meta_path:
+        try:
+            if finder.find_spec(name, path) is not None:
+                return True
+        except (AttributeError, ImportError, ValueError):
+            continue
+    return False
+
 
 try:
     from . import _C as EXT
@@ -21,9 +35,7 @@ try:
     EXT_ERROR: str | None = None
 except ImportError as error:  # pragma: no cover - exercised by the fallback test
     EXT = None
-    # a file search of the package folder (not sys.modules): is there a _C to import at all?
-    installed = importlib.machinery.PathFinder.find_spec(f"{__package__}._C", [os.path.dirname(__file__)])
-    if installed is None:
+    if not _extension_exists():
         EXT_ERROR = ("vkd_kernels._C is not installed (built without a C++ compiler, or with "
                      "VKD_BUILD_EXTENSION=OFF)")
     else:
