@@ -79,33 +79,39 @@ def _tsm_key(key: str) -> str:
     return ""
 
 
-def _torchvision_key(key: str) -> str:
+def _r3d_stem_key(key: str) -> str:
+    """stem.{0,1} (conv, BN) -> stem.0.{0,1}."""
+    m = re.fullmatch(r"stem\.([01])\.(\w+)", key)
+    return f"stem.0.{m.group(1)}.{m.group(2)}" if m else ""
+
+
+def _r2plus1d_stem_key(key: str) -> str:
+    """The R(2+1)D stem: stem.{0,1,3} (spatial conv, BN, temporal conv) -> stem.0.0.{0,1,3},
+    its last BN stem.4 -> stem.0.1."""
+    m = re.fullmatch(r"stem\.([0134])\.(\w+)", key)
+    if not m:
+        return ""
+    return f"stem.0.1.{m.group(2)}" if m.group(1) == "4" else f"stem.0.0.{m.group(1)}.{m.group(2)}"
+
+
+def _torchvision_key(key: str, stem: Callable[[str], str] = _r3d_stem_key,
+                     convs: str = r"layer\d\.\d+\.conv[12]\.[01]\.\w+") -> str:
+    """torchvision VideoResNet (r3d_18, mc3_18): fc -> head.3, the stem, downsample ->
+    shortcut; block convs (``convs``) keep their names."""
     if key.startswith("fc."):
         return "head.3." + key[3:]
-    m = re.fullmatch(r"stem\.([01])\.(\w+)", key)
-    if m:
-        return f"stem.0.{m.group(1)}.{m.group(2)}"
-    m = re.fullmatch(r"(layer\d\.\d+)\.(conv[12])\.([01])\.(\w+)", key)
-    if m:
+    if re.fullmatch(convs, key):
         return key
     m = re.fullmatch(r"(layer\d\.\d+)\.downsample\.([01])\.(\w+)", key)
     if m:
         return f"{m.group(1)}.shortcut.{m.group(2)}.{m.group(3)}"
-    return ""
+    return stem(key)
 
 
 def _r2plus1d_key(key: str) -> str:
-    if key.startswith("fc."):
-        return "head.3." + key[3:]
-    m = re.fullmatch(r"stem\.([0134])\.(\w+)", key)
-    if m:
-        return f"stem.0.1.{m.group(2)}" if m.group(1) == "4" else f"stem.0.0.{m.group(1)}.{m.group(2)}"
-    if re.fullmatch(r"layer\d\.\d+\.conv[12]\.(0\.[013]|1)\.\w+", key):
-        return key
-    m = re.fullmatch(r"(layer\d\.\d+)\.downsample\.([01])\.(\w+)", key)
-    if m:
-        return f"{m.group(1)}.shortcut.{m.group(2)}.{m.group(3)}"
-    return ""
+    """torchvision r2plus1d_18: its stem, and block convs conv{1,2}.0.{0,1,3} (the split
+    conv: spatial conv, BN, temporal conv) and conv{1,2}.1 (BN)."""
+    return _torchvision_key(key, stem=_r2plus1d_stem_key, convs=r"layer\d\.\d+\.conv[12]\.(0\.[013]|1)\.\w+")
 
 
 SOURCES: Dict[str, Callable[[str], str]] = {
