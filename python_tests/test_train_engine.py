@@ -151,9 +151,10 @@ def test_ddp_figures_equal_a_single_process_pass_over_the_same_data(tmp_path):
     """lr 0 keeps the weights fixed, so the training figures are a plain average over the
     samples of both ranks' batches; validation (15 clips: shards of 8 and 7) is the whole set."""
     from torch.utils.data import DataLoader, DistributedSampler
+    from train_helpers import shard_counts
 
     from vkd_kernels.train.data import build_dataset, collate_skip
-    from vkd_kernels.train.engine import ShardSampler, evaluate_counts, load_model
+    from vkd_kernels.train.engine import load_model
     from vkd_kernels.train.models import build_model
     cfg = run_config(tiny_recipe("train.epochs=1", "train.lr=0.0", "train.momentum=0.0", "train.weight_decay=0.0",
                                  "data.val.num_clips=15", "train.batch_size=4"), "student")
@@ -184,13 +185,7 @@ def test_ddp_figures_equal_a_single_process_pass_over_the_same_data(tmp_path):
     # validation in one process over the same batches (the untrained model's logits nearly tie,
     # so other batch compositions could break ties differently in the last bit)
     val_set, model = build_dataset(cfg["data"], "val"), load_model(tmp_path / "model.pt")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        counts = [evaluate_counts(model, DataLoader(val_set, batch_size=4, sampler=ShardSampler(val_set, r, 2),
-                                                    collate_fn=collate_skip), torch.device("cpu")) for r in (0, 1)]
-    finally:
-        torch.set_num_threads(threads)
+    counts = shard_counts(model, val_set, batch_size=4)
     assert [c["samples"] for c in counts] == [8, 7]           # every clip once, none padded in
     top1 = 100 * sum(c["correct1"] for c in counts) / 15
     top5 = 100 * sum(c["correct5"] for c in counts) / 15

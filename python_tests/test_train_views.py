@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 from torch.utils.data import DataLoader
+from train_helpers import shard_counts
 
 from vkd_kernels.train import cli
 from vkd_kernels.train.config import ConfigError, load_recipe
@@ -23,7 +24,7 @@ from vkd_kernels.train.data.sampling import (
     segment_views,
     val_transform,
 )
-from vkd_kernels.train.engine import ShardSampler, average_views, evaluate, evaluate_counts, load_model
+from vkd_kernels.train.engine import average_views, evaluate, evaluate_counts, load_model
 from vkd_kernels.train.models import build_model
 
 H, W, FRAMES = 16, 24, 12
@@ -226,13 +227,7 @@ def test_two_process_multi_view_evaluation_counts_each_video_once(tmp_path):
     val = build_dataset(load_recipe(recipe_path)["data"], "val")
     val.set_views(2, 3)
     model = load_model(ckpt)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        counts = [evaluate_counts(model, DataLoader(val, batch_size=2, sampler=ShardSampler(val, r, 2),
-                                                    collate_fn=collate_skip), torch.device("cpu")) for r in (0, 1)]
-    finally:
-        torch.set_num_threads(threads)
+    counts = shard_counts(model, val, batch_size=2)
     assert [c["samples"] for c in counts] == [3, 2]
     assert results[0]["top1"] == 100 * sum(c["correct1"] for c in counts) / 5
     assert results[0]["top5"] == 100 * sum(c["correct5"] for c in counts) / 5
