@@ -7,6 +7,7 @@
 #include <string>
 #include "common/spectrum.h"
 #include "common/attention.h"
+#include "common/head.h"
 #include "common/weights.h"
 #include "common/apply.h"
 
@@ -77,7 +78,7 @@ struct AttentionMapArgs {
 template <Device> void attention_map_forward(const AttentionMapArgs& args);
 template <Device> void attention_map_backward(const AttentionMapArgs& args);
 
-// Weighted GroupNorm + ReLU of the GKD head's compact tail (common/attention.h, namespace
+// Weighted GroupNorm + ReLU of the GKD head's compact tail (common/head.h, namespace
 // head). All tensors contiguous, one dtype: Z, H, dH, dZ (N, J, C); w (J,); gamma, beta
 // (C,) or null; stats (N, G, 2) = (mean, rstd) in the accumulation dtype; dgamma, dbeta (N, C) per-sample partial
 // sums or null. Forward reads Z, w, gamma, beta and writes H, stats; backward reads
