@@ -13,8 +13,7 @@ import torch
 from harness import Case
 
 import vkd_kernels
-from vkd_kernels.attention.reference import raw_map_reference
-from vkd_kernels.attention.tiny import transfer_distance
+from vkd_kernels.attention.reference import raw_map_reference, transfer_distance
 
 OP = "attention"
 # (student, teacher): the shape, and a teacher at a coarser (T, H, W) (pooled)

@@ -12,7 +12,7 @@ from typing import List
 import torch
 from harness import Case
 
-from vkd_kernels.attention.head import attention_head_tail
+from vkd_kernels.gkd.head import attention_head_tail
 
 OP = "head"
 # (N, C1, C, T, L, groups): the paper's shape, and L not a multiple of T

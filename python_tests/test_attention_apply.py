@@ -6,7 +6,7 @@ import torch
 from harness import ALL, FUSED, assert_close, call, compare, device_for, expect_device
 from tolerances import tolerance
 
-from vkd_kernels import attention_apply
+from vkd_kernels import AttentionApply, attention_apply
 
 numeric = pytest.mark.numeric
 DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
@@ -141,6 +141,8 @@ BAD = [
                              backend="cpu"), ValueError, "lam contains NaN or inf"),
     (lambda: attention_apply(torch.ones(2, 4, 3), torch.ones(2, 4, 3), backend="cuda"), ValueError,
      "backend='cuda' cannot run attention_apply"),
+    (lambda: AttentionApply(per_sample=1), TypeError, "per_sample must be a bool"),
+    (lambda: AttentionApply(backend="gpu"), ValueError, "backend"),
 ]
 
 
@@ -149,3 +151,13 @@ def test_bad_input(case):
     call, error, message = BAD[case]
     with pytest.raises(error, match=message):
         call()
+
+
+@pytest.mark.parametrize("backend", ALL)
+@pytest.mark.parametrize("per_sample", (True, False))
+def test_module_is_the_function(backend, device, per_sample):
+    F, lam = inputs(device, 2, 3, 4, (5,))
+    module = AttentionApply(per_sample=per_sample, backend=backend)
+    assert f"per_sample={per_sample}" in repr(module)
+    torch.testing.assert_close(module(F, lam), attention_apply(F, lam, per_sample=per_sample, backend=backend),
+                               rtol=0, atol=0)

@@ -10,7 +10,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from vkd_kernels import GenerativeAttentionHead, attention_head_tail
-from vkd_kernels.attention.head import column_classes
+from vkd_kernels.gkd.head import column_classes
 
 numeric = pytest.mark.numeric
 NAMES = ("y", "conv_weight", "conv_bias", "gn_weight", "gn_bias", "linear_weight", "linear_bias")

@@ -60,13 +60,13 @@ def failures(data):
 
 
 def test_a_wrong_value_fails_only_that_backend(tmp_path, monkeypatch):
-    from vkd_kernels.attention import native
-    original = native.apply_affine
+    from vkd_kernels.gkd.apply import native
+    original = native.affine
 
     def wrong(x, a, b, out):  # every output and dF 5% too large
         original(x, a, b, out)
         out.mul_(1.05)
-    monkeypatch.setattr(native, "apply_affine", wrong)
+    monkeypatch.setattr(native, "affine", wrong)
     code, data = run_in_process(tmp_path, "--ops", "attention_apply", "--backends", "cpu", "triton")
     assert code == 1 and data["exit_code"] == 1
     bad = failures(data)

@@ -16,6 +16,8 @@ from conftest import FUSED_BACKENDS
 import vkd_kernels
 from vkd_kernels import _backend, _ext
 from vkd_kernels.attention import native as attention_native
+from vkd_kernels.gkd.apply import native as apply_native
+from vkd_kernels.gkd.head import native as head_native
 from vkd_kernels.spectrum import native as spectrum_native
 from vkd_kernels.spectrum.layout import make_problem
 from vkd_kernels.weights import native as weights_native
@@ -24,8 +26,7 @@ from vkd_kernels.weights.layout import layout_of
 pytestmark = pytest.mark.skipif(_ext.EXT is None, reason=f"vkd_kernels._C is not importable: {_ext.EXT_ERROR}")
 
 # The launchers a kernel module (native or triton_kernels) offers to the ops.
-LAUNCHERS = ("forward", "backward", "head_norm_forward", "head_norm_backward", "apply_reduce", "apply_affine",
-             "gram", "gram_backward")
+LAUNCHERS = ("forward", "backward", "reduce", "affine", "gram", "gram_backward")
 
 
 class GuardLog:
@@ -54,10 +55,14 @@ class GuardLog:
 def _impl_modules(backend):
     if backend == "triton":
         from vkd_kernels.attention import triton_kernels as attention_triton
+        from vkd_kernels.gkd.apply import triton_kernels as apply_triton
+        from vkd_kernels.gkd.head import triton_kernels as head_triton
         from vkd_kernels.spectrum import triton_kernels as spectrum_triton
         from vkd_kernels.weights import triton_kernels as weights_triton
-        return {"spectrum": spectrum_triton, "attention": attention_triton, "weights": weights_triton}
-    return {"spectrum": spectrum_native, "attention": attention_native, "weights": weights_native}
+        return {"spectrum": spectrum_triton, "attention": attention_triton, "head": head_triton,
+                "apply": apply_triton, "weights": weights_triton}
+    return {"spectrum": spectrum_native, "attention": attention_native, "head": head_native, "apply": apply_native,
+            "weights": weights_native}
 
 
 def _run_every_fused_op(backend, device):
@@ -84,8 +89,8 @@ def _run_every_fused_op(backend, device):
 
 
 EXPECTED_LAUNCHES = {"spectrum.forward", "spectrum.backward", "attention.forward", "attention.backward",
-                     "attention.head_norm_forward", "attention.head_norm_backward", "attention.apply_reduce",
-                     "attention.apply_affine", "weights.gram", "weights.gram_backward"}
+                     "head.forward", "head.backward", "apply.reduce", "apply.affine", "weights.gram",
+                     "weights.gram_backward"}
 
 
 @pytest.mark.parametrize("backend", [b for b in FUSED_BACKENDS if b in ("cpu", "triton", "cuda")])
@@ -169,11 +174,11 @@ def test_native_launchers_pass_the_device_index(monkeypatch):
     attention_native.forward(x, 2.0, FakeCuda1((2, 6)))
     attention_native.backward(x, FakeCuda1((2, 6)), 2.0, x)
     Z = FakeCuda1((2, 3, 4))
-    attention_native.head_norm_forward(Z, w, None, None, 2, 6.0, 1e-5, Z, FakeCuda1((2, 2, 2)))
-    attention_native.head_norm_backward(Z, w, None, None, FakeCuda1((2, 2, 2)), Z, 2, 6.0, Z, None, None)
+    head_native.forward(Z, w, None, None, 2, 6.0, 1e-5, Z, FakeCuda1((2, 2, 2)))
+    head_native.backward(Z, w, None, None, FakeCuda1((2, 2, 2)), Z, 2, 6.0, Z, None, None)
     rows = FakeCuda1((2, 3, 4, 5))
-    attention_native.apply_reduce(rows, None, FakeCuda1((24,)))
-    attention_native.apply_affine(rows, FakeCuda1((24,)), None, rows)
+    apply_native.reduce(rows, None, FakeCuda1((24,)))
+    apply_native.affine(rows, FakeCuda1((24,)), None, rows)
     weight = torch.empty(4, 2, 3, 3, device="meta")
     layout = layout_of([weight], [0], 1)
     weights_native.gram(layout, [FakeCuda1(weight.shape)], torch.float32)

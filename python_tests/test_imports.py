@@ -1,6 +1,7 @@
-"""No import cycle among GKD's modules and the trainer's models and methods: each module
-imports on its own in a fresh interpreter, in either order with the others, and the old
-import paths still work (aliases of the new ones)."""
+"""One room per op, and no import cycle among GKD's modules and the trainer's models and
+methods: every op package has the same files, mirrored by one file per op in each layer
+of csrc/; each module imports on its own in a fresh interpreter, in either order with
+the others, and the old import paths still work (aliases of the new ones)."""
 import itertools
 import subprocess
 import sys
@@ -9,7 +10,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-MODULES = ["vkd_kernels.gkd", "vkd_kernels.methods.gkd", "vkd_kernels.train.models",
+MODULES = ["vkd_kernels.gkd", "vkd_kernels.gkd.head", "vkd_kernels.gkd.apply", "vkd_kernels.attention",
+           "vkd_kernels.methods.gkd", "vkd_kernels.train.models",
            "vkd_kernels.train.models.gkd_net", "vkd_kernels.train.methods", "vkd_kernels.train.methods.gkd"]
 
 
@@ -51,3 +53,28 @@ def test_models_do_not_import_the_trainer_methods():
     for path in (ROOT / "vkd_kernels" / "train" / "models").glob("*.py"):
         assert "methods" not in "".join(line for line in path.read_text().splitlines(True)
                                          if line.lstrip().startswith(("import ", "from "))), path
+
+
+# op package (under vkd_kernels/) -> its name in csrc/{common,cpu,cuda}/
+OPS = {"spectrum": "spectrum", "weights": "weights", "attention": "attention", "gkd/head": "head",
+       "gkd/apply": "apply"}
+OP_FILES = {"__init__.py", "layout.py", "reference.py", "native.py", "triton_kernels.py", "op.py", "module.py"}
+
+
+@pytest.mark.parametrize("package", OPS)
+def test_every_op_is_one_package_with_the_same_files(package):
+    assert {p.name for p in (ROOT / "vkd_kernels" / package).glob("*.py")} == OP_FILES
+
+
+@pytest.mark.parametrize("package", OPS)
+def test_every_op_has_one_file_in_each_csrc_layer(package):
+    name = OPS[package]
+    for path in (f"common/{name}.h", f"cpu/{name}.cpp", f"cuda/{name}.cu"):
+        assert (ROOT / "csrc" / path).is_file(), path
+
+
+def test_the_old_attention_names_are_aliases_of_gkd():
+    from vkd_kernels import attention, gkd
+    assert attention.attention_apply is gkd.attention_apply
+    assert attention.attention_head_tail is gkd.attention_head_tail
+    assert attention.GenerativeAttentionHead is gkd.GenerativeAttentionHead

@@ -21,8 +21,8 @@ import torch
 from harness import assert_close, device_for
 
 from vkd_kernels import _backend
-from vkd_kernels.attention import native as attention_native
 from vkd_kernels.attention.op import raw_map
+from vkd_kernels.gkd.apply import native as apply_native
 from vkd_kernels.spectrum.layout import effective_weights, make_problem
 from vkd_kernels.spectrum.op import temporal_spectrum_loss
 from vkd_kernels.spectrum.reference import temporal_spectrum_loss_reference
@@ -118,7 +118,7 @@ def test_apply_row_sums_past_2_31_elements_cpu():
     buf = torch.rand(rows + Sn, generator=g, dtype=torch.float64)
     F = buf.as_strided((N, C, Tn, Sn), (C * Tn, Tn, 1, 1))
     q = torch.full((rows,), float("nan"), dtype=torch.float64)
-    attention_native.apply_reduce(F, None, q)
+    apply_native.reduce(F, None, q)
     cs = torch.cat((torch.zeros(1, dtype=torch.float64), buf.cumsum(0)))
     expected = cs[Sn:Sn + rows] - cs[:rows]
     assert torch.allclose(q, expected, rtol=1e-10, atol=0), (q - expected).abs().max()

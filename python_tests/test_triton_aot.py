@@ -14,6 +14,7 @@ from vkd_kernels._triton_specs import GRID_LIMITS  # noqa: E402
 # Each op's Triton module: its launched kernels in KERNELS, every config its launchers
 # can produce from launch_configs().
 TRITON_MODULES = ["vkd_kernels.spectrum.triton_kernels", "vkd_kernels.attention.triton_kernels",
+                  "vkd_kernels.gkd.head.triton_kernels", "vkd_kernels.gkd.apply.triton_kernels",
                   "vkd_kernels.weights.triton_kernels"]
 
 

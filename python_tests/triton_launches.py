@@ -171,7 +171,7 @@ def attention_heads():
     or absent, forward and backward, per dtype."""
     import torch
 
-    from vkd_kernels.attention.head import attention_head_tail
+    from vkd_kernels.gkd.head import attention_head_tail
 
     for dtype in _dtypes():
         for gamma in (True, False):
@@ -191,7 +191,7 @@ def attention_applies():
     (forward and backward) per dtype."""
     import torch
 
-    from vkd_kernels.attention.apply import attention_apply
+    from vkd_kernels.gkd.apply import attention_apply
 
     for dtype in _dtypes():
         F = torch.randn(2, 8, 4, 6, 6, dtype=dtype, requires_grad=True)

@@ -1,7 +1,7 @@
 // Math of attention_apply (docs/ops.md 3b) shared by the CPU and CUDA kernels. F (N, C, T, S)
 // is read as N C T rows of S elements (strides n, c, t, s); row i = (n, c, t) with
 // n = i / (C T), c = i / T % C, t = i % T, so channels_last_3d features are read in place.
-// Two passes cover forward and backward (vkd_kernels/attention/apply.py):
+// Two passes cover forward and backward (vkd_kernels/gkd/apply/op.py):
 //   reduce   q_i = sum_s x[i, s] (y == null) or m_i = sum_s x[i, s] y[i, s]   (accumulation dtype)
 //   affine   out[i, s] = x[i, s] a_i + b_i (b == null: 0; a, b accumulation dtype)
 // forward: q = reduce(F), out = affine(F, k lam); backward: m = reduce(F, g),

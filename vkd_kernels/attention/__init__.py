@@ -1,8 +1,9 @@
-"""Attention maps (docs/ops.md section 3): attention transfer and the GKD attention head."""
-from .apply import attention_apply
-from .head import attention_head_tail
-from .loss import AttentionTransferLoss
-from .module import GenerativeAttentionHead
+"""Attention-transfer maps and loss (docs/ops.md section 3a).
+
+The GKD head and attention_apply live in :mod:`vkd_kernels.gkd`; their names are
+re-exported here too, where they used to live."""
+from ..gkd import GenerativeAttentionHead, attention_apply, attention_head_tail
+from .module import AttentionTransferLoss
 from .op import attention_map, attention_transfer_loss
 
 __all__ = ["attention_map", "attention_transfer_loss", "AttentionTransferLoss", "attention_head_tail",

@@ -12,7 +12,6 @@ import math
 import torch
 
 from .._checks import check_choice, check_float_tensor, check_positive_number
-from .._math import accumulation_dtype  # noqa: F401  (the ops import it from here)
 
 MODES = ("spatiotemporal", "per_frame")
 DISTANCES = ("mse", "l2")

@@ -4,7 +4,7 @@ The fused part is the one that touches the features: ``vkd::attention_raw_map``
 reads each feature once and writes a[n, p] = mean_c |x[n, c, p]|^p; its backward
 reads the feature once more and writes dx = p |x|^(p-1) sign(x) dL/da / C. Both are
 custom ops (opaque single nodes under torch.compile). Pooling, normalisation,
-difference and reduction run on the C-times-smaller maps (tiny.py), where autograd
+difference and reduction run on the C-times-smaller maps (reference.py), where autograd
 yields dL/da exactly. Nothing of feature size is kept for backward but the inputs.
 """
 from __future__ import annotations
@@ -13,9 +13,9 @@ import torch
 
 from .. import _backend
 from .._checks import check_choice, finite_check_enabled, new_output, raise_if_not_finite
-from .layout import MODES, accumulation_dtype, check_exponent, check_feature, check_transfer, map_shape, view_ncp
-from .reference import raw_map_reference
-from .tiny import normalize, transfer_distance
+from .._math import accumulation_dtype
+from .layout import MODES, check_exponent, check_feature, check_transfer, map_shape, view_ncp
+from .reference import normalize, raw_map_reference, transfer_distance
 
 
 @torch.library.custom_op("vkd::attention_raw_map", mutates_args=())

@@ -1,37 +1,5 @@
-"""GKD (generative feature distillation; docs/methods.md, method A) in one public module:
-everything a training loop needs to run the method on its own networks.
-
-* :class:`GenerativeAttentionHead` (lambda (N, C, T) from F (N, C, T, H, W); its tail
-  :func:`attention_head_tail` in exact compact form) and :func:`attention_apply`
-  (F_fg = F * lambda * sum(F) / sum(F * lambda)): the fused ops of docs/ops.md 3b;
-* :class:`ConditionalVAE`, which generates F from lambda, and the losses
-  :func:`cvae_loss`, :func:`generative_distillation_loss` (L_GD),
-  :func:`attention_distillation_loss` (L_AD); :func:`group_count` for GroupNorm widths.
-
-The reference trainer's ``GKDNet`` (vkd_kernels/train/models/gkd_net.py) is built from
-these. ``vkd_kernels.methods.gkd`` is the former name of the CVAE part (an alias).
-
-Each network (teacher and student) carries, on its last feature stage F (N, C, T, H, W),
-an attention head giving lambda (N, C, T) and a :class:`ConditionalVAE`:
-
-    encoder   h  = ReLU(GN(Conv3d(F; C -> C, kernel (1, H, W))))           (N, C, T)
-              [mu, log s2] = MLP_{2C -> C -> C -> 2C}([h, lambda])          per time step
-    sample    z  = mu + e * exp(log s2 / 2),  e ~ N(0, I)
-    decoder   F_hat = ReLU(GN(ConvTranspose3d(MLP_{2C -> C -> C -> C}([z, lambda]); (1, H, W))))
-    prior     p(z | lambda) = N(lambda, I): at inference z = e + lambda
-
-    L_cvae = mean((F - F_hat)^2) + kl_weight * mean(-0.5 (1 + log s2 - (mu - lambda)^2 - s2))
-
-The losses of the distillation, all plain means so they are independent of the shapes:
-L_GD (generative distillation) = mean((F_hat_s - F_hat_t)^2) with both CVAEs fed the
-student's (F_s, lambda_s); L_AD (attention distillation) = mean((lambda_s - lambda_t)^2);
-L_rec = mean((Dec(e + lambda, lambda) - F)^2).
-
-Departures from the published code, on purpose: group-norm group counts are the largest
-divisor of C that is <= gn_groups (the code hard-codes 32, which fails for C not a multiple
-of 32). The MLPs put a ReLU between layers and none after the last, so mu, log s2 and
-the decoder's pre-activation are unconstrained (our reading of docs/methods.md).
-"""
+"""GKD's conditional VAE of one network's feature, conditioned on its attention map
+(the architecture is in the vkd_kernels.gkd docstring and docs/methods.md, method A)."""
 from __future__ import annotations
 
 from typing import Optional, Tuple
@@ -39,11 +7,6 @@ from typing import Optional, Tuple
 import torch
 from torch import nn
 from torch.nn import functional as F
-
-from .attention import GenerativeAttentionHead, attention_apply, attention_head_tail
-
-__all__ = ["GenerativeAttentionHead", "attention_head_tail", "attention_apply", "ConditionalVAE", "cvae_loss",
-           "generative_distillation_loss", "attention_distillation_loss", "group_count"]
 
 
 def group_count(channels: int, gn_groups: int) -> int:
@@ -119,23 +82,3 @@ class ConditionalVAE(nn.Module):
         """F_hat from the prior N(lambda, I): Dec(e + lambda, lambda)."""
         noise = torch.randn_like(lam) if noise is None else noise
         return self.decode(noise + lam, lam)
-
-
-def cvae_loss(feature: torch.Tensor, reconstruction: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor,
-              lam: torch.Tensor, kl_weight: float = 0.1) -> torch.Tensor:
-    """mean((F - F_hat)^2) + kl_weight * mean(KL(N(mu, s2) || N(lambda, I)))."""
-    kl = -0.5 * (1 + logvar - (mu - lam) ** 2 - logvar.exp())
-    return F.mse_loss(reconstruction, feature) + kl_weight * kl.mean()
-
-
-def generative_distillation_loss(generated_student: torch.Tensor, generated_teacher: torch.Tensor) -> torch.Tensor:
-    """L_GD = mean((F_hat_s - F_hat_t)^2); both generated from the student's (F_s, lambda_s)."""
-    return F.mse_loss(generated_student, generated_teacher)
-
-
-def attention_distillation_loss(lam_student: torch.Tensor, lam_teacher: torch.Tensor) -> torch.Tensor:
-    """L_AD = mean((lambda_s - lambda_t)^2)."""
-    if lam_student.shape != lam_teacher.shape:
-        raise ValueError(f"lam_teacher has shape {tuple(lam_teacher.shape)} but lam_student has shape "
-                         f"{tuple(lam_student.shape)}; give the student an adapter to the teacher's width")
-    return F.mse_loss(lam_student, lam_teacher)

@@ -26,15 +26,12 @@ from __future__ import annotations
 
 import torch
 
-from .. import _backend
-from .._backend import BACKENDS
-from .._checks import check_choice, check_float_tensor, finite_check_enabled, new_output, raise_if_not_finite
-from .layout import accumulation_dtype
-
-
-def _rows(x: torch.Tensor) -> torch.Tensor:
-    """x (N, C, T, *spatial) as (N, C, T, S), a view where the strides allow."""
-    return x.reshape(x.shape[:3] + (-1,))
+from ... import _backend
+from ..._backend import BACKENDS
+from ..._checks import check_choice, finite_check_enabled, new_output, raise_if_not_finite
+from ..._math import accumulation_dtype
+from .layout import check_apply, rows_view
+from .reference import attention_apply_reference
 
 
 def _safe_inverse(s: torch.Tensor) -> torch.Tensor:
@@ -56,15 +53,15 @@ def _apply_op(F: torch.Tensor, lam: torch.Tensor, per_sample: bool,
               backend: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(out (F.shape, contiguous), q (N, C T) row sums in the accumulation dtype)."""
     with _backend.device_guard(F.device):
-        rows = _rows(F)
+        rows = rows_view(F)
         N, C, T, _ = rows.shape
         q = new_output((N, C * T), accumulation_dtype(F.dtype), F.device)
-        _backend.kernels(__package__, backend).apply_reduce(rows, None, q)
+        _backend.kernels(__package__, backend).reduce(rows, None, q)
         alpha = _factors(q, lam, per_sample)[0]
         if finite_check_enabled(F.device):  # on the (N, C T) factors: NaN/inf in F or lam reach them
             raise_if_not_finite(alpha, F=F, lam=lam)
         out = new_output(rows.shape, F.dtype, F.device)
-        _backend.kernels(__package__, backend).apply_affine(rows, alpha, None, out)
+        _backend.kernels(__package__, backend).affine(rows, alpha, None, out)
         return out.view(F.shape), q
 
 
@@ -78,9 +75,9 @@ def _apply_backward_op(grad: torch.Tensor, F: torch.Tensor, lam: torch.Tensor, q
                        backend: str, need_F: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """(dF (F.shape, contiguous; empty unless need_F), dlam (N, C, T))."""
     with _backend.device_guard(F.device):
-        rows, g = _rows(F), _rows(grad)
+        rows, g = rows_view(F), rows_view(grad)
         m = new_output(q.shape, q.dtype, F.device)
-        _backend.kernels(__package__, backend).apply_reduce(rows, g, m)
+        _backend.kernels(__package__, backend).reduce(rows, g, m)
         alpha, k, inv_s2 = _factors(q, lam, per_sample)
         B = k.shape[0]
         g_over_s2 = (lam.reshape(B, -1).to(q.dtype) * m.view(B, -1)).sum(-1, keepdim=True) * inv_s2
@@ -89,7 +86,7 @@ def _apply_backward_op(grad: torch.Tensor, F: torch.Tensor, lam: torch.Tensor, q
             return F.new_empty(0), d_lam
         beta = (g_over_s2 * (1.0 - alpha.view(B, -1))).view(q.shape)
         d_F = new_output(rows.shape, F.dtype, F.device)
-        _backend.kernels(__package__, backend).apply_affine(g, alpha, beta, d_F)
+        _backend.kernels(__package__, backend).affine(g, alpha, beta, d_F)
         return d_F.view(F.shape), d_lam
 
 
@@ -113,27 +110,6 @@ def _autograd_backward(ctx, grad, _grad_q):
 _apply_op.register_autograd(_autograd_backward, setup_context=_setup_context)
 
 
-def _check_apply(F, lam, per_sample):
-    check_float_tensor("F", F)
-    check_float_tensor("lam", lam)
-    if F.dim() < 3 or lam.shape != F.shape[:3]:
-        raise ValueError(f"lam must be F.shape[:3] = (N, C, T), got F {tuple(F.shape)} and lam {tuple(lam.shape)}")
-    if lam.device != F.device:
-        raise ValueError(f"lam is on {lam.device} but F is on {F.device}")
-    if lam.dtype != F.dtype:
-        raise TypeError(f"lam has dtype {lam.dtype} but F has dtype {F.dtype}")
-    if not isinstance(per_sample, bool):
-        raise TypeError(f"per_sample must be a bool, got {type(per_sample).__name__}")
-
-
-def attention_apply_reference(F: torch.Tensor, lam: torch.Tensor, per_sample: bool = True) -> torch.Tensor:
-    """The plain formula (autograd through it): F * lam * sum(F) / sum(F * lam)."""
-    weighted = F * lam.view(lam.shape + (1,) * (F.dim() - 3))
-    dims = tuple(range(1, F.dim())) if per_sample else tuple(range(F.dim()))
-    shape = (-1,) + (1,) * (F.dim() - 1)
-    return weighted * (F.sum(dims).reshape(shape) / weighted.sum(dims).reshape(shape))
-
-
 def attention_apply(F: torch.Tensor, lam: torch.Tensor, *, per_sample: bool = True,
                     backend: str = "auto") -> torch.Tensor:
     """F_fg = F * lam * sum(F) / sum(F * lam) for F (N, C, T, *spatial), lam (N, C, T).
@@ -145,7 +121,7 @@ def attention_apply(F: torch.Tensor, lam: torch.Tensor, *, per_sample: bool = Tr
     the C++ kernel on CPU). The output is contiguous.
     """
     check_choice("backend", backend, BACKENDS)
-    _check_apply(F, lam, per_sample)
+    check_apply(F, lam, per_sample)
     chosen = _backend.resolve("attention_apply", backend, F.device)
     if chosen == "reference":
         return attention_apply_reference(F, lam, per_sample)

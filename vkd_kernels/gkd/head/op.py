@@ -24,88 +24,21 @@ compact form (dW_lin scatters dA back to the columns of each class: T' L adds).
 Backends: the GEMMs (the (T x C1) @ (C1 x 3C) conv taps, the 0/1 (J x 3T) tap selection
 and the (T' x J) Linear) run in torch (BLAS/cuBLAS do them better than a hand-written
 kernel); the weighted GroupNorm + ReLU, the rest of the work, is one fused op
-``vkd::head_norm_relu`` (CPU C++, CUDA C++, Triton; math in csrc/common/attention.h)
+``vkd::head_norm_relu`` (CPU C++, CUDA C++, Triton; math in csrc/common/head.h)
 with its fused backward, instead of ~15 elementwise ops forward and ~40 backward.
 """
 from __future__ import annotations
 
-import functools
-from typing import Optional, Tuple
+from typing import Optional
 
 import torch
-import torch.nn.functional as F
 
-from .. import _backend
-from .._backend import BACKENDS
-from .._checks import check_choice, check_float_tensor, check_positive_number, new_output
-from .layout import accumulation_dtype
-
-
-@functools.lru_cache(maxsize=64)
-def _classes_cpu(T: int, L: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(triples (J, 3) into [zero, y_0 .. y_{T-1}], class of each column (L,), counts (J,))."""
-    src = F.interpolate(torch.arange(T, dtype=torch.float64).view(1, 1, T), size=L, mode="nearest")
-    src = src.view(L).long() + 1  # 0 is the zero padding column
-    padded = F.pad(src, (1, 1))   # zero padding outside [0, L)
-    triples = torch.stack((padded[:-2], padded[1:-1], padded[2:]), dim=1)
-    classes, inverse, counts = torch.unique(triples, dim=0, return_inverse=True, return_counts=True)
-    return classes, inverse, counts
-
-
-def column_classes(T: int, L: int, device: torch.device):
-    """The compact column classes of a nearest upsample T -> L followed by a k=3 conv."""
-    return tuple(t.to(device) for t in _classes_cpu(T, L))
-
-
-@functools.lru_cache(maxsize=64)
-def _selection(T: int, L: int, device: torch.device, dtype: torch.dtype) -> Tuple[torch.Tensor, ...]:
-    """(S (J, 3T), class of each column (L,), counts (J,)): S[j, 3 t + k] = 1 where tap k of
-    class j reads y[:, :, t] (padding taps read nothing)."""
-    triples, inverse, counts = _classes_cpu(T, L)
-    S = torch.zeros(triples.shape[0], T, 3, dtype=torch.float64)
-    for k in range(3):
-        real = triples[:, k] > 0
-        S[real.nonzero()[:, 0], triples[real, k] - 1, k] = 1.0
-    return S.view(-1, 3 * T).to(device, dtype), inverse.to(device), counts.to(device, dtype)
-
-
-def _check_tail(y, conv_weight, conv_bias, gn_weight, gn_bias, gn_groups, linear_weight, linear_bias,
-                upsample_length, eps):
-    check_float_tensor("y", y)
-    if y.dim() != 3:
-        raise ValueError(f"y must be (N, C1, T), got shape {tuple(y.shape)}")
-    N, C1, T = y.shape
-    if isinstance(upsample_length, bool) or not isinstance(upsample_length, int) or upsample_length < 1:
-        raise ValueError(f"upsample_length must be an int >= 1, got {upsample_length!r}")
-    check_float_tensor("conv_weight", conv_weight)
-    if conv_weight.dim() != 3 or conv_weight.shape[1:] != (C1, 3):
-        raise ValueError(f"conv_weight must be (C, {C1}, 3), got {tuple(conv_weight.shape)}")
-    C = conv_weight.shape[0]
-    if isinstance(gn_groups, bool) or not isinstance(gn_groups, int) or gn_groups < 1 or C % gn_groups:
-        raise ValueError(f"gn_groups must be a positive int dividing C={C}, got {gn_groups!r}")
-    check_float_tensor("linear_weight", linear_weight)
-    if linear_weight.dim() != 2 or linear_weight.shape[1] != upsample_length:
-        raise ValueError(f"linear_weight must be (T_out, {upsample_length}), got {tuple(linear_weight.shape)}")
-    for name, value, shape in (("conv_bias", conv_bias, (C,)), ("gn_weight", gn_weight, (C,)),
-                               ("gn_bias", gn_bias, (C,)), ("linear_bias", linear_bias, linear_weight.shape[:1])):
-        if value is None:
-            continue
-        check_float_tensor(name, value)
-        if tuple(value.shape) != tuple(shape):
-            raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(value.shape)}")
-    for name, value in (("conv_weight", conv_weight), ("conv_bias", conv_bias), ("gn_weight", gn_weight),
-                        ("gn_bias", gn_bias), ("linear_weight", linear_weight), ("linear_bias", linear_bias)):
-        if value is not None and (value.device != y.device or value.dtype != y.dtype):
-            raise ValueError(f"{name} ({value.dtype}, {value.device}) must match y ({y.dtype}, {y.device})")
-    check_positive_number("eps", eps, allow_zero=False)
-
-
-def tail_reference(y, conv_weight, conv_bias, gn_weight, gn_bias, gn_groups, linear_weight, linear_bias,
-                   upsample_length, eps):
-    """The plain layers: builds the (N, C, L) tensors (the oracle)."""
-    u = F.interpolate(y, size=upsample_length, mode="nearest")
-    h = F.relu(F.group_norm(F.conv1d(u, conv_weight, conv_bias, padding=1), gn_groups, gn_weight, gn_bias, eps))
-    return torch.sigmoid(F.linear(h, linear_weight, linear_bias))
+from ... import _backend
+from ..._backend import BACKENDS
+from ..._checks import check_choice, new_output
+from ..._math import accumulation_dtype
+from .layout import check_tail, selection
+from .reference import tail_reference
 
 
 @torch.library.custom_op("vkd::head_norm_relu", mutates_args=())
@@ -115,7 +48,7 @@ def _norm_op(Z: torch.Tensor, w: torch.Tensor, gamma: Optional[torch.Tensor], be
     with _backend.device_guard(Z.device):
         H = new_output(Z.shape, Z.dtype, Z.device)
         stats = new_output((Z.shape[0], groups, 2), accumulation_dtype(Z.dtype), Z.device)
-        _backend.kernels(__package__, backend).head_norm_forward(Z, w, gamma, beta, groups, M, eps, H, stats)
+        _backend.kernels(__package__, backend).forward(Z, w, gamma, beta, groups, M, eps, H, stats)
         return H, stats
 
 
@@ -134,7 +67,7 @@ def _norm_backward_op(dH: torch.Tensor, Z: torch.Tensor, w: torch.Tensor, gamma:
         dZ = new_output(Z.shape, Z.dtype, Z.device)
         dgamma = new_output((N, C), Z.dtype, Z.device) if gamma is not None else None
         dbeta = new_output((N, C), Z.dtype, Z.device) if beta is not None else None
-        _backend.kernels(__package__, backend).head_norm_backward(Z, w, gamma, beta, stats, dH.contiguous(), groups,
+        _backend.kernels(__package__, backend).backward(Z, w, gamma, beta, stats, dH.contiguous(), groups,
                                                                   M, dZ, dgamma, dbeta)
         return dZ, *(d.sum(0) if d is not None else Z.new_empty(0) for d in (dgamma, dbeta))
 
@@ -178,7 +111,7 @@ def tail_compact(y, conv_weight, conv_bias, gn_weight, gn_bias, gn_groups, linea
                             backend).to(y.dtype)
     N, C1, T = y.shape
     C, L = conv_weight.shape[0], upsample_length
-    S, inverse, w = _selection(T, L, y.device, y.dtype)
+    S, inverse, w = selection(T, L, y.device, y.dtype)
     # Pt[n, 3 t + k, c] = (W_k y[n, :, t])[c]: one (T x C1) @ (C1 x 3C) GEMM per sample
     Pt = torch.matmul(y.transpose(1, 2), conv_weight.permute(1, 2, 0).reshape(C1, 3 * C)).view(N, 3 * T, C)
     Z = torch.matmul(S, Pt)  # (N, J, C): the distinct conv columns
@@ -206,6 +139,6 @@ def attention_head_tail(y: torch.Tensor, conv_weight: torch.Tensor, conv_bias, g
     check_choice("backend", backend, BACKENDS)
     args = (y, conv_weight, conv_bias, gn_weight, gn_bias, gn_groups, linear_weight, linear_bias, upsample_length,
             float(eps) if isinstance(eps, (int, float)) and not isinstance(eps, bool) else eps)
-    _check_tail(*args)
+    check_tail(*args)
     chosen = _backend.resolve("attention_head_tail", backend, y.device)
     return tail_reference(*args) if chosen == "reference" else tail_compact(*args, chosen)

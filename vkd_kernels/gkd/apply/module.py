@@ -1,0 +1,27 @@
+"""nn.Module form of attention_apply."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..._backend import BACKENDS
+from ..._checks import check_choice
+from .op import attention_apply
+
+
+class AttentionApply(nn.Module):
+    """``F_fg = AttentionApply(per_sample=True)(F, lam)``: F * lam * sum(F) / sum(F * lam)
+    for F (N, C, T, *spatial), lam (N, C, T); options as in :func:`attention_apply`."""
+
+    def __init__(self, *, per_sample: bool = True, backend: str = "auto"):
+        super().__init__()
+        if not isinstance(per_sample, bool):
+            raise TypeError(f"per_sample must be a bool, got {type(per_sample).__name__}")
+        check_choice("backend", backend, BACKENDS)
+        self.per_sample, self.backend = per_sample, backend
+
+    def forward(self, F: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+        return attention_apply(F, lam, per_sample=self.per_sample, backend=self.backend)
+
+    def extra_repr(self) -> str:
+        return f"per_sample={self.per_sample}, backend={self.backend!r}"
