@@ -37,6 +37,11 @@ CUDA) and ``VKD_POISON_OUTPUTS`` unset. ``run_kernels=False`` records Triton lau
 without running them (interpreter only), for shapes the interpreter is too slow for;
 the counts do not depend on values, and outputs are then garbage.
 
+Use, in an op's test (the interpreter is on in the test session without a GPU)::
+
+    result = audit(lambda: op(x, y, backend="triton").backward(g), grad_to_none=[x])
+    assert result.total <= 4 and not result.syncs and not result.h2d, result
+
 Approximations: CUDA may split one ATen op into several kernels (cuBLAS split-K,
 cuFFT, two-pass reductions) and torch.compile's generated code is not seen.
 """
