@@ -159,5 +159,5 @@ def test_module_is_the_function(backend, device, per_sample):
     F, lam = inputs(device, 2, 3, 4, (5,))
     module = AttentionApply(per_sample=per_sample, backend=backend)
     assert f"per_sample={per_sample}" in repr(module)
-    torch.testing.assert_close(module(F, lam), attention_apply(F, lam, per_sample=per_sample, backend=backend),
-                               rtol=0, atol=0)
+    torch.testing.assert_close(call(module, device, F, lam),
+                               attention_apply(F, lam, per_sample=per_sample, backend=backend), rtol=0, atol=0)
