@@ -236,7 +236,8 @@ def sweep(recipe, out: Path, methods, resume: bool, progress: bool) -> str:
         if name not in grid:
             raise ConfigError(f"--methods: {name!r} is not in sweep.grid ({', '.join(grid)})")
     val = {"stream": spec.get("stream", "tune"), **({"num_clips": spec["num_clips"]} if spec.get("num_clips") else {})}
-    tuned = {**recipe, "data": merge_data(recipe["data"], {"val": val})}
+    tuned = {**recipe, "data": merge_data(recipe["data"], {"val": val}),
+             "train": {**recipe["train"], **(spec.get("train") or {})}}
     teachers = Teachers(recipe, out, resume, progress)       # trained on the recipe's own data
 
     def point(method: str, folder: str, options=None) -> dict:

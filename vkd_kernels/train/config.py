@@ -306,11 +306,14 @@ class SweepConfig:
     (one shared scale, e.g. the three distillation weights of collab); each method gets
     the same number of values. ``stream``: the split whose clips the sweep validates on
     (never the reported ``val``), ``num_clips`` its size (default: ``data.val``'s).
-    ``seeds``: the seeds of each point (``ce`` runs on them too, as the reference)."""
+    ``seeds``: the seeds of each point (``ce`` runs on them too, as the reference).
+    ``train``: entries merged over the recipe's ``train`` for the sweep's runs (e.g. a
+    shorter schedule, the same for every method)."""
     grid: Dict[str, Any]
     seeds: List[int]
     stream: str = "tune"
     num_clips: Optional[int] = None
+    train: Optional[Dict[str, Any]] = None
 
 
 @dataclass
@@ -496,6 +499,7 @@ def check_sweep(recipe: Dict) -> None:
     """The ``sweep`` section: methods, keys (each a valid option once set), equal budgets."""
     sweep = recipe["sweep"]
     check_schema(sweep, dataclass_schema(SweepConfig), "sweep")
+    TrainConfig.from_dict({**recipe["train"], **(sweep.get("train") or {})}, "sweep.train")
     sizes = set()
     for name, point in sweep["grid"].items():
         where = f"sweep.grid.{name}"

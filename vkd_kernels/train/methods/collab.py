@@ -20,7 +20,7 @@ Only the paper's abstract is public; this is our reading (docs/methods.md, metho
   measured on synthetic-full under SGD 0.1 + momentum, the parameter term's weight
   reached ~3700 in the first epoch and then jumped to ~0, and with ``mutual=True``
   the trained teacher's own CE (0.04) was up-weighted until both networks fell to
-  chance (reproduction/RESULTS.md).
+  chance (reproduction/saturating/RESULTS.md).
 
 ``weights`` (default 1 per term) scale the terms in both modes: with the learned
 weighting the total is ``sum_i exp(-s_i) w_i L_i + s_i``, so with ``s_i >= 0`` the
