@@ -122,6 +122,11 @@ def test_reproduce_pretrains_the_teacher_once_then_fine_tunes_both(tmp_path, cap
     results = json.loads((out / "results.json").read_text())
     assert list(results["rows"])[:3] == ["teacher", "teacher-pretrain", "teacher-gkd_repr"]
     assert results["threads"] == [1] and results["rows"]["kd"]["vs_ce"]["n"] == 2
+    # --no-train: the table of what has finished; a method without runs is left out, nothing trains
+    assert cli.main(["reproduce", "--recipe", "synthetic-headroom", "--out", str(out), "--no-progress", "--no-train",
+                     "--methods", "ce", "kd", "fitnet", "--seeds", "0", "1", "2"] + sets) == 0
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert "fitnet" not in rows and rows["kd"]["seeds"] == [0, 1] and not (out / "fitnet").exists()
 
 
 def test_committed_results_have_five_seeds_per_method_and_consistent_statistics():

@@ -87,6 +87,9 @@ def parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--seeds", type=int, nargs="+", help="default: the recipe's reproduce.seeds")
     p.add_argument("--methods", nargs="+", help="default: the recipe's reproduce.methods")
+    p.add_argument("--no-train", action="store_true",
+                   help="train no student: the table and plots of the runs that have finished (a method x seed "
+                        "without summary.json is left out)")
     p = sub.add_parser("sweep", help="the recipe's weight sweep (sweep.grid) validated on the tuning split; "
                        "writes sweep.md / sweep.json")
     _common(p)
@@ -179,10 +182,11 @@ class Teachers:
                 if (self.out / n / "summary.json").exists()}
 
 
-def reproduce(recipe, out: Path, seeds, methods, resume: bool, progress: bool, explicit: bool = True) -> str:
+def reproduce(recipe, out: Path, seeds, methods, resume: bool, progress: bool, explicit: bool = True,
+              train: bool = True) -> str:
     """Train the teacher(s) and every method x seed (each run on all ranks under torchrun),
     then, on rank 0 only, the spectra, results.md / results.json and the plots; returns the
-    markdown on rank 0, "" on the others."""
+    markdown on rank 0, "" on the others. ``train=False``: report the finished runs only."""
     methods = reproduce_plan(recipe, seeds, methods, explicit)
     if resume and not out.is_dir():
         raise ConfigError(f"resume: no folder {out} to continue (was --out mistyped?); run without --resume")
@@ -195,6 +199,8 @@ def reproduce(recipe, out: Path, seeds, methods, resume: bool, progress: bool, e
         for seed in seeds:
             run_dir = out / method / f"seed{seed}"
             if not (run_dir / "summary.json").exists():
+                if not train:
+                    continue
                 cfg = run_config(recipe, "student", method=method, seed=seed,
                                  teacher=str(teachers.dir(method) / "model.pt"))
                 _run(cfg, run_dir, resume, progress)
@@ -206,8 +212,9 @@ def reproduce(recipe, out: Path, seeds, methods, resume: bool, progress: bool, e
     rows = report.table(runs, teachers.summaries(methods))
     val = torch.utils.data.DataLoader(build_dataset(recipe["data"], "val"), batch_size=32, collate_fn=collate_skip)
     spectra = {"teacher": report.temporal_spectrum(load_model(teacher_dir / "model.pt"), val)}
-    for method in methods:
-        spectra[method] = report.temporal_spectrum(load_model(out / method / f"seed{seeds[0]}" / "model.pt"), val)
+    for method in runs:
+        first = out / method / f"seed{runs[method][0]['seed']}" / "model.pt"
+        spectra[method] = report.temporal_spectrum(load_model(first), val)
     minutes = (time.perf_counter() - began) / 60
     threads = sorted({r["threads"] for r in rows.values() if r.get("threads")})
     header = (f"# Reproduction: recipe `{recipe.get('name')}`, seeds {list(seeds)}\n\n"
@@ -353,7 +360,8 @@ def _main(args) -> int:
         reproduce_cfg = recipe.get("reproduce") or {}
         seeds = args.seeds or reproduce_cfg.get("seeds")
         methods = args.methods or reproduce_cfg.get("methods")
-        text = reproduce(recipe, Path(args.out), seeds, methods, args.resume, progress, explicit=bool(args.methods))
+        text = reproduce(recipe, Path(args.out), seeds, methods, args.resume, progress, explicit=bool(args.methods),
+                         train=not args.no_train)
         if text:
             print(text)
     return 0
