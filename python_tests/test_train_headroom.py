@@ -40,8 +40,8 @@ def test_streams_are_deterministic_and_disjoint():
     assert len(train) == 360 and not train.fresh_each_epoch         # the fixed labelled set, 30 per class
     assert torch.bincount(train.labels).tolist() == [30] * 12
     tune = SyntheticMotion(480, split="val", stream="tune")         # what vkd sweep validates on
-    pre = build_dataset(pretrain_config(load_recipe("synthetic-headroom", ["teacher.pretrain.data.train.num_clips=240"]))
-                        ["data"], "train")
+    small = load_recipe("synthetic-headroom", ["teacher.pretrain.data.train.num_clips=240"])
+    pre = build_dataset(pretrain_config(small)["data"], "train")
     assert pre.fresh_each_epoch and pre.options["split"] == "pretrain"
     sets = {"train": _hashes(train.clips), "val": _hashes(val.clips), "tune": _hashes(tune.clips),
             "pretrain": _hashes(pre.clips)}
