@@ -175,7 +175,7 @@ def test_cli_reproduce_gkd_end_to_end(tmp_path, capsys):
     assert "| gkd |" in capsys.readouterr().out
     assert (out / "teacher-gkd_repr" / "model.pt").exists()
     results = json.loads((out / "results.json").read_text())
-    assert set(results["rows"]) == {"teacher", "gkd"}
+    assert set(results["rows"]) == {"teacher", "teacher-gkd_repr", "gkd"}       # every teacher is a row
     checkpoint = str(out / "gkd" / "seed0" / "model.pt")
     assert cli.main(["evaluate", "--recipe", "synthetic-full", "--checkpoint", checkpoint]
                     + sum((["--set", i] for i in TINY), [])) == 0
