@@ -36,11 +36,11 @@ TINY = ["data.train.num_clips=32", "data.val.num_clips=15", "data.size=16", "tea
 ])
 def test_bad_overrides_are_rejected_naming_the_entry(override, error):
     with pytest.raises(ConfigError, match=error):
-        load_recipe("synthetic-quick", [override])
+        load_recipe("synthetic-full", [override])
 
 
 def test_set_values_are_yaml_scalars_and_sections_are_not_shared():
-    recipe = load_recipe("synthetic-quick", ["methods.gkd.beta=1e-2", "train.epochs=3", "train.amp=false",
+    recipe = load_recipe("synthetic-full", ["methods.gkd.beta=1e-2", "train.epochs=3", "train.amp=false",
                                              "data.frequencies=[1, 2]", "train.grad_clip=5e1"])
     assert recipe["methods"]["gkd"]["beta"] == 0.01 and isinstance(recipe["methods"]["gkd"]["beta"], float)
     assert recipe["train"]["epochs"] == 3 and recipe["train"]["amp"] is False and recipe["train"]["grad_clip"] == 50.0
@@ -71,39 +71,39 @@ def test_tensorboard_is_checked_at_load_time(monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else real(name, *a))
     with pytest.raises(ConfigError, match=r"train.tensorboard: true needs the tensorboard package.*pip install"):
-        load_recipe("synthetic-quick", ["train.tensorboard=true"])
+        load_recipe("synthetic-full", ["train.tensorboard=true"])
 
 
 def test_fit_validates_before_building_any_data(tmp_path, monkeypatch):
     def no_data(*args, **kwargs):
         raise AssertionError("data was built before the configuration was checked")
     monkeypatch.setattr(engine, "build_dataset", no_data)
-    cfg = run_config(load_recipe("synthetic-quick", TINY), "student", method="kd")
+    cfg = run_config(load_recipe("synthetic-full", TINY), "student", method="kd")
     with pytest.raises(ConfigError, match="teacher: method 'kd' distils from a teacher"):
         fit(cfg, tmp_path / "a")
-    cfg = run_config(load_recipe("synthetic-quick", TINY), "student")
+    cfg = run_config(load_recipe("synthetic-full", TINY), "student")
     cfg["method_options"] = {"temprature": 2.0}
     with pytest.raises(ConfigError, match=r"methods.ce.temprature: unknown key \(did you mean 'temperature'\?\)"):
         fit(cfg, tmp_path / "b")
     with pytest.raises(ConfigError, match=r"resume: no .*last.pt to continue from"):
-        fit(run_config(load_recipe("synthetic-quick", TINY), "teacher"), tmp_path / "c", resume=True)
+        fit(run_config(load_recipe("synthetic-full", TINY), "teacher"), tmp_path / "c", resume=True)
     assert not (tmp_path / "c").exists()
 
 
 def test_cli_unknown_method_stops_before_the_teacher_trains(tmp_path, capsys):
     out = tmp_path / "repro"
-    assert cli.main(["reproduce", "--recipe", "synthetic-quick", "--out", str(out), "--methods", "ce", "colab"]
+    assert cli.main(["reproduce", "--recipe", "synthetic-full", "--out", str(out), "--methods", "ce", "colab"]
                     + sum((["--set", i] for i in TINY), [])) == 2
     assert "--methods: unknown method 'colab' (did you mean 'collab'?)" in capsys.readouterr().err
     assert not out.exists()
 
 
 def test_resume_checks_the_stored_config_and_phases(tmp_path):
-    cfg = run_config(load_recipe("synthetic-quick", TINY), "teacher")
+    cfg = run_config(load_recipe("synthetic-full", TINY), "teacher")
     assert fit(cfg, tmp_path, stop_after=1, progress=False) == {}
     with pytest.raises(ConfigError, match=r"already holds a run .*pass --resume"):
         fit(cfg, tmp_path, progress=False)
-    changed = run_config(load_recipe("synthetic-quick", TINY + ["train.lr=0.05", "data.seed=3"]), "teacher")
+    changed = run_config(load_recipe("synthetic-full", TINY + ["train.lr=0.05", "data.seed=3"]), "teacher")
     with pytest.raises(ConfigError, match=r"differs .*data.seed: 0 -> 3; train.lr: 0.1 -> 0.05"):
         fit(changed, tmp_path, resume=True, progress=False)
     ckpt = torch.load(tmp_path / "last.pt", weights_only=True)
@@ -114,7 +114,7 @@ def test_resume_checks_the_stored_config_and_phases(tmp_path):
 
 
 def test_logs_best_checkpoint_and_opt_in_loss_timing(tmp_path, caplog, capfd):
-    cfg = run_config(load_recipe("synthetic-quick", TINY + ["train.log_interval=2", "train.time_losses=false",
+    cfg = run_config(load_recipe("synthetic-full", TINY + ["train.log_interval=2", "train.time_losses=false",
                                                             "train.epochs=3"]), "student")
     with caplog.at_level("INFO", logger="vkd_kernels.train"):
         summary = fit(cfg, tmp_path, progress=True)
@@ -136,7 +136,7 @@ def test_lr_per_iteration_with_warmup_and_gradient_clipping(tmp_path, monkeypatc
     norms = []
     real = torch.nn.utils.clip_grad_norm_
     monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda p, m: norms.append(m) or real(p, m))
-    cfg = run_config(load_recipe("synthetic-quick", TINY + ["train.lr_step=iteration", "train.warmup_epochs=0.5",
+    cfg = run_config(load_recipe("synthetic-full", TINY + ["train.lr_step=iteration", "train.warmup_epochs=0.5",
                                                             "train.grad_clip=1.0"]), "student")
     lrs = []
     fit(cfg, tmp_path, progress=False,

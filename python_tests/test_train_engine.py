@@ -24,7 +24,7 @@ def _figures(row):
 
 
 def tiny_recipe(*extra):
-    return load_recipe("synthetic-quick", TINY + list(extra))
+    return load_recipe("synthetic-full", TINY + list(extra))
 
 
 def test_resume_after_a_kill_gives_bit_identical_weights(tmp_path):
@@ -80,7 +80,7 @@ def test_ddp_two_gloo_processes(tmp_path, method):
 
 def test_cli_reproduce_end_to_end(tmp_path, capsys):
     out = tmp_path / "repro"
-    args = ["reproduce", "--recipe", "synthetic-quick", "--out", str(out), "--no-progress",
+    args = ["reproduce", "--recipe", "synthetic-full", "--out", str(out), "--no-progress",
             "--methods", "ce", "kd", "collab_spectrum", "--seeds", "0", "1"]
     for item in TINY:
         args += ["--set", item]
@@ -92,7 +92,7 @@ def test_cli_reproduce_end_to_end(tmp_path, capsys):
     assert results["rows"]["kd"]["seeds"] == [0, 1] and len(results["spectra"]["teacher"]) == 5
     assert (out / "results.md").exists() and (out / "kd" / "seed1" / "log.csv").exists()
     assert (out / "accuracy.png").exists() and (out / "spectra.png").exists()      # matplotlib is in [dev]
-    assert cli.main(["evaluate", "--recipe", "synthetic-quick", "--checkpoint", str(out / "kd" / "seed0" / "model.pt")]
+    assert cli.main(["evaluate", "--recipe", "synthetic-full", "--checkpoint", str(out / "kd" / "seed0" / "model.pt")]
                     + sum((["--set", i] for i in TINY), [])) == 0
     assert "top1" in json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
@@ -114,13 +114,13 @@ def test_cli_reproduce_reports_on_rank_0_only(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(cli.report, "temporal_spectrum", no_report)
     monkeypatch.setattr(cli, "build_dataset", no_report)
     monkeypatch.setenv("RANK", "1")
-    args = ["reproduce", "--recipe", "synthetic-quick", "--out", str(out), "--no-progress",
+    args = ["reproduce", "--recipe", "synthetic-full", "--out", str(out), "--no-progress",
             "--methods", "ce", "kd", "--seeds", "0", "1"]
     assert cli.main(args + sum((["--set", i] for i in TINY), [])) == 0
     assert trained == ["teacher", "ce/seed0", "ce/seed1", "kd/seed0", "kd/seed1"]
     assert capsys.readouterr().out == ""
     assert sorted(p.name for p in out.iterdir()) == ["ce", "kd", "teacher"]      # no results.* nor plots
-    assert cli.reproduce(load_recipe("synthetic-quick"), out, [0, 1], ["ce", "kd"], False, False) == ""
+    assert cli.reproduce(load_recipe("synthetic-full"), out, [0, 1], ["ce", "kd"], False, False) == ""
 
 
 def test_recipes_load_and_bad_input():
@@ -132,7 +132,7 @@ def test_recipes_load_and_bad_input():
     with pytest.raises(ValueError, match="recipe"):
         load_recipe("no-such-recipe")
     with pytest.raises(ValueError, match="key=value"):
-        load_recipe("synthetic-quick", ["train.epochs"])
+        load_recipe("synthetic-full", ["train.epochs"])
 
 
 def _ddp_exact_worker(rank, port, out, cfg):

@@ -140,7 +140,7 @@ def test_bad_input():
 
 
 def test_resume_after_a_kill_gives_bit_identical_networks_and_cvaes(tmp_path):
-    recipe = load_recipe("synthetic-quick", TINY)
+    recipe = load_recipe("synthetic-full", TINY)
     teacher_cfg = run_config(recipe, "teacher", method="gkd_repr")
     fit(teacher_cfg, tmp_path / "teacher", progress=False)
     fit(teacher_cfg, tmp_path / "teacher-cut", stop_after=1, progress=False)      # the teacher phase resumes too
@@ -169,22 +169,22 @@ def test_resume_after_a_kill_gives_bit_identical_networks_and_cvaes(tmp_path):
 
 def test_cli_reproduce_gkd_end_to_end(tmp_path, capsys):
     out = tmp_path / "repro"
-    args = ["reproduce", "--recipe", "synthetic-quick", "--out", str(out), "--no-progress",
+    args = ["reproduce", "--recipe", "synthetic-full", "--out", str(out), "--no-progress",
             "--methods", "gkd", "--seeds", "0"] + sum((["--set", i] for i in TINY + ["train.epochs=1"]), [])
     assert cli.main(args) == 0
     assert "| gkd |" in capsys.readouterr().out
     assert (out / "teacher-gkd_repr" / "model.pt").exists()
     results = json.loads((out / "results.json").read_text())
-    assert set(results["rows"]) == {"teacher", "gkd"}
+    assert set(results["rows"]) == {"teacher", "teacher-gkd_repr", "gkd"}       # every teacher is a row
     checkpoint = str(out / "gkd" / "seed0" / "model.pt")
-    assert cli.main(["evaluate", "--recipe", "synthetic-quick", "--checkpoint", checkpoint]
+    assert cli.main(["evaluate", "--recipe", "synthetic-full", "--checkpoint", checkpoint]
                     + sum((["--set", i] for i in TINY), [])) == 0
     assert "top1" in json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
 
 def test_ddp_two_gloo_processes_with_two_phases(tmp_path):
     from test_train_engine import _ddp_worker, _figures
-    cfg = run_config(load_recipe("synthetic-quick", TINY + ["train.epochs=1"]), "student", method="gkd_repr")
+    cfg = run_config(load_recipe("synthetic-full", TINY + ["train.epochs=1"]), "student", method="gkd_repr")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

@@ -107,7 +107,7 @@ def test_collab_log_variances_are_projected_into_log_var_range():
 def test_collab_weight_of_a_vanishing_term_stays_bounded(log_var_range):
     """The failure the default range prevents: under SGD 0.1 + momentum 0.9 (the recipes'),
     s_i runs to log L_i, so a term near 0 (here 1e-3, as the parameter term reached) gets
-    a weight ~ 1 / L_i, which made training diverge (reproduction/RESULTS.md)."""
+    a weight ~ 1 / L_i, which made training diverge (reproduction/saturating/RESULTS.md)."""
     student, teacher = build_model(STUDENT, 3), build_model(TEACHER, 3)
     method = build_method("collab_spectrum", student, teacher, probe=_batch()[0][:2], log_var_range=log_var_range)
     opt = torch.optim.SGD([method.log_vars], lr=0.1, momentum=0.9)

@@ -115,7 +115,7 @@ def test_pretrained_logs_and_a_saved_model_does_not_reload_it(tmp_path, caplog):
     torch.save({"spec": {}, "num_classes": 3, "state_dict": teacher.state_dict()}, tmp_path / "init.pt")
     spec = {"name": "resnet3d", "depth": 10, "width": 4, "pretrained": str(tmp_path / "init.pt")}
     from vkd_kernels.train.config import load_recipe  # the recipe schema takes the key
-    assert load_recipe("synthetic-quick", [f"student.model.pretrained={tmp_path / 'init.pt'}"])
+    assert load_recipe("synthetic-full", [f"student.model.pretrained={tmp_path / 'init.pt'}"])
     with caplog.at_level("INFO", logger="vkd_kernels.train"):
         student = build_model(spec, 3)
     assert any("pretrained:" in r.getMessage() and "'source': 'vkd'" in r.getMessage() for r in caplog.records)

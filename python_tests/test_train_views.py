@@ -170,7 +170,7 @@ def _recipe_and_checkpoint(tmp_path, videos=5, **extra):
     data, _ = frames_data(tmp_path / "data", videos=videos, sampling="segments", num_segments=4)
     data.update(extra)
     path = tmp_path / "recipe.json"
-    base = load_recipe("synthetic-quick")
+    base = load_recipe("synthetic-full")
     path.write_text(json.dumps({**base, "data": data, "train": {**base["train"], "batch_size": 2}}))
     torch.manual_seed(0)
     model = build_model({"name": "resnet3d", "depth": 10, "width": 4}, 3)
@@ -194,7 +194,7 @@ def test_one_view_is_the_ordinary_evaluation_and_bad_views_are_named(tmp_path):
     with pytest.raises(ConfigError, match="--clips: must be >= 1"):
         cli.evaluate_command(recipe, ckpt, clips=0)
     with pytest.raises(ConfigError, match="synthetic dataset has one clip .* needs data.name frames or video"):
-        cli.evaluate_command(load_recipe("synthetic-quick"), ckpt, clips=2)
+        cli.evaluate_command(load_recipe("synthetic-full"), ckpt, clips=2)
     with pytest.raises(ConfigError, match=r"evaluate.crops: must be 1"):         # the recipe key, at load
         load_recipe(recipe_path, ["evaluate.crops=5"])
     with pytest.raises(ConfigError, match=r"evaluate.average: expected one of 'prob', 'score'"):

@@ -4,6 +4,7 @@
     vkd distill --recipe synthetic-quick --method kd --teacher runs/teacher/model.pt --out runs/kd
     vkd evaluate --recipe synthetic-quick --checkpoint runs/kd/model.pt
     vkd reproduce --recipe synthetic-quick --out runs/quick          # teacher once, then every method
+    vkd sweep --recipe synthetic-headroom --out runs/headroom         # the weight sweep on the tuning split
     torchrun --nproc_per_node 4 -m vkd_kernels.train.cli distill ...  # multi-GPU (DDP)
 
 Every training command takes ``--resume`` (continue from ``last.pt``), ``--seed`` and
@@ -20,7 +21,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Dict, Optional
 
 import torch
 
@@ -32,8 +33,11 @@ from .config import (
     check_method_name,
     check_run,
     load_recipe,
+    merge_data,
+    pretrain_config,
     recipe_names,
     run_config,
+    sweep_options,
 )
 from .data import build_dataset, collate_skip
 from .engine import ShardSampler, distributed, evaluate, fit, load_model
@@ -54,7 +58,8 @@ def _common(p: argparse.ArgumentParser, out: bool = True) -> None:
 
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="vkd", description="Reference trainer of vkd-kernels.")
-    ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    ap.add_argument("--threads", type=int, help="torch CPU threads of every run: overrides the recipe's "
+                    "train.threads (default: the recipe's, else torch's choice); CPU results depend on it")
     ap.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"),
                     help="of the log on stderr (rank 0; other ranks log warnings and errors)")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -82,6 +87,13 @@ def parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--seeds", type=int, nargs="+", help="default: the recipe's reproduce.seeds")
     p.add_argument("--methods", nargs="+", help="default: the recipe's reproduce.methods")
+    p.add_argument("--no-train", action="store_true",
+                   help="train no student: the table and plots of the runs that have finished (a method x seed "
+                        "without summary.json is left out)")
+    p = sub.add_parser("sweep", help="the recipe's weight sweep (sweep.grid) validated on the tuning split; "
+                       "writes sweep.md / sweep.json")
+    _common(p)
+    p.add_argument("--methods", nargs="+", help="default: every method of sweep.grid")
     from .data.formats import add_data_parser
     add_data_parser(sub)               # vkd data: official annotation files -> our lists
     return ap
@@ -108,6 +120,8 @@ def reproduce_plan(recipe, seeds, methods, explicit: bool):
     for name in methods:
         check_method_name(name, "--methods" if explicit else "reproduce.methods")
     teacher_seed = int(recipe.get("teacher_seed", 0))
+    if pretrain_config(recipe, teacher_seed) is not None:
+        check_run(pretrain_config(recipe, teacher_seed))
     check_run(run_config(recipe, "teacher", seed=teacher_seed))
     for name in {getattr(REGISTRY[m][0], "teacher_method", None) for m in methods} - {None}:
         check_run(run_config(recipe, "teacher", method=name, seed=teacher_seed))
@@ -130,56 +144,144 @@ def _rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
-def reproduce(recipe, out: Path, seeds, methods, resume: bool, progress: bool, explicit: bool = True) -> str:
+class Teachers:
+    """The teachers of ``vkd reproduce`` / ``vkd sweep`` in ``out``, each trained once when
+    first needed: ``teacher-pretrain`` (with ``teacher.pretrain``: cross-entropy on the
+    pre-training data), ``teacher`` (ce; fine-tuned from teacher-pretrain) and, for GKD,
+    ``teacher-<teacher_method>`` (fine-tuned from teacher-pretrain with that method)."""
+
+    def __init__(self, recipe, out: Path, resume: bool, progress: bool):
+        self.recipe, self.out, self.resume, self.progress = recipe, out, resume, progress
+        self.seed = int(recipe.get("teacher_seed", 0))
+
+    def _train(self, cfg, path: Path) -> Path:
+        if not (path / "summary.json").exists():
+            _run(cfg, path, self.resume, self.progress)
+        return path
+
+    def pretrained(self) -> Optional[str]:
+        cfg = pretrain_config(self.recipe, self.seed)
+        return None if cfg is None else str(self._train(cfg, self.out / "teacher-pretrain") / "model.pt")
+
+    def dir(self, method: str = "ce") -> Path:
+        """The folder of the teacher of a student trained with ``method``."""
+        from .methods import REGISTRY
+        name = getattr(REGISTRY[method][0], "teacher_method", None)
+        pretrained = self.pretrained()
+        if name is None:
+            return self._train(run_config(self.recipe, "teacher", seed=self.seed, pretrained=pretrained),
+                               self.out / "teacher")
+        return self._train(run_config(self.recipe, "teacher", method=name, seed=self.seed, pretrained=pretrained),
+                           self.out / f"teacher-{name}")
+
+    def summaries(self, methods) -> Dict[str, Dict]:
+        """{row name: summary} of every teacher trained so far (the ce teacher first)."""
+        names = ["teacher", "teacher-pretrain"] + sorted(p.name for p in self.out.glob("teacher-*")
+                                                         if p.name != "teacher-pretrain")
+        return {n: json.loads((self.out / n / "summary.json").read_text()) for n in names
+                if (self.out / n / "summary.json").exists()}
+
+
+def reproduce(recipe, out: Path, seeds, methods, resume: bool, progress: bool, explicit: bool = True,
+              train: bool = True) -> str:
     """Train the teacher(s) and every method x seed (each run on all ranks under torchrun),
     then, on rank 0 only, the spectra, results.md / results.json and the plots; returns the
-    markdown on rank 0, "" on the others."""
-    from .methods import REGISTRY
+    markdown on rank 0, "" on the others. ``train=False``: report the finished runs only."""
     methods = reproduce_plan(recipe, seeds, methods, explicit)
     if resume and not out.is_dir():
         raise ConfigError(f"resume: no folder {out} to continue (was --out mistyped?); run without --resume")
     began = time.perf_counter()
-    teacher_dir = out / "teacher"
-    teacher_seed = int(recipe.get("teacher_seed", 0))
-    if not (teacher_dir / "summary.json").exists():
-        _run(run_config(recipe, "teacher", seed=teacher_seed), teacher_dir, resume, progress)
+    teachers = Teachers(recipe, out, resume, progress)
+    teacher_dir = teachers.dir("ce")
     teacher = json.loads((teacher_dir / "summary.json").read_text())
-
-    def teacher_for(method: str) -> Path:
-        """The ce teacher, or for GKD a teacher trained with its own method (``teacher_method``)."""
-        name = getattr(REGISTRY[method][0], "teacher_method", None)
-        if name is None:
-            return teacher_dir
-        path = out / f"teacher-{name}"
-        if not (path / "summary.json").exists():
-            _run(run_config(recipe, "teacher", method=name, seed=teacher_seed), path, resume, progress)
-        return path
     runs, curves = {}, {"teacher": [teacher["curve_top1"]]}
     for method in methods:
         for seed in seeds:
             run_dir = out / method / f"seed{seed}"
             if not (run_dir / "summary.json").exists():
+                if not train:
+                    continue
                 cfg = run_config(recipe, "student", method=method, seed=seed,
-                                 teacher=str(teacher_for(method) / "model.pt"))
+                                 teacher=str(teachers.dir(method) / "model.pt"))
                 _run(cfg, run_dir, resume, progress)
             summary = json.loads((run_dir / "summary.json").read_text())
             runs.setdefault(method, []).append(summary)
             curves.setdefault(method, []).append(summary["curve_top1"])
     if _rank() != 0:        # the runs needed every rank; the report is rank 0's work and files
         return ""
-    rows = report.table(runs, teacher)
+    rows = report.table(runs, teachers.summaries(methods))
     val = torch.utils.data.DataLoader(build_dataset(recipe["data"], "val"), batch_size=32, collate_fn=collate_skip)
     spectra = {"teacher": report.temporal_spectrum(load_model(teacher_dir / "model.pt"), val)}
-    for method in methods:
-        spectra[method] = report.temporal_spectrum(load_model(out / method / f"seed{seeds[0]}" / "model.pt"), val)
+    for method in runs:
+        first = out / method / f"seed{runs[method][0]['seed']}" / "model.pt"
+        spectra[method] = report.temporal_spectrum(load_model(first), val)
     minutes = (time.perf_counter() - began) / 60
+    threads = sorted({r["threads"] for r in rows.values() if r.get("threads")})
     header = (f"# Reproduction: recipe `{recipe.get('name')}`, seeds {list(seeds)}\n\n"
               f"Validation top-1/top-5 after the last epoch, mean ± std over seeds (sample std); "
+              f"paired with CE on the same seeds: wins/ties/losses, two-sided t-test and exact Wilcoxon p; "
               f"'s / epoch in losses' is the forward time spent in the loss terms (train.time_losses). "
-              f"This invocation took {minutes:.1f} min on {torch.get_num_threads()} threads.\n")
-    text = report.write(out, rows, header, {"recipe": recipe, "seeds": list(seeds),
+              f"Runs on {', '.join(map(str, threads)) or '?'} CPU thread(s) each (train.threads; CPU numbers "
+              f"depend on the count); this invocation took {minutes:.1f} min.\n")
+    text = report.write(out, rows, header, {"recipe": recipe, "seeds": list(seeds), "threads": threads,
+                                           "curves": curves,
                                            "spectra": {k: v.tolist() for k, v in spectra.items()}})
     report.plots(out, curves, spectra)
+    return text
+
+
+def sweep(recipe, out: Path, methods, resume: bool, progress: bool) -> str:
+    """Every point of ``sweep.grid`` (each value on each seed of ``sweep.seeds``), validated on
+    the clips of ``sweep.stream`` (the tuning split, never the reported ``val``), with the
+    teachers of ``reproduce`` in the same ``out``; writes ``sweep.md`` / ``sweep.json`` with
+    the mean tuning top-1 of each value and the chosen one (the highest; the first on a tie)."""
+    spec = recipe.get("sweep")
+    if not spec:
+        raise ConfigError("sweep: the recipe has no sweep section (sweep.grid, sweep.seeds)")
+    grid = spec["grid"]
+    for name in methods or []:
+        if name not in grid:
+            raise ConfigError(f"--methods: {name!r} is not in sweep.grid ({', '.join(grid)})")
+    val = {"stream": spec.get("stream", "tune"), **({"num_clips": spec["num_clips"]} if spec.get("num_clips") else {})}
+    tuned = {**recipe, "data": merge_data(recipe["data"], {"val": val}),
+             "train": {**recipe["train"], **(spec.get("train") or {})}}
+    teachers = Teachers(recipe, out, resume, progress)       # trained on the recipe's own data
+
+    def point(method: str, folder: str, options=None) -> dict:
+        summaries = []
+        for seed in spec["seeds"]:
+            run_dir = out / "sweep" / method / folder / f"seed{seed}"
+            if not (run_dir / "summary.json").exists():
+                cfg = run_config(tuned, "student", method=method, seed=seed,
+                                 teacher=None if method == "ce" else str(teachers.dir(method) / "model.pt"))
+                if options is not None:
+                    cfg["method_options"] = options
+                _run(cfg, run_dir, resume, progress)
+            summaries.append(json.loads((run_dir / "summary.json").read_text()))
+        tops = [s["top1"] for s in summaries]
+        return {"top1": tops, "top1_mean": float(sum(tops) / len(tops)), "minutes": report._minutes(summaries)}
+
+    result = {"stream": val["stream"], "seeds": list(spec["seeds"]), "ce": point("ce", "ce"), "methods": {}}
+    for method in methods or list(grid):
+        keys, values = grid[method]["keys"], grid[method]["values"]
+        points = [{"value": value, **point(method, f"{'+'.join(keys)}={value}",
+                                           sweep_options(recipe, method, keys, value))} for value in values]
+        best = max(points, key=lambda p: p["top1_mean"])
+        result["methods"][method] = {"keys": keys, "points": points, "chosen": best["value"]}
+    if _rank() != 0:
+        return ""
+    width = max(len(m["points"]) for m in result["methods"].values())
+    lines = [f"# Weight sweep: recipe `{recipe.get('name')}`, validated on the `{result['stream']}` split, "
+             f"seeds {result['seeds']}; tuning top-1 (%) per value, mean over the seeds\n",
+             "| method | option(s) | " + " | ".join(f"value {i + 1}" for i in range(width)) + " | chosen |",
+             "| --- | --- | " + " | ".join("---" for _ in range(width)) + " | --- |"]
+    for method, m in result["methods"].items():
+        cells = [f"{p['value']}: {p['top1_mean']:.2f}" for p in m["points"]]
+        lines.append(f"| {method} | {', '.join(m['keys'])} | {' | '.join(cells)} | {m['chosen']} |")
+    lines.append(f"| ce (reference) | | {result['ce']['top1_mean']:.2f} |" + " |" * width)
+    text = "\n".join(lines) + "\n"
+    (out / "sweep.md").write_text(text)
+    (out / "sweep.json").write_text(json.dumps(result, indent=1))
     return text
 
 
@@ -220,6 +322,8 @@ def main(argv=None) -> int:
     setup_logging(args.log_level)
     if args.threads:
         torch.set_num_threads(args.threads)
+        if hasattr(args, "set"):          # every run's train.threads too (a recipe may pin it)
+            args.set = [*args.set, f"train.threads={args.threads}"]
     try:
         return _main(args)
     except ConfigError as error:          # a mistake in the recipe, the options or the data: no traceback
@@ -248,11 +352,16 @@ def _main(args) -> int:
         result = evaluate_command(recipe, args.checkpoint, args.clips, args.crops, args.average)
         if int(os.environ.get("RANK", "0")) == 0:
             print(json.dumps(result))
+    elif args.command == "sweep":
+        text = sweep(recipe, Path(args.out), args.methods, args.resume, progress)
+        if text:
+            print(text)
     else:
         reproduce_cfg = recipe.get("reproduce") or {}
         seeds = args.seeds or reproduce_cfg.get("seeds")
         methods = args.methods or reproduce_cfg.get("methods")
-        text = reproduce(recipe, Path(args.out), seeds, methods, args.resume, progress, explicit=bool(args.methods))
+        text = reproduce(recipe, Path(args.out), seeds, methods, args.resume, progress, explicit=bool(args.methods),
+                         train=not args.no_train)
         if text:
             print(text)
     return 0

@@ -223,6 +223,9 @@ class TrainConfig:
     time of the loss terms (on CUDA it costs two synchronisations per step).
     max_unreadable: the share of an epoch's samples that may be unreadable before the
     run stops (0 stops at the first one, 1 never stops).
+    threads: torch CPU threads of the run (``torch.set_num_threads``; None: torch's
+    choice, the number of cores). CPU results depend on it (the reduction order of the
+    convolutions changes), so the synthetic recipes pin it; ``vkd --threads N`` overrides it.
     """
     epochs: int
     batch_size: int
@@ -240,6 +243,7 @@ class TrainConfig:
     tensorboard: bool = False
     time_losses: bool = False
     max_unreadable: float = 0.05
+    threads: Optional[int] = None
 
     def check(self, where: str = "train") -> "TrainConfig":
         for name in ("epochs", "batch_size"):
@@ -252,6 +256,8 @@ class TrainConfig:
             raise ConfigError(f"{where}.eval_batch_size: must be >= 1 or null, got {self.eval_batch_size!r}")
         if self.warmup_epochs > self.epochs:
             raise ConfigError(f"{where}.warmup_epochs: {self.warmup_epochs} is more than epochs ({self.epochs})")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"{where}.threads: must be >= 1 or null (torch's choice), got {self.threads!r}")
         if self.grad_clip is not None and self.grad_clip <= 0:
             raise ConfigError(f"{where}.grad_clip: must be > 0 or null (no clipping), got {self.grad_clip!r}")
         if not 0 <= self.max_unreadable <= 1:
@@ -269,8 +275,20 @@ class TrainConfig:
 
 @dataclass
 class RoleConfig:
-    """``teacher`` / ``student``: the model spec and optional ``train`` overrides."""
+    """``teacher`` / ``student``: the model spec, optional ``train`` overrides and (teacher
+    only) ``pretrain``: a cross-entropy run before the role's own, on other data, whose
+    weights the role's run starts from (pre-training on abundant data, then fine-tuning)."""
     model: Dict[str, Any]
+    train: Optional[Dict[str, Any]] = None
+    pretrain: Optional[Dict[str, Any]] = None
+
+
+@dataclass
+class PretrainConfig:
+    """``teacher.pretrain``: ``data`` entries merged over the recipe's ``data`` (per split:
+    ``data.train`` merges into ``data.train``) and ``train`` entries over the recipe's
+    ``train`` (not the role's: those are the fine-tuning's)."""
+    data: Optional[Dict[str, Any]] = None
     train: Optional[Dict[str, Any]] = None
 
 
@@ -279,6 +297,23 @@ class ReproduceConfig:
     """``reproduce``: what ``vkd reproduce`` runs by default."""
     seeds: List[int]
     methods: List[str]
+
+
+@dataclass
+class SweepConfig:
+    """``sweep``: what ``vkd sweep`` runs. ``grid``: {method: {"keys": [option keys of
+    methods.<method>, dotted], "values": [...]}}: every value set on every key at once
+    (one shared scale, e.g. the three distillation weights of collab); each method gets
+    the same number of values. ``stream``: the split whose clips the sweep validates on
+    (never the reported ``val``), ``num_clips`` its size (default: ``data.val``'s).
+    ``seeds``: the seeds of each point (``ce`` runs on them too, as the reference).
+    ``train``: entries merged over the recipe's ``train`` for the sweep's runs (e.g. a
+    shorter schedule, the same for every method)."""
+    grid: Dict[str, Any]
+    seeds: List[int]
+    stream: str = "tune"
+    num_clips: Optional[int] = None
+    train: Optional[Dict[str, Any]] = None
 
 
 @dataclass
@@ -318,6 +353,8 @@ class Recipe:
     reproduce: Optional[Dict[str, Any]] = None
     teacher_seed: int = 0
     evaluate: Optional[Dict[str, Any]] = None
+    sweep: Optional[Dict[str, Any]] = None
+    base: Optional[str] = None          # resolved by load_recipe (never left in a loaded recipe)
 
 
 # ----------------------------------------------------------------------------- data, models, methods
@@ -439,6 +476,12 @@ def check_recipe(recipe: Dict, source: str = "recipe") -> None:
         except ConfigError as error:       # name the section the offending value came from
             key = str(error).split(":", 1)[0].split(".")[-1]
             raise ConfigError(f"{role}.{error}" if key in own else str(error)) from None
+    if recipe["student"].get("pretrain") is not None:
+        raise ConfigError("student.pretrain: only the teacher is pre-trained (the student's data is the benchmark)")
+    if recipe["teacher"].get("pretrain") is not None:
+        pre = pretrain_config(recipe, 0)
+        check_data(pre["data"], "teacher.pretrain.data")
+        TrainConfig.from_dict(pre["train"], "teacher.pretrain.train")
     for name, options in (recipe.get("methods") or {}).items():
         check_method_name(name, f"methods.{name}")
         if options is not None and not isinstance(options, dict):
@@ -448,6 +491,61 @@ def check_recipe(recipe: Dict, source: str = "recipe") -> None:
         check_schema(recipe["reproduce"], dataclass_schema(ReproduceConfig), "reproduce")
         for i, name in enumerate(recipe["reproduce"]["methods"]):
             check_method_name(name, f"reproduce.methods[{i}]")
+    if recipe.get("sweep") is not None:
+        check_sweep(recipe)
+
+
+def check_sweep(recipe: Dict) -> None:
+    """The ``sweep`` section: methods, keys (each a valid option once set), equal budgets."""
+    sweep = recipe["sweep"]
+    check_schema(sweep, dataclass_schema(SweepConfig), "sweep")
+    TrainConfig.from_dict({**recipe["train"], **(sweep.get("train") or {})}, "sweep.train")
+    sizes = set()
+    for name, point in sweep["grid"].items():
+        where = f"sweep.grid.{name}"
+        check_method_name(name, where)
+        check_schema(point, {"keys": (List[str], True), "values": (list, True)}, where)
+        if not point["values"] or not point["keys"]:
+            raise ConfigError(f"{where}: needs at least one key and one value")
+        sizes.add(len(point["values"]))
+        for value in point["values"]:
+            options = sweep_options(recipe, name, point["keys"], value)
+            check_method_options(name, options, f"{where} (value {value!r})")
+    if len(sizes) > 1:
+        raise ConfigError(f"sweep.grid: every method needs the same number of values (the same budget), "
+                          f"got {sorted(sizes)}")
+
+
+def sweep_options(recipe: Dict, method: str, keys: Sequence[str], value) -> Dict:
+    """methods.<method> of ``recipe`` with ``value`` set at every dotted key of ``keys``."""
+    options = _plain((recipe.get("methods") or {}).get(method) or {})
+    for key in keys:
+        set_dotted(options, key, _plain(value), f"sweep.grid.{method}.keys")
+    return options
+
+
+def merge_data(data: Dict, extra: Optional[Dict]) -> Dict:
+    """``data`` with the entries of ``extra`` merged in, split sections merged key by key."""
+    out = _plain(data)
+    for key, value in (extra or {}).items():
+        if key in SPLITS and isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = {**out[key], **_plain(value)}
+        else:
+            out[key] = _plain(value)
+    return out
+
+
+def pretrain_config(recipe: Dict, seed: int = 0) -> Dict:
+    """The run configuration of the teacher's pre-training (cross-entropy), or None
+    without ``teacher.pretrain``."""
+    pre = recipe["teacher"].get("pretrain")
+    if pre is None:
+        return None
+    check_schema(pre, dataclass_schema(PretrainConfig), "teacher.pretrain")
+    return {"name": "teacher-pretrain", "data": merge_data(recipe["data"], pre.get("data")),
+            "model": _plain(recipe["teacher"]["model"]),
+            "train": _plain({**recipe["train"], **(pre.get("train") or {})}),
+            "method": "ce", "method_options": {}, "seed": seed, "teacher": None}
 
 
 def recipe_names() -> List[str]:
@@ -459,20 +557,35 @@ def apply_override(recipe: Dict, item: str) -> None:
     key, sep, value = item.partition("=")
     if not sep or not key:
         raise ConfigError(f"--set expects key=value, got {item!r}")
-    node = recipe
-    *parents, leaf = key.strip().split(".")
+    set_dotted(recipe, key.strip(), yaml_value(value), "--set")
+
+
+def get_dotted(node: Dict, key: str, default=None):
+    """``node[a][b][c]`` for ``key`` "a.b.c", or ``default`` where a part is missing."""
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return default
+        node = node[part]
+    return node
+
+
+def set_dotted(node: Dict, key: str, value, what: str = "--set") -> None:
+    """``node[a][b][c] = value`` for ``key`` "a.b.c" (missing sections are created)."""
+    *parents, leaf = key.split(".")
     for depth, part in enumerate(parents):
         child = node.get(part)
         if child is None:
             child = node[part] = {}
         elif not isinstance(child, dict):
-            raise ConfigError(f"--set {key}: {'.'.join(parents[:depth + 1])} is a value ({child!r}), not a section")
+            raise ConfigError(f"{what} {key}: {'.'.join(parents[:depth + 1])} is a value ({child!r}), not a section")
         node = child
-    node[leaf] = yaml_value(value)
+    node[leaf] = value
 
 
-def load_recipe(name_or_path: str, overrides: Optional[List[str]] = None) -> Dict:
-    """The validated recipe as a dict; ``overrides`` are "dotted.key=yaml_value" strings."""
+def _read_recipe(name_or_path: str, seen: tuple = ()) -> tuple:
+    """(the recipe as plain dicts with its ``base`` merged in, its path). ``base: NAME``: the
+    recipe is that one with this file's entries merged over it, mapping by mapping (so a
+    variant states only what differs, e.g. synthetic-quick's ``reproduce``)."""
     path = Path(name_or_path)
     if not path.is_file():
         path = RECIPES / f"{name_or_path}.yaml"
@@ -485,15 +598,37 @@ def load_recipe(name_or_path: str, overrides: Optional[List[str]] = None) -> Dic
         raise ConfigError(f"recipe {path}: not valid YAML: {error}") from None
     if not isinstance(recipe, dict):
         raise ConfigError(f"recipe {path}: expected a mapping of sections, got {type(recipe).__name__}")
+    base = recipe.pop("base", None)
+    if base is not None:
+        if not isinstance(base, str) or base in seen:
+            raise ConfigError(f"recipe {path}: base: expected the name or path of another recipe, got {base!r}"
+                              + (" (a cycle)" if base in seen else ""))
+        recipe = _merged(_read_recipe(base, seen + (base,))[0], recipe)
+    return recipe, path
+
+
+def _merged(base: Dict, extra: Dict) -> Dict:
+    """``base`` with ``extra`` merged in: mappings key by key, anything else replaced."""
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def load_recipe(name_or_path: str, overrides: Optional[List[str]] = None) -> Dict:
+    """The validated recipe as a dict; ``overrides`` are "dotted.key=yaml_value" strings."""
+    recipe, path = _read_recipe(name_or_path)
     for item in overrides or []:
         apply_override(recipe, item)
     check_recipe(recipe, f"recipe {path}")
     return recipe
 
 
-def run_config(recipe: Dict, role: str, *, method: str = "ce", seed: int = 0, teacher: Optional[str] = None) -> Dict:
+def run_config(recipe: Dict, role: str, *, method: str = "ce", seed: int = 0, teacher: Optional[str] = None,
+               pretrained: Optional[str] = None) -> Dict:
     """The configuration of one run (see :func:`vkd_kernels.train.engine.fit`) for
-    ``role`` "teacher" or "student"."""
+    ``role`` "teacher" or "student"; ``pretrained``: the model starts from that model.pt
+    (a pre-trained teacher's, :func:`pretrain_config`)."""
     if role not in ("teacher", "student"):
         raise ConfigError(f"role must be 'teacher' or 'student', got {role!r}")
     check_method_name(method, "method")
@@ -505,7 +640,7 @@ def run_config(recipe: Dict, role: str, *, method: str = "ce", seed: int = 0, te
     return {
         "name": f"{role}" if method == "ce" and role == "teacher" else f"{method}-seed{seed}",
         "data": _plain(recipe["data"]),
-        "model": _plain(part["model"]),
+        "model": {**_plain(part["model"]), **({"pretrained": pretrained} if pretrained else {})},
         "train": _plain({**recipe["train"], **(part.get("train") or {})}),
         "method": method, "method_options": options, "seed": seed, "teacher": teacher,
     }
@@ -553,5 +688,6 @@ def config_diff(stored, current, where: str = "") -> List[str]:
     return [] if stored == current else [f"{where or 'config'}: {stored!r} -> {current!r}"]
 
 
-__all__ = ["ConfigError", "Recipe", "ReproduceConfig", "RoleConfig", "TrainConfig", "apply_override",
-           "check_recipe", "check_run", "config_diff", "load_recipe", "recipe_names", "run_config", "yaml_value"]
+__all__ = ["ConfigError", "PretrainConfig", "Recipe", "ReproduceConfig", "RoleConfig", "SweepConfig", "TrainConfig",
+           "apply_override", "check_recipe", "check_run", "config_diff", "get_dotted", "load_recipe", "merge_data",
+           "pretrain_config", "recipe_names", "run_config", "sweep_options", "yaml_value"]

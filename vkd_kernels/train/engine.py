@@ -29,9 +29,11 @@
   never interrupted; ``best.pt`` holds the weights of the best validation top-1 so far;
 * unreadable samples are skipped and counted; more than ``train.max_unreadable`` of an
   epoch's samples stops the run with examples;
+* ``train.threads`` sets torch's CPU thread count before the run (CPU results depend
+  on it; ``summary.json`` records the count used);
 * at the end: ``model.pt`` (the trained model's weights and spec) and
   ``summary.json`` (final and best top-1/top-5, curves, seconds per epoch and in the
-  losses, skipped samples).
+  losses, skipped samples, threads).
 """
 from __future__ import annotations
 
@@ -314,9 +316,11 @@ def fit(cfg: Dict, out_dir, *, resume: bool = False, stop_after: Optional[int] =
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
     file_log = _file_handler(out / "train.log") if rank == 0 else None
+    threads = torch.get_num_threads()
     try:
         return _fit(cfg, t, out, ckpt, rank, world, device, stop_after, progress, callback)
     finally:
+        torch.set_num_threads(threads)        # train.threads is the run's, not the process's
         if file_log is not None:
             log.removeHandler(file_log)
             file_log.close()
@@ -332,6 +336,8 @@ def _file_handler(path: Path) -> logging.Handler:
 def _fit(cfg, t: TrainConfig, out: Path, ckpt, rank, world, device, stop_after, progress, callback) -> Dict:
     name = cfg.get("name", "run")
     seed = int(cfg.get("seed", 0))
+    if t.threads is not None:          # before anything computes: CPU results depend on the count
+        torch.set_num_threads(t.threads)
     seed_everything(seed)
     train_set, val_set, sampler, train_loader, val_loader = make_loaders(cfg, rank, world, seed, t)
     num_classes = train_set.num_classes
@@ -451,6 +457,7 @@ def _fit(cfg, t: TrainConfig, out: Path, ckpt, rank, world, device, stop_after, 
             "skipped": int(sum(h.get("skipped", 0) for h in history)),
             "val_skipped": int(sum(h.get("val_skipped", 0) for h in history)),
             "params": sum(p.numel() for p in method.student.parameters()),
+            "threads": torch.get_num_threads(), "device": device.type,
         }
         (out / "summary.json").write_text(json.dumps(summary, indent=1))
     if world > 1:

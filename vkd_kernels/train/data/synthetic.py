@@ -27,13 +27,18 @@ Design (fixed before any method was run; not tuned for any method):
   only a shape at some opacity. Telling 1, 2 or 3 oscillations per clip apart needs
   the whole clip's temporal pattern: its temporal spectrum.
 
-Everything is drawn from ``numpy.random.default_rng([seed, split])``, so a split is
-a pure function of (seed, split, sizes). Clips are stored as uint8 (N, 3, T, H, W).
+Everything is drawn from ``numpy.random.default_rng([seed, stream])``, so a split is
+a pure function of (seed, stream, sizes); a split draws from its own stream unless
+``stream`` names another. The streams: ``train``, ``val``, ``test``, ``tune`` (the
+tuning split of the headroom benchmark's weight sweep, never the reported one) and
+``pretrain`` (the teacher's abundant pre-training clips); being independent random
+streams of continuous parameters, no two streams share a clip. Clips are stored as
+uint8 (N, 3, T, H, W).
 """
 from __future__ import annotations
 
 import math
-from typing import Dict, List
+from typing import Dict, List, Literal, Optional
 
 import numpy as np
 import torch
@@ -41,7 +46,7 @@ from torch.utils.data import Dataset
 
 DIRECTIONS = ("right", "down", "left", "up")
 SHAPES = ("disk", "square", "diamond")
-SPLITS = {"train": 0, "val": 1, "test": 2}
+SPLITS = {"train": 0, "val": 1, "test": 2, "tune": 3, "pretrain": 4}      # split -> its RNG stream
 
 
 def class_names(frequencies=(1, 2, 3)) -> List[str]:
@@ -121,7 +126,7 @@ def render(p: Dict) -> np.ndarray:
 def generate(num_clips: int, *, seed: int = 0, split: str = "train", frames: int = 8, size: int = 32,
              frequencies=(1, 2, 3), epoch: int = 0, **options) -> tuple:
     """(clips uint8 (N, 3, T, H, W), labels int64 (N,)), balanced classes in a random order;
-    a pure function of (seed, split, epoch, sizes)."""
+    a pure function of (seed, split (the stream), epoch, sizes)."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {sorted(SPLITS)}, got {split!r}")
     rng = np.random.default_rng([int(seed), SPLITS[split]] + ([int(epoch)] if epoch else []))
@@ -144,12 +149,19 @@ class SyntheticMotion(Dataset):
     ``fresh_each_epoch=True`` (the training split of the recipes) draws new clips every
     epoch (``set_epoch``), from (seed, split, epoch): a procedural benchmark has no
     reason to show a model the same clips twice, and a fixed small set is memorised
-    through its appearance distractors instead of learnt through its motion.
+    through its appearance distractors instead of learnt through its motion (which
+    is what the headroom benchmark uses: a small fixed labelled set for the student,
+    ``stream: pretrain`` with fresh clips for the teacher's pre-training).
+    ``stream``: draw from that split's RNG stream instead of ``split``'s own (e.g. the
+    validation of a weight sweep reads ``tune``, never the reported ``val``).
     """
 
     def __init__(self, num_clips: int = 2400, *, seed: int = 0, split: str = "train", frames: int = 8,
-                 size: int = 32, frequencies=(1, 2, 3), fresh_each_epoch: bool = False, **options):
-        self.options = dict(num_clips=num_clips, seed=seed, split=split, frames=frames, size=size,
+                 size: int = 32, frequencies=(1, 2, 3), fresh_each_epoch: bool = False,
+                 stream: Optional[Literal["train", "val", "test", "tune", "pretrain"]] = None, **options):
+        if stream is not None and stream not in SPLITS:
+            raise ValueError(f"stream must be one of {sorted(SPLITS)} or null, got {stream!r}")
+        self.options = dict(num_clips=num_clips, seed=seed, split=stream or split, frames=frames, size=size,
                             frequencies=tuple(frequencies), **options)
         self.fresh_each_epoch, self.epoch = fresh_each_epoch, 0
         self.clips, self.labels = generate(**self.options)

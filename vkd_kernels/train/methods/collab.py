@@ -20,10 +20,15 @@ Only the paper's abstract is public; this is our reading (docs/methods.md, metho
   measured on synthetic-full under SGD 0.1 + momentum, the parameter term's weight
   reached ~3700 in the first epoch and then jumped to ~0, and with ``mutual=True``
   the trained teacher's own CE (0.04) was up-weighted until both networks fell to
-  chance (reproduction/RESULTS.md).
+  chance (reproduction/saturating/RESULTS.md).
+
+``weights`` (default 1 per term) scale the terms in both modes: with the learned
+weighting the total is ``sum_i exp(-s_i) w_i L_i + s_i``, so with ``s_i >= 0`` the
+weight of term i never exceeds ``w_i`` (the scale a weight sweep sets; w_i = 1 is the
+paper's form).
 
 Ablations: ``spectrum=False`` / ``param=False`` drop a term, ``uncertainty=False``
-uses the fixed ``weights`` (default 1), ``mutual=True`` trains the teacher too
+uses the fixed ``weights`` only, ``mutual=True`` trains the teacher too
 (its CE joins the terms; the spectrum and parameter terms pass gradients to it).
 """
 from __future__ import annotations
@@ -84,7 +89,8 @@ class Collab(Adapted):
         s = self.log_vars
         if self.log_var_range != (None, None):     # the value in use; forward never writes the parameter
             s = s.clamp(*self.log_var_range)
-        return sum(torch.exp(-s[i]) * terms[name] + s[i] for i, name in enumerate(self.term_names))
+        return sum(torch.exp(-s[i]) * self.weights.get(name, 1.0) * terms[name] + s[i]
+                   for i, name in enumerate(self.term_names))
 
     def after_step(self) -> None:
         """Projected SGD: put ``log_vars`` back into ``log_var_range`` after each step (at
