@@ -148,6 +148,7 @@ def _setup_context(ctx, inputs, output):
     # autograd wrapper reads [] as a list of optional tensors)
     ctx.no_grads = tuple([] if isinstance(x, list) and not x else None for x in inputs[2:])
     ctx.save_for_backward(output[1], output[2], *[weights[t] for t in ctx.needed])
+    ctx.set_materialize_grads(False)  # the unused outputs' gradients stay None (no zero fills)
 
 
 def _split(flat: torch.Tensor, indices: Sequence[int], shapes: Sequence[torch.Size], count: int) -> list:
@@ -249,11 +250,12 @@ def _fused(groups: List[List[torch.Tensor]], dists: List[torch.Tensor], teachers
     distributions to the accumulation dtype."""
     weights = [w for group in groups for w in group]
     dtype = weights[0].dtype
-    for w in weights[1:]:
-        dtype = torch.promote_types(dtype, w.dtype)  # float16 with bfloat16: float32
-    weights = [w.to(dtype) for w in weights]
+    if any(w.dtype != dtype for w in weights):
+        for w in weights[1:]:
+            dtype = torch.promote_types(dtype, w.dtype)  # float16 with bfloat16: float32
+        weights = [w.to(dtype) for w in weights]
     acc = accumulation_dtype(dtype)
-    dists = [d.to(acc).contiguous() for d in dists]
+    dists = [d.to(acc).contiguous() for d in dists]  # no-ops for weight_spectrum's own output
     ids = [g for g, group in enumerate(groups) for _ in group]
     kernels = kernel_triples([_kernel(group) for group in groups])
     loss, p, _ = _spectra_op(weights, dists, kernels, ids, teachers, transform, drop_dc, distance, reduction,

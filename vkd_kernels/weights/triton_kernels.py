@@ -43,7 +43,7 @@ def _scalar(value, IS_FP64: tl.constexpr):
     return tl.full((), value, tl.float64 if IS_FP64 else tl.float32)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["parts"])
 def _gram_kernel(
     items_ptr,                 # (n, 8) int64: pointer, row begin, row end, P, out offset, basis offset, i0, j0
     basis_ptr,                 # flat basis (accumulation dtype), per kernel (parts, P, P)
@@ -324,16 +324,20 @@ def gram_constexprs(tile: int, dtype: torch.dtype) -> dict:
 
 
 def gram_options(tile: int) -> dict:
-    """num_warps: 4 for a 32-wide tile (a 32 x 32 tf32 mma block, two m16n8 tiles per
-    warp), 2 for 16-wide (16 x 16: one m16n8 per warp; more warps would idle)."""
-    return dict(num_warps=4 if tile == 32 else 2)
+    """num_warps: 8 for a 32-wide tile (a 32 x 32 block: one m16n8 mma tile per warp): with
+    4 warps the tf32x3 dot (three dots of split operands) and the pipelined row tiles need
+    more than 255 registers a thread and spill on sm_90 (8-136 B); 8 warps halve the
+    per-thread share (182-232 registers, no spill). 2 for 16-wide (16 x 16: one m16n8 per
+    warp; more warps would idle)."""
+    return dict(num_warps=8 if tile == 32 else 2)
 
 
 def finish_constexprs(acc: torch.dtype, backward: bool = False) -> dict:
     """BLOCK_B: bins per block (FINISH_BLOCK); BLOCK_K: partials summed per step of the
-    forward (64 x 32 values in flight per program, 16 registers a thread)."""
+    forward, 8 KB in flight per program (64 x 32 float32, 32 x 32 float64: 64 rows of
+    float64 spilled 8 B on sm_90)."""
     c = dict(BLOCK_B=FINISH_BLOCK, IS_FP64=acc == torch.float64)
-    return c if backward else dict(c, BLOCK_K=64)
+    return c if backward else dict(c, BLOCK_K=32 if acc == torch.float64 else 64)
 
 
 FINISH_OPTIONS = dict(num_warps=4)  # small kernels: 4 warps keep a 32 x 32 ieee dot in registers
