@@ -157,6 +157,7 @@ def test_native_launchers_pass_the_device_index(monkeypatch):
     monkeypatch.setattr(_ext, "EXT", ext)
     monkeypatch.setattr(_ext, "stream", lambda device: 0x2000)
     monkeypatch.setattr(spectrum_native, "new_output", lambda shape, dtype, device: FakeCuda1(shape, dtype))
+    monkeypatch.setattr(weights_native, "new_output", lambda shape, dtype, device: FakeCuda1(shape, dtype))
     x = FakeCuda1((2, 4, 6))
     pr = make_problem(torch.empty(2, 4, 6, device="meta"), torch.empty(2, 4, 6, device="meta"), time_dim=1,
                       num_segments=None, spectrum="magnitude", norm="backward", spatial="pixel",
@@ -179,7 +180,7 @@ def test_native_launchers_pass_the_device_index(monkeypatch):
     weights_native.gram(plan, tables, [weight], flat, flat)
     weights_native.finish(plan, tables, flat, None, flat, flat, flat, 1e-12, 1)
     weights_native.finish_backward(plan, tables, flat, flat, flat, flat, flat, flat, 1e-12, 1, 1.0)
-    weights_native.gram_backward(plan, tables, [weight], flat, flat)
+    weights_native.gram_backward(plan, tables, [weight], flat)
     names = {name for name, _ in ext.calls}
     assert names == {"spectrum_num_partials", "spectrum_forward", "spectrum_backward", "attention_map_forward",
                      "attention_map_backward", "head_norm", "apply_rows", "weight_gram", "weight_finish",

@@ -235,7 +235,7 @@ def weight_spectra():
     triton_kernels.finish(plan, forward, partials, torch.empty_like(p), p, p[:, 0], p[:, 0], 1e-12, 0)
     M = torch.empty(plan.m_size)
     triton_kernels.finish_backward(plan, backward, basis, p, p[:, 0], p, p[:, 0], M, 1e-12, 0, 1.0)
-    triton_kernels.gram_backward(plan, backward, weights, M, torch.empty(plan.grad_size))
+    triton_kernels.gram_backward(plan, backward, weights, M)
 
 
 SCENARIOS = {f.__name__: f for f in (spectrum_configs, spectrum_layouts, attention_maps, attention_heads,

@@ -106,10 +106,11 @@ def _spectra_backward_op(grad: torch.Tensor, p: torch.Tensor, S: torch.Tensor, w
                          kernels: List[int], groups: List[int], rows: List[int], needed: List[int],
                          teachers: List[int], num_dists: int, dists_needed: List[int], transform: str,
                          drop_dc: bool, distance: str, reduction: str, eps: float, backend: str,
-                         ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """(dW, dp_t): dW flat over the weights (the ``needed`` ones of the forward, whose
-    groups and rows are ``groups``, ``rows``) in their dtype; dp_t flat over the
-    distributions ``dists_needed``. grad: dL/dloss, or dL/dp (distance "none")."""
+                         ) -> Tuple[List[torch.Tensor], torch.Tensor]:
+    """(dW, dp_t): dW of the weights (the ``needed`` ones of the forward, whose groups
+    and rows are ``groups``, ``rows``) in their dtype: one flat tensor (triton, cuda) or
+    one per weight (cpu); dp_t flat over the distributions ``dists_needed``.
+    grad: dL/dloss, or dL/dp (distance "none")."""
     device = p.device
     with _backend.device_guard(device):
         plan = make_plan(_spec(kernels, groups, rows, teachers, num_dists, transform, drop_dc, backend, needed,
@@ -118,22 +119,24 @@ def _spectra_backward_op(grad: torch.Tensor, p: torch.Tensor, S: torch.Tensor, w
         tables = backward_tables(plan, weights, device)
         M = new_output((max(1, plan.m_size),), p.dtype, device)
         dist_grad = new_output((plan.dist_grad_size,), p.dtype, device)
-        dW = new_output((plan.grad_size,), weights[0].dtype if weights else p.dtype, device)
         scale = 1.0 / plan.num_pairs if distance != "none" and reduction == "mean" else 1.0
         launch.finish_backward(plan, tables, basis(plan.basis_kernels, transform, drop_dc, p.dtype, device), p, S,
                                grad.contiguous(), dist_grad, M, eps, DISTANCE_CODES[distance], scale)
-        if weights:
-            launch.gram_backward(plan, tables, weights, M, dW)
-        return dW, dist_grad
+        return (launch.gram_backward(plan, tables, weights, M) if weights else []), dist_grad
 
 
 @_spectra_backward_op.register_fake
 def _(grad, p, S, weights, kernels, groups, rows, needed, teachers, num_dists, dists_needed, transform, drop_dc,
       distance, reduction, eps, backend):
     P = [math.prod(k) for k in kernels_of(kernels)]
-    size = sum(rows[t] * P[groups[t]] for t in needed)
     dist_size = sum(P[teachers.index(-1 - k)] - drop_dc for k in dists_needed)
-    return (p.new_empty((size,), dtype=weights[0].dtype if weights else p.dtype), p.new_empty((dist_size,)))
+    if not weights:
+        dW = []
+    elif backend == "cpu":
+        dW = [torch.empty_like(w) for w in weights]
+    else:
+        dW = [p.new_empty((sum(rows[t] * P[groups[t]] for t in needed),), dtype=weights[0].dtype)]
+    return dW, p.new_empty((dist_size,))
 
 
 def _setup_context(ctx, inputs, output):
@@ -151,10 +154,11 @@ def _setup_context(ctx, inputs, output):
     ctx.set_materialize_grads(False)  # the unused outputs' gradients stay None (no zero fills)
 
 
-def _split(flat: torch.Tensor, indices: Sequence[int], shapes: Sequence[torch.Size], count: int) -> list:
-    """[None] * count with flat's consecutive pieces, viewed as shapes[i], at indices."""
+def _split(grads: Sequence[torch.Tensor], indices: Sequence[int], shapes: Sequence[torch.Size], count: int) -> list:
+    """[None] * count with the gradients at ``indices`` viewed as shapes[i]: ``grads`` is
+    one per index, or one flat tensor of them all."""
     out: list = [None] * count
-    pieces = flat.split([shapes[i].numel() for i in indices]) if indices else ()
+    pieces = grads[0].split([shapes[i].numel() for i in indices]) if len(grads) == 1 and indices else grads
     for i, piece in zip(indices, pieces):
         out[i] = piece.view(shapes[i])
     return out
@@ -171,7 +175,7 @@ def _autograd_backward(ctx, grad_loss, grad_p, grad_S):
                                   len(d_shapes), ctx.dists_needed, transform, drop_dc, distance, reduction, eps,
                                   backend)
     return (_split(dW, ctx.needed, w_shapes, len(w_shapes)),
-            _split(dD, ctx.dists_needed, d_shapes, len(d_shapes))) + ctx.no_grads
+            _split([dD], ctx.dists_needed, d_shapes, len(d_shapes))) + ctx.no_grads
 
 
 _spectra_op.register_autograd(_autograd_backward, setup_context=_setup_context)

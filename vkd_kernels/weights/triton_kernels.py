@@ -32,6 +32,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .._checks import new_output
 from .._triton_specs import DOT_PRECISION, TRITON_TYPES, check_grid
 from .layout import BACKWARD_FIELDS, FINISH_BLOCK, GRAM_FIELDS, GROUP_FIELDS, PAIR_FIELDS, Plan, Tables
 
@@ -368,13 +369,14 @@ def finish_backward(plan: Plan, tables: Tables, basis: torch.Tensor, p: torch.Te
         int(plan.spec.drop_dc), plan.spec.parts, **finish_constexprs(p.dtype, backward=True), **FINISH_OPTIONS)
 
 
-def gram_backward(plan: Plan, tables: Tables, weights: Sequence[torch.Tensor], M: torch.Tensor,
-                  grad: torch.Tensor) -> None:
-    """grad (flat) = W M for every needed weight (one launch per tile width)."""
+def gram_backward(plan: Plan, tables: Tables, weights: Sequence[torch.Tensor], M: torch.Tensor) -> list:
+    """[grad]: dW = W M for every needed weight, flat (one launch per tile width)."""
+    grad = new_output((plan.grad_size,), weights[0].dtype, M.device)
     for tile, items in tables.items:
         _gram_backward_kernel[check_grid((items.shape[0],))](items, weights[0], M, grad,
                                                               **gram_constexprs(tile, weights[0].dtype),
                                                               **gram_options(tile))
+    return [grad]
 
 
 def launch_configs() -> Iterator[tuple]:
