@@ -158,7 +158,7 @@ def _split(grads: Sequence[torch.Tensor], indices: Sequence[int], shapes: Sequen
     """[None] * count with the gradients at ``indices`` viewed as shapes[i]: ``grads`` is
     one per index, or one flat tensor of them all."""
     out: list = [None] * count
-    pieces = grads[0].split([shapes[i].numel() for i in indices]) if len(grads) == 1 and indices else grads
+    pieces = grads[0].view(-1).split([shapes[i].numel() for i in indices]) if len(grads) == 1 and indices else grads
     for i, piece in zip(indices, pieces):
         out[i] = piece.view(shapes[i])
     return out
