@@ -4,7 +4,7 @@ or reshaped weight gets new tables, and the per-group tiling (a (3,7,7) stem doe
 widen the 3x3x3 groups' tiles)."""
 import pytest
 import torch
-from harness import FUSED, expect_device
+from harness import FUSED, expect_device, unavailable
 
 from vkd_kernels import weight_spectrum_distance
 from vkd_kernels.weights import layout
@@ -85,3 +85,16 @@ def test_programs_at_the_benchmark_shapes(pairing):
     counts = {f"gram{tile}": len(items) for tile, items in plan.gram}
     counts.update({f"backward{tile}": len(items) for tile, items in plan.backward})
     assert set(counts) == {"gram32", "backward32"} and min(counts.values()) >= 264, counts
+
+
+@pytest.mark.skipif(unavailable("triton") is not None, reason=f"triton cannot run here: {unavailable('triton')}")
+def test_launches_syncs_and_copies_at_the_benchmark_case():
+    """Forward + backward at the headline case (R3D-18 vs R3D-50 stages, backend triton),
+    after one warm-up call: <= 8 launches (gram, finish, the loss reduction,
+    finish_backward, gram_backward), no host sync and no host-to-device copy (the tables
+    are cached on the device)."""
+    from launch_audit import audit_headlines
+
+    result = audit_headlines(["weight_spectrum_distance"])["weight_spectrum_distance"]
+    assert result.total <= 8 and not result.syncs and not result.h2d, result
+    assert result.triton == 4, result
