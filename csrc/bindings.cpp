@@ -79,13 +79,25 @@ vkd::attention::MapProblem attention_problem(int64_t N, int64_t C, int64_t P, do
   return {N, C, P, q};
 }
 
-vkd::WeightGramArgs weight_args(int dtype, uintptr_t tensors, uintptr_t groups, int64_t num_tensors,
-                                int64_t num_groups, int64_t splits, int64_t flat_size, uintptr_t partials,
-                                uintptr_t M, vkd::Stream stream) {
-  if (splits < 1 || num_groups < 1) throw std::invalid_argument("vkd: weight gram needs splits, groups >= 1");
-  return vkd::WeightGramArgs{{ptr<const int64_t>(tensors), ptr<const int64_t>(groups), num_tensors, num_groups,
-                              splits, flat_size},
-                             vkd::DType(dtype), ptr<void>(partials), ptr<const void>(M), stream};
+// The weight-spectrum call of `args` (keys as in vkd_kernels/weights/native.py; pointers
+// as ints, 0 for null).
+vkd::WeightArgs weight_args(int dtype, py::dict args, vkd::Stream stream) {
+  const auto value = [&args](const char* key) { return args[key].cast<int64_t>(); };
+  const auto address = [&args](const char* key) { return ptr<void>(args[key].cast<uintptr_t>()); };
+  vkd::weights::Tables tables{ptr<const int64_t>(args["items"].cast<uintptr_t>()), value("num_items"),
+                              ptr<const int64_t>(args["groups"].cast<uintptr_t>()), value("num_groups"),
+                              ptr<const int64_t>(args["pairs"].cast<uintptr_t>()), value("num_pairs"),
+                              ptr<const int64_t>(args["dists"].cast<uintptr_t>()), value("Pmax")};
+  if (tables.num_groups < 1 || tables.num_pairs < 1 || tables.num_items < 0 || tables.Pmax < 2 ||
+      tables.Pmax > vkd::weights::kMaxP)
+    throw std::invalid_argument("vkd: a weight-spectrum call needs groups, pairs and 2 <= Pmax <= 512");
+  const int parts = int(value("parts")), distance = int(value("distance"));
+  if (parts < 1 || parts > 2 || distance < 0 || distance > 3)
+    throw std::invalid_argument("vkd: weight-spectrum parts must be 1 or 2 and distance 0..3");
+  return vkd::WeightArgs{tables, vkd::DType(dtype), address("basis"), address("partials"), address("p"),
+                         address("S"), address("d"), address("grad"), address("dist_grad"), address("M"),
+                         address("grad_w"), distance, int(value("drop_dc")), parts, args["eps"].cast<double>(),
+                         args["grad_scale"].cast<double>(), stream};
 }
 
 }  // namespace
@@ -224,26 +236,24 @@ PYBIND11_MODULE(_C, m) {
         py::arg("M"), py::arg("eps"), py::arg("dtype"), py::arg("Z"), py::arg("w"), py::arg("gamma"),
         py::arg("beta"), py::arg("H"), py::arg("stats"), py::arg("dH"), py::arg("dZ"), py::arg("dgamma"),
         py::arg("dbeta"), py::arg("stream"));
-  // Weight-spectrum distance (kernels.h WeightGramArgs): forward and backward take the
-  // same tables; `buffer` is the partials (forward, written) or M_flat (backward, read).
-  // Tables, partials and M live on `device`.
-  const auto bind_weight_op = [&m](const char* name, bool forward) {
+  // Weight-spectrum distance (kernels.h WeightArgs): the four passes take one dict of
+  // tables, buffers and options (vkd_kernels/weights/native.py); everything on `device`.
+  const auto bind_weight_op = [&m](const char* name, auto launcher) {
     m.def(name,
-          [forward](const std::string& device, int dtype, uintptr_t tensors, uintptr_t groups, int64_t num_tensors,
-                    int64_t num_groups, int64_t splits, int64_t flat_size, uintptr_t buffer, uintptr_t stream) {
+          [launcher](const std::string& device, int dtype, py::dict args, uintptr_t stream) {
             const Target t = target(device);
-            const auto a = weight_args(dtype, tensors, groups, num_tensors, num_groups, splits, flat_size,
-                                       forward ? buffer : 0, forward ? 0 : buffer, t.stream(stream));
-            dispatch(t, [&](auto d) {
-              constexpr vkd::Device D = decltype(d)::value;
-              forward ? vkd::weight_gram<D>(a) : vkd::weight_gram_backward<D>(a);
-            });
+            const auto a = weight_args(dtype, args, t.stream(stream));
+            dispatch(t, [&](auto d) { launcher(d, a); });
           },
-          py::arg("device"), py::arg("dtype"), py::arg("tensors"), py::arg("groups"), py::arg("num_tensors"),
-          py::arg("num_groups"), py::arg("splits"), py::arg("flat_size"), py::arg("buffer"), py::arg("stream"));
+          py::arg("device"), py::arg("dtype"), py::arg("args"), py::arg("stream"));
   };
-  bind_weight_op("weight_gram", true);
-  bind_weight_op("weight_gram_backward", false);
+  bind_weight_op("weight_gram", [](auto d, const vkd::WeightArgs& a) { vkd::weight_gram<decltype(d)::value>(a); });
+  bind_weight_op("weight_finish",
+                 [](auto d, const vkd::WeightArgs& a) { vkd::weight_finish<decltype(d)::value>(a); });
+  bind_weight_op("weight_finish_backward",
+                 [](auto d, const vkd::WeightArgs& a) { vkd::weight_finish_backward<decltype(d)::value>(a); });
+  bind_weight_op("weight_gram_backward",
+                 [](auto d, const vkd::WeightArgs& a) { vkd::weight_gram_backward<decltype(d)::value>(a); });
 
   // attention_apply row passes (kernels.h ApplyArgs): rows (N, C, T, S) with 4 strides each;
   // affine=false reduces x (times y) into rows, affine=true writes out = x a + b. Pointers 0 for null.

@@ -95,20 +95,48 @@ struct HeadNormArgs {
 template <Device> void head_norm_forward(const HeadNormArgs& args);
 template <Device> void head_norm_backward(const HeadNormArgs& args);
 
-// Weight-spectrum distance (common/weights.h). Forward: writes partials
-// (splits, flat_size) in the accumulation dtype (float64 for float64 weights, else
-// float32). Backward: writes dW = W M for every tensor (at its gradient pointer), M_flat
-// (flat_size,) in the accumulation dtype. Tables live on the kernels' device.
-struct WeightGramArgs {
+// Weight-spectrum distance (common/weights.h, tables from vkd_kernels/weights/layout.py).
+// gram: writes the energy partials of every gram item (dtype: the weights'). finish /
+// finish_backward: dtype is the accumulation dtype (float32, float64), buffers as in
+// weights::FinishArgs. gram_backward (CUDA; the CPU backward is a BLAS GEMM in
+// vkd_kernels/weights/native.py): grad_w[item offsets] = W M. Everything on the device.
+struct WeightArgs {
   weights::Tables tables;
   DType dtype;
-  void* partials;       // forward output
-  const void* M;        // backward input
+  const void* basis;
+  void* partials;
+  void* p;
+  void* S;
+  void* d;
+  const void* grad;
+  void* dist_grad;
+  void* M;
+  void* grad_w;
+  int distance, drop_dc, parts;
+  double eps, grad_scale;
   Stream stream;
 };
 
-template <Device> void weight_gram(const WeightGramArgs& args);
-template <Device> void weight_gram_backward(const WeightGramArgs& args);
+template <Device> void weight_gram(const WeightArgs& args);
+template <Device> void weight_finish(const WeightArgs& args);
+template <Device> void weight_finish_backward(const WeightArgs& args);
+template <Device> void weight_gram_backward(const WeightArgs& args);
+
+// The FinishArgs view of WeightArgs in the accumulation type T.
+template <typename T>
+VKD_HD weights::FinishArgs<T> finish_args(const WeightArgs& a) {
+  return {a.tables, static_cast<const T*>(a.basis), static_cast<const T*>(a.partials), static_cast<T*>(a.p),
+          static_cast<T*>(a.S), static_cast<T*>(a.d), static_cast<const T*>(a.grad), static_cast<T*>(a.dist_grad),
+          static_cast<T*>(a.M), a.distance, a.drop_dc, a.parts, T(a.eps), T(a.grad_scale)};
+}
+
+// Runs body with acc_t bound to float or double (the accumulation dtype code).
+#define VKD_DISPATCH_ACC(dtype, ...)                                                        \
+  [&] {                                                                                     \
+    if ((dtype) == ::vkd::DType::Float64) { using acc_t = double; return __VA_ARGS__(); }  \
+    if ((dtype) == ::vkd::DType::Float32) { using acc_t = float; return __VA_ARGS__(); }   \
+    throw std::invalid_argument("vkd: the accumulation dtype must be float32 or float64"); \
+  }()
 
 // attention_apply row passes (common/apply.h), rows (N, C, T, S) strided, one dtype for
 // x, y, out; a, b and the row results in the accumulation dtype, contiguous (N C T,).

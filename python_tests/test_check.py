@@ -94,9 +94,10 @@ def test_a_wrong_teacher_gradient_is_caught(tmp_path, monkeypatch):
     from vkd_kernels.weights import native
     original = native.gram_backward
 
-    def wrong(layout, weights, grads, M):  # the last weight is the teacher's
-        original(layout, weights, grads, M)
-        grads[-1].neg_()
+    def wrong(plan, tables, weights, M):  # the last weight is the teacher's: the end of the last grad
+        grads = original(plan, tables, weights, M)
+        grads[-1].view(-1)[-weights[-1].numel():].neg_()
+        return grads
     monkeypatch.setattr(native, "gram_backward", wrong)
     code, data = run_in_process(tmp_path, "--ops", "weight_spectrum_distance", "--backends", "cpu")
     assert code == 1

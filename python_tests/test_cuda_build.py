@@ -106,3 +106,51 @@ def test_head_norm_kernels_are_present(kernels):
             found = [f for a, f in kernels if a == arch and name in f]
             assert len(found) == 4, (arch, name, found)
 
+
+
+# ---- resources (issue 13): the weight-spectrum kernels keep their per-thread arrays in
+# registers (no stack frame, no local memory) --------------------------------------------
+
+_RESOURCE = re.compile(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)")
+
+
+def resource_usage(text: str) -> dict:
+    """{(arch, function): (registers, stack, shared, local)} from `cuobjdump -res-usage`."""
+    usage, arch, function = {}, None, None
+    for line in text.splitlines():
+        if m := re.search(r"arch = (sm_\d+)", line):
+            arch = m.group(1)
+        elif m := re.match(r"\s*Function (\S+):", line):
+            function = m.group(1)
+        elif function and (m := _RESOURCE.search(line)):
+            usage[(arch, function)] = tuple(int(g) for g in m.groups())
+            function = None
+    return usage
+
+
+def test_resource_parser():
+    sample = """
+Fatbin elf code:
+================
+arch = sm_90
+code version = [1,8]
+ Function _ZN3vkd11gram_kernelIfEEvNS_10WeightArgsE:
+  REG:32 STACK:0 SHARED:8448 LOCAL:0 CONSTANT[0]:544 TEXTURE:0 SURFACE:0 SAMPLER:0
+"""
+    assert resource_usage(sample) == {("sm_90", "_ZN3vkd11gram_kernelIfEEvNS_10WeightArgsE"): (32, 0, 8448, 0)}
+
+
+def test_weight_kernels_use_no_local_memory():
+    path = _extension_path()
+    tool = _cuobjdump()
+    if tool is None:
+        pytest.skip("cuobjdump not found (neither on PATH nor in Triton's bundled CUDA tools)")
+    text = subprocess.run([tool, "-res-usage", path], check=True, capture_output=True, text=True).stdout
+    mine = {key: use for key, use in resource_usage(text).items() if "weights_cu" in key[1]}
+    archs = {arch for arch, _ in mine}
+    names = ("gram_kernel", "gram_backward_kernel", "finish_kernel", "finish_backward_kernel")
+    for arch in archs:  # 4 dtypes each for the gram passes, 2 accumulation types for the finish
+        for name, count in zip(names, (4, 4, 2, 2)):
+            assert len([f for a, f in mine if a == arch and f"{len(name)}{name}I" in f]) == count, (arch, name)
+    bad = {key: use for key, use in mine.items() if use[1] or use[3]}
+    assert mine and not bad, f"weight kernels with a stack frame or local memory: {bad}"

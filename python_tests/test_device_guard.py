@@ -21,12 +21,12 @@ from vkd_kernels.gkd.head import native as head_native
 from vkd_kernels.spectrum import native as spectrum_native
 from vkd_kernels.spectrum.layout import make_problem
 from vkd_kernels.weights import native as weights_native
-from vkd_kernels.weights.layout import layout_of
+from vkd_kernels.weights.layout import Spec, Tables, make_plan
 
 pytestmark = pytest.mark.skipif(_ext.EXT is None, reason=f"vkd_kernels._C is not importable: {_ext.EXT_ERROR}")
 
 # The launchers a kernel module (native or triton_kernels) offers to the ops.
-LAUNCHERS = ("forward", "backward", "reduce", "affine", "gram", "gram_backward")
+LAUNCHERS = ("forward", "backward", "reduce", "affine", "gram", "finish", "finish_backward", "gram_backward")
 
 
 class GuardLog:
@@ -90,6 +90,7 @@ def _run_every_fused_op(backend, device):
 
 EXPECTED_LAUNCHES = {"spectrum.forward", "spectrum.backward", "attention.forward", "attention.backward",
                      "head.forward", "head.backward", "apply.reduce", "apply.affine", "weights.gram",
+                     "weights.finish", "weights.finish_backward",
                      "weights.gram_backward"}
 
 
@@ -162,8 +163,6 @@ def test_native_launchers_pass_the_device_index(monkeypatch):
     monkeypatch.setattr(_ext, "stream", lambda device: 0x2000)
     monkeypatch.setattr(spectrum_native, "new_output", lambda shape, dtype, device: FakeCuda1(shape, dtype))
     monkeypatch.setattr(weights_native, "new_output", lambda shape, dtype, device: FakeCuda1(shape, dtype))
-    monkeypatch.setattr(weights_native, "tables", lambda layout, weights, grads: (FakeCuda1((1, 4)),
-                                                                                 FakeCuda1((1, 5))))
     x = FakeCuda1((2, 4, 6))
     pr = make_problem(torch.empty(2, 4, 6, device="meta"), torch.empty(2, 4, 6, device="meta"), time_dim=1,
                       num_segments=None, spectrum="magnitude", norm="backward", spatial="pixel",
@@ -179,14 +178,18 @@ def test_native_launchers_pass_the_device_index(monkeypatch):
     rows = FakeCuda1((2, 3, 4, 5))
     apply_native.reduce(rows, None, FakeCuda1((24,)))
     apply_native.affine(rows, FakeCuda1((24,)), None, rows)
-    weight = torch.empty(4, 2, 3, 3, device="meta")
-    layout = layout_of([weight], [0], 1)
-    weights_native.gram(layout, [FakeCuda1(weight.shape)], torch.float32)
-    weights_native.gram_backward(layout, [FakeCuda1(weight.shape)], [FakeCuda1(weight.shape)],
-                                 FakeCuda1((layout.flat_size,)))
+    plan = make_plan(Spec(kernels=((3, 3),), tensors=((0, 8),), teachers=(), num_dists=0, parts=1, drop_dc=False,
+                          backend="cuda", needed=(0,)))
+    tables = Tables(FakeCuda1((1, 7)), FakeCuda1((1, 4)), FakeCuda1((1,)), ((32, FakeCuda1((1, 8))),))
+    weight, flat = FakeCuda1((4, 2, 3, 3)), FakeCuda1((81,))
+    weights_native.gram(plan, tables, [weight], flat, flat)
+    weights_native.finish(plan, tables, flat, None, flat, flat, flat, 1e-12, 1)
+    weights_native.finish_backward(plan, tables, flat, flat, flat, flat, flat, flat, 1e-12, 1, 1.0)
+    weights_native.gram_backward(plan, tables, [weight], flat)
     names = {name for name, _ in ext.calls}
     assert names == {"spectrum_num_partials", "spectrum_forward", "spectrum_backward", "attention_map_forward",
-                     "attention_map_backward", "head_norm", "apply_rows", "weight_gram", "weight_gram_backward"}
+                     "attention_map_backward", "head_norm", "apply_rows", "weight_gram", "weight_finish",
+                     "weight_finish_backward", "weight_gram_backward"}
     assert all(device == "cuda:1" for _, device in ext.calls), ext.calls
 
 

@@ -1,7 +1,6 @@
 """Weight-spectrum distance: every backend against the reference, the reference against
 an independent float64 transform, gradients, teacher caching, groups, registration,
 errors (docs/engineering.md recipe)."""
-import itertools
 import math
 
 import pytest
@@ -14,7 +13,7 @@ from torch import nn
 
 from vkd_kernels import WeightSpectrumLoss, conv_weight_groups, weight_spectrum, weight_spectrum_distance
 from vkd_kernels.weights import layout as weights_layout
-from vkd_kernels.weights.op import _gram_backward_op, _gram_op
+from vkd_kernels.weights.op import _spectra_backward_op, _spectra_op
 from vkd_kernels.weights.reference import energy_reference
 
 numeric = pytest.mark.numeric
@@ -139,12 +138,14 @@ def test_dtypes_and_kernels(backend, device, dtype, pair):
 @numeric
 @pytest.mark.parametrize("backend", FUSED)
 def test_many_splits_and_pooled_groups(backend, device):
-    """Groups longer than ROWS_PER_SPLIT are split across programs; one group pools
-    three tensors whose rows straddle the split boundaries."""
+    """Tensors longer than a chunk are split across programs (their energy partials
+    summed by finish); one group pools three tensors of several chunks each."""
     student = make(device, [[(64, 70, 3, 3), (33, 40, 3, 3), (5, 3, 3, 3)], (40, 20, 3, 3, 3)])
     teacher = make(device, [(50, 50, 3, 3), (10, 7, 3, 3, 3)], shaped=True)
-    layout = weights_layout.layout_of([w for w in student[0]] + [student[1]], [0, 0, 0, 1], 2)
-    assert layout.splits > 1
+    plan = weights_layout.make_plan(weights_layout.Spec(
+        kernels=((3, 3), (3, 3, 3)), tensors=((0, 64 * 70), (0, 33 * 40), (0, 15), (1, 800)), teachers=(),
+        num_dists=0, parts=2, drop_dc=False, backend=backend))
+    assert plan.groups[0][3] > 3  # more partials (items) than tensors in group 0
     check_backend(backend, device, student, teacher, torch.float32, transform="fft", distance="kl")
 
 
@@ -260,10 +261,19 @@ def test_gradcheck_float64(backend, device, transform, distance):
 def test_opcheck(backend, device):
     weights = [torch.randn(shape, device=device, requires_grad=True)  # group 0: P = 6, group 1: P = 9
                for shape in ((4, 3, 3, 3), (3, 2, 2, 3), (2, 2, 3, 3))]
-    grad = torch.randn(2, 9, 9, device=device)
-    expect_device(device, weights, grad)
-    torch.library.opcheck(_gram_op, (weights, [1, 0, 1], 2, 9, backend))
-    torch.library.opcheck(_gram_backward_op, (grad, [w.detach() for w in weights], [1, 0, 1], 2, backend),
+    dist = torch.rand(6, device=device, requires_grad=True)
+    expect_device(device, weights, dist)
+    kernels = [1, 2, 3, 1, 3, 3]
+    # pairs: group 0 against the distribution, group 1 alone (spectra only: teachers empty)
+    torch.library.opcheck(_spectra_op, (weights[1:2], [dist], kernels[:3], [0], [-1], "dct", False, "js", "sum",
+                                        1e-12, backend))
+    torch.library.opcheck(_spectra_op, (weights, [], kernels, [1, 0, 1], [], "fft", True, "none", "mean", 1e-12,
+                                        backend))
+    _, p, S = _spectra_op(weights, [], kernels, [1, 0, 1], [], "fft", True, "none", "mean", 1e-12, backend)
+    grad = torch.randn_like(p)
+    torch.library.opcheck(_spectra_backward_op, (grad, p, S, [w.detach() for w in weights[::2]], kernels, [1, 0, 1],
+                                                 [4 * 3, 3 * 2, 2 * 2], [0, 2], [], 0, [], "fft", True, "none",
+                                                 "mean", 1e-12, backend),
                           test_utils=("test_schema", "test_faketensor"))
 
 
@@ -397,10 +407,21 @@ def test_kernels_beyond_max_p_fall_back():
 
 
 def test_layout_tables():
-    """The offset tables: tensors ordered by group, rows and offsets per group."""
-    layout = weights_layout.make_layout(((3, 3), (2, 2), (3, 3)), (18, 8, 27), (1, 0, 1), 2)
-    assert layout.order == (1, 0, 2) and layout.rows == (2, 2, 3) and layout.row_start == (0, 0, 2)
-    assert (layout.P, layout.first, layout.end, layout.group_rows, layout.offset) == \
-        ((4, 9), (0, 1), (1, 3), (2, 5), (0, 16))
-    assert layout.flat_size == 16 + 81 and layout.splits == 1
-    assert list(itertools.chain(*layout.group_table()))[:5] == [4, 0, 1, 2, 0]
+    """The plan: per-tile gram items (chunks x upper-triangle blocks) with their partial
+    offsets, group and pair rows, backward items for the needed weights only."""
+    spec = weights_layout.Spec(kernels=((2, 2), (3, 7, 7), (3, 7, 7)), tensors=((1, 6), (0, 2), (2, 3)),
+                               teachers=(-1, 2), num_dists=1, parts=1, drop_dc=True, backend="triton",
+                               needed=(0, 2), dists_needed=(0,))
+    plan = weights_layout.make_plan(spec)  # pairs: group 0 with distribution 0, group 1 with group 2
+    assert plan.P == (4, 147, 147) and plan.rows == (2, 6, 3) and plan.Pmax == 147 and plan.p_rows == 4
+    (t16, small), (t32, big) = plan.gram
+    assert (t16, t32) == (16, 32) and small == ((1, 0, 2, 4, 0, 0, 0, 0),)
+    blocks = [(i0, j0) for i0 in range(0, 147, 32) for j0 in range(i0, 147, 32)]
+    assert [(item[0], item[6], item[7]) for item in big] == [(t, *b) for t in (0, 2) for b in blocks]
+    assert [item[4] for item in big] == [4 + 147 * n for n in range(len(big))]  # one P-vector partial each
+    assert plan.groups == ((4, 2, 0, 1, 0, -1, 0), (147, 6, 4, 15, 16, 0, 1),
+                           (147, 3, 4 + 15 * 147, 15, 16, 147 ** 2, 1))
+    assert plan.pairs == ((0, 3, 0, 0), (1, 2, -1, -1)) and plan.dist_grad_size == 3
+    assert plan.grad_offsets == (0, 6 * 147) and plan.m_size == 2 * 147 ** 2 and plan.finish_blocks == 25
+    assert [(item[0], item[1], item[6]) for _, items in plan.backward for item in items] == \
+        [(t, o, j0) for t, o in ((0, 0), (2, 6 * 147)) for j0 in range(0, 147, 32)]

@@ -204,11 +204,12 @@ def attention_applies():
 
 
 def weight_spectra():
-    """weight_spectrum_distance per dtype and BLOCK_P (P <= 16, <= 32, <= 64 and 512), a
-    frozen teacher, and one group split over several programs."""
+    """weight_spectrum_distance per dtype and tile (P <= 16, <= 32, 49 in 32-blocks and
+    512), a frozen teacher, gradients to both sides and to a distribution teacher,
+    weight_spectrum's own backward, and more pairs and items than grid axis y allows."""
     import torch
 
-    from vkd_kernels import weight_spectrum_distance
+    from vkd_kernels import weight_spectrum, weight_spectrum_distance
 
     for dtype in _dtypes():
         for kernel in ((3, 3), (3, 3, 3), (7, 7), (8, 8, 8)):
@@ -216,16 +217,25 @@ def weight_spectra():
                        torch.randn(4, 4, 3, 3, dtype=dtype, requires_grad=True)]
             teacher = [torch.randn(16, 4, *kernel, dtype=dtype), torch.randn(8, 4, 3, 3, dtype=dtype)]
             weight_spectrum_distance(student, teacher, backend="triton").backward()
-    student = [torch.randn(128, 64, 3, 3, requires_grad=True)]  # 8192 rows: 2 splits
-    weight_spectrum_distance(student, [torch.randn(128, 64, 3, 3, requires_grad=True)],
-                             transform="fft", backend="triton").backward()
-    # more groups than grid axis y allows, through the launchers (the op's per-group Python is slow)
-    from vkd_kernels.weights import triton_kernels
-    from vkd_kernels.weights.layout import layout_of
+    student = [torch.randn(128, 64, 3, 3, 3, requires_grad=True), torch.randn(6, 3, 3, 7, 7, requires_grad=True)]
+    teacher = [torch.randn(64, 64, 3, 3, 3, requires_grad=True), torch.rand(147, requires_grad=True)]
+    weight_spectrum_distance(student, teacher, transform="fft", distance="js", drop_dc=False,
+                             backend="triton").backward()
+    sum(p.sum() for p in weight_spectrum([student[1], [student[0]]], drop_dc=True, backend="triton")).backward()
+    # 70000 pairs and gram items through the launchers (the op's per-group Python is slow)
+    from vkd_kernels.weights import layout, triton_kernels
     weights = list(torch.randn(70000, 1, 1, 3, 3).unbind(0))
-    layout = layout_of(weights, list(range(len(weights))), len(weights))
-    triton_kernels.gram(layout, weights, torch.float32)
-    triton_kernels.gram_backward(layout, weights, weights, torch.empty(layout.flat_size))
+    spec = layout.Spec(kernels=((3, 3),) * 70000, tensors=tuple((g, 1) for g in range(70000)), teachers=(),
+                       num_dists=0, parts=1, drop_dc=False, backend="triton", needed=tuple(range(70000)))
+    plan = layout.make_plan(spec)
+    forward, backward = layout.forward_tables(plan, weights, []), layout.backward_tables(plan, weights, "cpu")
+    basis = layout.basis(plan.basis_kernels, "dct", False, torch.float32, torch.device("cpu"))
+    partials, p = torch.empty(plan.partials_size), torch.empty(plan.p_rows, plan.Pmax)
+    triton_kernels.gram(plan, forward, weights, basis, partials)
+    triton_kernels.finish(plan, forward, partials, torch.empty_like(p), p, p[:, 0], p[:, 0], 1e-12, 0)
+    M = torch.empty(plan.m_size)
+    triton_kernels.finish_backward(plan, backward, basis, p, p[:, 0], p, p[:, 0], M, 1e-12, 0, 1.0)
+    triton_kernels.gram_backward(plan, backward, weights, M)
 
 
 SCENARIOS = {f.__name__: f for f in (spectrum_configs, spectrum_layouts, attention_maps, attention_heads,

@@ -1,10 +1,13 @@
-// Weight-spectrum distance on the CPU: OpenMP over (split, group) work items, table
-// walk from common/weights.h. Forward: a tile of kRows rows is converted once to the
-// accumulation type and transposed (P x kRows), so the Gram entries are dot products over
-// rows that vectorize. Backward: dW = W M in register blocks of rows by columns, reading
-// and writing the rows in place.
+// Weight-spectrum distance on the CPU (math and tables: common/weights.h). gram: OpenMP
+// over the items (row chunks; a CPU item covers its group's whole P x P Gram matrix): a
+// tile of kRows rows is converted once to the accumulation type and transposed
+// (P x kRows), so the Gram entries are dot products over rows that vectorize; then the
+// item's energy partial diag(B G B^T). finish / finish_backward: OpenMP over the pairs,
+// each a team of one. The backward's dW = W M is a GEMM: vkd_kernels/weights/native.py
+// hands it to the BLAS.
 #include <algorithm>
 #include <cstring>
+#include <stdexcept>
 #include <vector>
 #include "../kernels.h"
 
@@ -66,54 +69,8 @@ VKD_INLINE void tile_gram_upper(const acc_t* tile, int64_t P, acc_t* out) {
     }
 }
 
-// dw[r] = w[r] M for rows [0, n): M zero padded to ld = a multiple of kCols columns.
-// Register blocks of three rows by kCols columns (GCC vector extensions, so the block
-// stays in registers); the rows are read and written in place, no transposes.
-template <typename scalar_t, typename acc_t>
-VKD_INLINE void rows_times_matrix(const scalar_t* w, const acc_t* M, int64_t P, int64_t ld, int64_t n,
-                                  scalar_t* dw) {
-  typedef acc_t vec __attribute__((vector_size(32)));
-  constexpr int64_t kVecs = 4, kBlockRows = 3, kCols = kVecs * int64_t(sizeof(vec) / sizeof(acc_t));
-  for (int64_t c0 = 0; c0 < P; c0 += kCols) {
-    const int64_t nc = P - c0 < kCols ? P - c0 : kCols;
-    for (int64_t r = 0; r < n; r += kBlockRows) {
-      const int64_t nr = n - r < kBlockRows ? n - r : kBlockRows;
-      vec acc[kBlockRows][kVecs] = {};
-      for (int64_t i = 0; i < P; ++i) {
-        vec m[kVecs];
-        std::memcpy(m, M + i * ld + c0, sizeof(m));
-        for (int64_t rr = 0; rr < kBlockRows; ++rr) {
-          const acc_t x = rr < nr ? Element<scalar_t>::load(w + (r + rr) * P + i) : acc_t(0);
-          for (int64_t v = 0; v < kVecs; ++v) acc[rr][v] += x * m[v];
-        }
-      }
-      for (int64_t rr = 0; rr < nr; ++rr) {
-        acc_t out[kCols];
-        std::memcpy(out, acc[rr], sizeof(out));
-        for (int64_t c = 0; c < nc; ++c) Element<scalar_t>::store(dw + (r + rr) * P + c0 + c, out[c]);
-      }
-    }
-  }
-}
-
-// Columns of the padded M of rows_times_matrix.
-template <typename acc_t>
-constexpr int64_t padded_columns(int64_t P) {
-  constexpr int64_t kCols = 4 * 32 / int64_t(sizeof(acc_t));
-  return (P + kCols - 1) / kCols * kCols;
-}
-
 VKD_CLONES void tile_gram(const float* tile, int64_t P, float* out) { tile_gram_upper(tile, P, out); }
 VKD_CLONES void tile_gram(const double* tile, int64_t P, double* out) { tile_gram_upper(tile, P, out); }
-#define VKD_ROWS_TIMES_MATRIX(scalar_t, acc_t)                                                        \
-  VKD_CLONES void rows_matmul(const scalar_t* w, const acc_t* M, int64_t P, int64_t ld, int64_t n, scalar_t* dw) { \
-    rows_times_matrix(w, M, P, ld, n, dw);                                                            \
-  }
-VKD_ROWS_TIMES_MATRIX(float, float)
-VKD_ROWS_TIMES_MATRIX(double, double)
-VKD_ROWS_TIMES_MATRIX(Half, float)
-VKD_ROWS_TIMES_MATRIX(BFloat16, float)
-#undef VKD_ROWS_TIMES_MATRIX
 
 // tile[i][l] = w[(r0 + l) * P + i] in the accumulation type, zero for l >= n.
 template <typename scalar_t, typename acc_t>
@@ -124,66 +81,83 @@ void load_tile(const scalar_t* w, int64_t P, int64_t r0, int64_t n, acc_t* tile)
 }
 
 template <typename scalar_t>
-void gram(const WeightGramArgs& a) {
+void gram(const WeightArgs& a) {
   using acc_t = typename Element<scalar_t>::acc_t;
   const Tables& tb = a.tables;
-  acc_t* partials = static_cast<acc_t*>(a.partials);
-  const int64_t items = tb.splits * tb.num_groups;
+  const acc_t* basis = static_cast<const acc_t*>(a.basis);
+  for (int64_t i = 0; i < tb.num_items; ++i)  // before any work: a table this driver cannot serve
+    if (tb.items[i * kGramFields + kColI] != 0 || tb.items[i * kGramFields + kColJ] != 0)
+      throw std::invalid_argument("vkd: a CPU gram item covers its whole P x P block (i0 = j0 = 0)");
 #pragma omp parallel
   {
-    std::vector<acc_t> tile(kMaxP * kRows);
+    std::vector<acc_t> tile(kMaxP * kRows), G(kMaxP * kMaxP);
 #pragma omp for schedule(dynamic)
-    for (int64_t item = 0; item < items; ++item) {
-      const int64_t g = item % tb.num_groups, u = item / tb.num_groups, P = tb.group(g, kP);
-      acc_t* out = partials + u * tb.flat_size + tb.group(g, kOffset);
-      std::fill(out, out + P * P, acc_t(0));
-      for_each_segment(tb, g, u, [&](Segment s) {
-        const scalar_t* w = weight_rows<scalar_t>(tb, s.tensor);
-        for (int64_t r0 = s.begin; r0 < s.end; r0 += kRows) {
-          load_tile(w, P, r0, std::min(kRows, s.end - r0), tile.data());
-          tile_gram(tile.data(), P, out);
-        }
-      });
-      for (int64_t i = 0; i < P; ++i)
-        for (int64_t j = 0; j < i; ++j) out[i * P + j] = out[j * P + i];
+    for (int64_t i = 0; i < tb.num_items; ++i) {
+      const int64_t* item = tb.items + i * kGramFields;
+      const int64_t P = item[kItemP], end = item[kRowEnd];
+      const scalar_t* w = address<const scalar_t>(item[kWeight]);
+      std::fill(G.begin(), G.begin() + P * P, acc_t(0));
+      for (int64_t r0 = item[kRowBegin]; r0 < end; r0 += kRows) {
+        load_tile(w, P, r0, std::min(kRows, end - r0), tile.data());
+        tile_gram(tile.data(), P, G.data());
+      }
+      for (int64_t r = 0; r < P; ++r)
+        for (int64_t c = 0; c < r; ++c) G[r * P + c] = G[c * P + r];
+      acc_t* out = static_cast<acc_t*>(a.partials) + item[kOut];
+      const acc_t* B = basis + item[kItemBasis];
+      for (int64_t b = 0; b < P; ++b) {
+        acc_t e = acc_t(0);
+        for (int part = 0; part < a.parts; ++part) e += block_energy(B + (part * P + b) * P, G.data(), P, 0, P, 0, P);
+        out[b] = e;
+      }
     }
   }
 }
 
-template <typename scalar_t>
-void gram_backward(const WeightGramArgs& a) {
-  using acc_t = typename Element<scalar_t>::acc_t;
-  const Tables& tb = a.tables;
-  const acc_t* M = static_cast<const acc_t*>(a.M);
-  const int64_t items = tb.splits * tb.num_groups;
+template <typename acc_t>
+void finish(const WeightArgs& args) {
+  const FinishArgs<acc_t> a = finish_args<acc_t>(args);
 #pragma omp parallel
   {
-    std::vector<acc_t> padded(kMaxP * padded_columns<acc_t>(kMaxP));
+    std::vector<acc_t> e_s(kMaxP), e_t(kMaxP);
+    Solo solo;
 #pragma omp for schedule(dynamic)
-    for (int64_t item = 0; item < items; ++item) {
-      const int64_t g = item % tb.num_groups, u = item / tb.num_groups, P = tb.group(g, kP);
-      const int64_t ld = padded_columns<acc_t>(P);
-      const acc_t* Mg = M + tb.group(g, kOffset);
-      for (int64_t i = 0; i < P; ++i)
-        for (int64_t j = 0; j < ld; ++j) padded[i * ld + j] = j < P ? Mg[i * P + j] : acc_t(0);
-      for_each_segment(tb, g, u, [&](Segment s) {
-        rows_matmul(weight_rows<scalar_t>(tb, s.tensor) + s.begin * P, padded.data(), P, ld, s.end - s.begin,
-                    grad_rows<scalar_t>(tb, s.tensor) + s.begin * P);
-      });
-    }
+    for (int64_t i = 0; i < a.tables.num_pairs; ++i) finish_pair(a, i, e_s.data(), e_t.data(), solo);
+  }
+}
+
+template <typename acc_t>
+void finish_backward(const WeightArgs& args) {
+  const FinishArgs<acc_t> a = finish_args<acc_t>(args);
+#pragma omp parallel
+  {
+    std::vector<acc_t> ge(kMaxP);
+    Solo solo;
+#pragma omp for schedule(dynamic)
+    for (int64_t i = 0; i < a.tables.num_pairs; ++i) finish_pair_backward(a, i, ge.data(), solo);
   }
 }
 
 }  // namespace
 
 template <>
-void weight_gram<Device::CPU>(const WeightGramArgs& args) {
+void weight_gram<Device::CPU>(const WeightArgs& args) {
   VKD_DISPATCH_DTYPE(args.dtype, [&] { gram<scalar_t>(args); });
 }
 
 template <>
-void weight_gram_backward<Device::CPU>(const WeightGramArgs& args) {
-  VKD_DISPATCH_DTYPE(args.dtype, [&] { gram_backward<scalar_t>(args); });
+void weight_finish<Device::CPU>(const WeightArgs& args) {
+  VKD_DISPATCH_ACC(args.dtype, [&] { finish<acc_t>(args); });
+}
+
+template <>
+void weight_finish_backward<Device::CPU>(const WeightArgs& args) {
+  VKD_DISPATCH_ACC(args.dtype, [&] { finish_backward<acc_t>(args); });
+}
+
+template <>
+void weight_gram_backward<Device::CPU>(const WeightArgs&) {
+  throw std::invalid_argument("vkd: the CPU weight-spectrum backward is a BLAS GEMM (vkd_kernels/weights/native.py)");
 }
 
 }  // namespace vkd

@@ -1,21 +1,24 @@
 """The weight-spectrum distance: public functions, torch.library ops and autograd.
 
-Fused path, for every group of a call at once (student and teacher sides together):
+Fused path, for every group of a call at once (student and teacher sides together),
+driven by the cached tables of layout.py (no host work on the device after the first
+call with the same weights):
 
-1. ``vkd::weight_gram`` (one kernel launch): G_g = W_g^T W_g for every group g, as
-   deterministic per-split partials summed in a fixed order -> (groups, Pmax, Pmax).
-2. The finish, plain differentiable torch ops on (groups, Pmax, Pmax) tensors:
-   e = diag(B G B^T) / #kernels, p = e / (sum e + eps), the distances, the reduction.
-3. Backward: autograd through the finish gives dL/dG; ``vkd::weight_gram_backward``
-   (one launch) applies dW = W M per tensor, M = dL/dG + dL/dG^T of its group.
+1. ``vkd::weight_spectra`` forward: ``gram`` (one launch per tile width) writes the
+   energy partials of every (row chunk, Gram block) item; ``finish`` (one launch)
+   sums them per group, normalises to p and computes each pair's distance d; the loss
+   is d.sum() or d.mean() (one small reduction).
+2. ``vkd::weight_spectra_backward``: ``finish_backward`` (one launch) turns dL/dloss (or
+   dL/dp for weight_spectrum) into M_g = dL/dG_g + dL/dG_g^T per group that needs a
+   gradient (and the gradients of distribution teachers); ``gram_backward`` (one launch
+   per tile width) writes dW = W M into one flat buffer, split into views per weight.
 """
 from __future__ import annotations
 
 import math
-from typing import List, Optional, Sequence, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
-import torch.nn.functional as F
 
 from .. import _backend
 from .._checks import (
@@ -27,80 +30,155 @@ from .._checks import (
     raise_if_not_finite,
 )
 from .layout import (
+    DISTANCE_CODES,
     DISTANCES,
     MAX_P,
     REDUCTIONS,
     TRANSFORMS,
+    Spec,
     accumulation_dtype,
-    layout_of,
-    normalize,
-    pad_positions,
-    padded_basis,
-    spectrum_distance,
+    backward_tables,
+    basis,
+    forward_tables,
+    kernel_triples,
+    kernels_of,
+    make_plan,
 )
 from .reference import spectrum_reference, weight_spectrum_distance_reference
 
 _OP = "weight_spectrum_distance"
 Group = Union[torch.Tensor, Sequence[torch.Tensor]]
+_PARTS = {"dct": 1, "fft": 2}
 
 
 # ---- the custom ops -----------------------------------------------------------------
 
-@torch.library.custom_op("vkd::weight_gram", mutates_args=())
-def _gram_op(weights: List[torch.Tensor], group_ids: List[int], num_groups: int, Pmax: int,
-             backend: str) -> torch.Tensor:
-    """(num_groups, Pmax, Pmax): sum over the group's tensors of W^T W, zero padded.
-    Every weight contiguous and of one dtype; accumulation in float32 (float64)."""
-    with _backend.device_guard(weights[0].device):
-        layout = layout_of(weights, group_ids, num_groups)
-        partials = _backend.kernels(__package__, backend).gram(layout, weights, accumulation_dtype(weights[0].dtype))
-        flat = partials.sum(0) if layout.splits > 1 else partials[0]
-        G = flat.new_zeros(num_groups * Pmax * Pmax)
-        G[pad_positions(layout, Pmax, flat.device)] = flat
-        return G.view(num_groups, Pmax, Pmax)
+def _rows(weights: Sequence[torch.Tensor], kernels: List[int], groups: List[int]) -> List[int]:
+    P = [math.prod(k) for k in kernels_of(kernels)]
+    return [w.numel() // P[g] for w, g in zip(weights, groups)]
 
 
-@_gram_op.register_fake
-def _(weights, group_ids, num_groups, Pmax, backend):
-    return weights[0].new_empty((num_groups, Pmax, Pmax), dtype=accumulation_dtype(weights[0].dtype))
+def _spec(kernels, groups, rows, teachers, num_dists, transform, drop_dc, backend, needed=(), dists_needed=()):
+    return Spec(kernels=kernels_of(kernels), tensors=tuple(zip(groups, rows)), teachers=tuple(teachers),
+                num_dists=num_dists, parts=_PARTS[transform], drop_dc=drop_dc, backend=backend,
+                needed=tuple(needed), dists_needed=tuple(dists_needed))
 
 
-@torch.library.custom_op("vkd::weight_gram_backward", mutates_args=())
-def _gram_backward_op(grad: torch.Tensor, weights: List[torch.Tensor], group_ids: List[int], num_groups: int,
-                      backend: str) -> List[torch.Tensor]:
-    """dW = W (grad_g + grad_g^T) for each weight of group g."""
-    with _backend.device_guard(weights[0].device):
-        layout = layout_of(weights, group_ids, num_groups)
-        M = (grad + grad.transpose(1, 2)).reshape(-1)[pad_positions(layout, grad.shape[-1], grad.device)]
-        grads = [new_output(w.shape, w.dtype, w.device) for w in weights]
-        M = M.to(accumulation_dtype(weights[0].dtype))
-        _backend.kernels(__package__, backend).gram_backward(layout, weights, grads, M)
-        return grads
+@torch.library.custom_op("vkd::weight_spectra", mutates_args=())
+def _spectra_op(weights: List[torch.Tensor], dists: List[torch.Tensor], kernels: List[int], groups: List[int],
+                teachers: List[int], transform: str, drop_dc: bool, distance: str, reduction: str, eps: float,
+                backend: str) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(loss, p, S). weights: contiguous, one dtype, weight t in group groups[t];
+    kernels: 3 ints per group; teachers: per pair i (student group i) its teacher group
+    or -1 - its index in dists (contiguous, accumulation dtype, P - drop_dc bins); empty
+    for spectra only (distance "none": loss is empty). p (groups + dists, Pmax): the
+    distributions, zero past each P; S: sum e + eps per row. Accumulation in float32
+    (float64)."""
+    device = weights[0].device
+    with _backend.device_guard(device):
+        plan = make_plan(_spec(kernels, groups, _rows(weights, kernels, groups), teachers, len(dists), transform,
+                               drop_dc, backend))
+        acc = accumulation_dtype(weights[0].dtype)
+        launch = _backend.kernels(__package__, backend)
+        tables = forward_tables(plan, weights, dists)
+        partials = new_output((plan.partials_size,), acc, device)
+        p = new_output((plan.p_rows, plan.Pmax), acc, device)
+        S = new_output((plan.p_rows,), acc, device)
+        d = new_output((plan.num_pairs if distance != "none" else 0,), acc, device)
+        launch.gram(plan, tables, weights, basis(plan.basis_kernels, transform, drop_dc, acc, device), partials)
+        launch.finish(plan, tables, partials, torch.empty((plan.num_groups, plan.Pmax), dtype=acc, device=device),
+                      p, S, d, eps, DISTANCE_CODES[distance])
+        loss = d if distance == "none" else d.mean() if reduction == "mean" else d.sum()
+        return loss, p, S
 
 
-@_gram_backward_op.register_fake
-def _(grad, weights, group_ids, num_groups, backend):
-    return [torch.empty_like(w) for w in weights]
+@_spectra_op.register_fake
+def _(weights, dists, kernels, groups, teachers, transform, drop_dc, distance, reduction, eps, backend):
+    acc = accumulation_dtype(weights[0].dtype)
+    rows = len(kernels) // 3 + len(dists)
+    Pmax = max(math.prod(k) for k in kernels_of(kernels))
+    loss = weights[0].new_empty((0,) if distance == "none" else (), dtype=acc)
+    return loss, weights[0].new_empty((rows, Pmax), dtype=acc), weights[0].new_empty((rows,), dtype=acc)
+
+
+@torch.library.custom_op("vkd::weight_spectra_backward", mutates_args=())
+def _spectra_backward_op(grad: torch.Tensor, p: torch.Tensor, S: torch.Tensor, weights: List[torch.Tensor],
+                         kernels: List[int], groups: List[int], rows: List[int], needed: List[int],
+                         teachers: List[int], num_dists: int, dists_needed: List[int], transform: str,
+                         drop_dc: bool, distance: str, reduction: str, eps: float, backend: str,
+                         ) -> Tuple[List[torch.Tensor], torch.Tensor]:
+    """(dW, dp_t): dW of the weights (the ``needed`` ones of the forward, whose groups
+    and rows are ``groups``, ``rows``) in their dtype: one flat tensor (triton, cuda) or
+    one per weight (cpu); dp_t flat over the distributions ``dists_needed``.
+    grad: dL/dloss, or dL/dp (distance "none")."""
+    device = p.device
+    with _backend.device_guard(device):
+        plan = make_plan(_spec(kernels, groups, rows, teachers, num_dists, transform, drop_dc, backend, needed,
+                               dists_needed))
+        launch = _backend.kernels(__package__, backend)
+        tables = backward_tables(plan, weights, device)
+        M = new_output((max(1, plan.m_size),), p.dtype, device)
+        dist_grad = new_output((plan.dist_grad_size,), p.dtype, device)
+        scale = 1.0 / plan.num_pairs if distance != "none" and reduction == "mean" else 1.0
+        launch.finish_backward(plan, tables, basis(plan.basis_kernels, transform, drop_dc, p.dtype, device), p, S,
+                               grad.contiguous(), dist_grad, M, eps, DISTANCE_CODES[distance], scale)
+        return (launch.gram_backward(plan, tables, weights, M) if weights else []), dist_grad
+
+
+@_spectra_backward_op.register_fake
+def _(grad, p, S, weights, kernels, groups, rows, needed, teachers, num_dists, dists_needed, transform, drop_dc,
+      distance, reduction, eps, backend):
+    P = [math.prod(k) for k in kernels_of(kernels)]
+    dist_size = sum(P[teachers.index(-1 - k)] - drop_dc for k in dists_needed)
+    if not weights:
+        dW = []
+    elif backend == "cpu":
+        dW = [torch.empty_like(w) for w in weights]
+    else:
+        dW = [p.new_empty((sum(rows[t] * P[groups[t]] for t in needed),), dtype=weights[0].dtype)]
+    return dW, p.new_empty((dist_size,))
 
 
 def _setup_context(ctx, inputs, output):
-    """Keeps only the weights that need a gradient (a frozen teacher keeps nothing)."""
-    weights, group_ids, num_groups, _, backend = inputs
-    ctx.needed = [i for i, w in enumerate(weights) if w.requires_grad]
-    ctx.options = (len(weights), [group_ids[i] for i in ctx.needed], num_groups, backend)
-    ctx.save_for_backward(*[weights[i] for i in ctx.needed])
+    """Keeps p, S and only the weights that need a gradient (a frozen teacher keeps nothing)."""
+    weights, dists, kernels, groups, teachers, transform, drop_dc, distance, reduction, eps, backend = inputs
+    ctx.needed = [t for t, w in enumerate(weights) if w.requires_grad]
+    ctx.dists_needed = [k for k, d in enumerate(dists) if d.requires_grad]
+    ctx.rows = _rows(weights, kernels, groups)
+    ctx.shapes = ([w.shape for w in weights], [d.shape for d in dists])
+    ctx.options = (kernels, groups, teachers, transform, drop_dc, distance, reduction, eps, backend)
+    # no gradient for the options; an empty list option is matched by an empty list (the
+    # autograd wrapper reads [] as a list of optional tensors)
+    ctx.no_grads = tuple([] if isinstance(x, list) and not x else None for x in inputs[2:])
+    ctx.save_for_backward(output[1], output[2], *[weights[t] for t in ctx.needed])
+    ctx.set_materialize_grads(False)  # the unused outputs' gradients stay None (no zero fills)
 
 
-def _autograd_backward(ctx, grad):
-    count, group_ids, num_groups, backend = ctx.options
-    grads: list = [None] * count
-    if ctx.needed:
-        for i, g in zip(ctx.needed, _gram_backward_op(grad, list(ctx.saved_tensors), group_ids, num_groups, backend)):
-            grads[i] = g
-    return grads, None, None, None, None
+def _split(grads: Sequence[torch.Tensor], indices: Sequence[int], shapes: Sequence[torch.Size], count: int) -> list:
+    """[None] * count with the gradients at ``indices`` viewed as shapes[i]: ``grads`` is
+    one per index, or one flat tensor of them all."""
+    out: list = [None] * count
+    pieces = grads[0].view(-1).split([shapes[i].numel() for i in indices]) if len(grads) == 1 and indices else grads
+    for i, piece in zip(indices, pieces):
+        out[i] = piece.view(shapes[i])
+    return out
 
 
-_gram_op.register_autograd(_autograd_backward, setup_context=_setup_context)
+def _autograd_backward(ctx, grad_loss, grad_p, grad_S):
+    kernels, groups, teachers, transform, drop_dc, distance, reduction, eps, backend = ctx.options
+    w_shapes, d_shapes = ctx.shapes
+    grad = grad_p if distance == "none" else grad_loss
+    if grad is None or not (ctx.needed or ctx.dists_needed):
+        return ([None] * len(w_shapes), [None] * len(d_shapes)) + ctx.no_grads
+    p, S, *weights = ctx.saved_tensors
+    dW, dD = _spectra_backward_op(grad, p, S, list(weights), kernels, groups, ctx.rows, ctx.needed, teachers,
+                                  len(d_shapes), ctx.dists_needed, transform, drop_dc, distance, reduction, eps,
+                                  backend)
+    return (_split(dW, ctx.needed, w_shapes, len(w_shapes)),
+            _split([dD], ctx.dists_needed, d_shapes, len(d_shapes))) + ctx.no_grads
+
+
+_spectra_op.register_autograd(_autograd_backward, setup_context=_setup_context)
 
 
 # ---- argument checks ----------------------------------------------------------------
@@ -169,36 +247,24 @@ def _resolve(groups: List[List[torch.Tensor]], backend: str, name: str) -> str:
 
 # ---- the fused forward ---------------------------------------------------------------
 
-def _fused_spectra(groups: List[List[torch.Tensor]], transform: str, drop_dc: bool, eps: float,
-                   backend: str) -> torch.Tensor:
-    """p (groups, Pmax) of every group (zero beyond each group's P; p[:, 0] = 0 for
-    drop_dc): one gram launch per weight dtype present (one in the usual case)."""
-    kernels = tuple(_kernel(g) for g in groups)
-    Pmax = max(math.prod(k) for k in kernels)
-    flat = [(w, g) for g, group in enumerate(groups) for w in group]
-    dtypes = list(dict.fromkeys(w.dtype for w, _ in flat))
-    acc = torch.float64 if torch.float64 in dtypes else torch.float32
-    G = None
-    for dtype in dtypes:
-        part = [(w, g) for w, g in flat if w.dtype == dtype]
-        Gd = _gram_op([w for w, _ in part], [g for _, g in part], len(groups), Pmax, backend).to(acc)
-        G = Gd if G is None else G + Gd
-    # e = diag(B G B^T) / #kernels, batched per kernel size (not padded to Pmax: a
-    # (3,7,7) stem would make every 3x3x3 group cost 147^3)
-    sizes: dict = {}
-    for g, kernel in enumerate(kernels):
-        sizes.setdefault(kernel, []).append(g)
-    e = None
-    for kernel, members in sizes.items():
-        P, n = math.prod(kernel), len(members)
-        counts = torch.tensor([sum(w.numel() // P for w in groups[g]) for g in members], dtype=acc, device=G.device)
-        index = torch.tensor(members, device=G.device)
-        Gk = (G if n == len(groups) else G.index_select(0, index))[:, :P, :P] / counts[:, None, None]
-        basis = padded_basis((kernel,) * n, transform, drop_dc, P, acc, G.device)
-        ek = (torch.bmm(basis, Gk) * basis).sum(-1)
-        ek = F.pad(ek.view(n, -1, P).sum(1), (0, Pmax - P))
-        e = ek if len(sizes) == 1 else (G.new_zeros(len(groups), Pmax) if e is None else e).index_put((index,), ek)
-    return normalize(e, eps)
+def _fused(groups: List[List[torch.Tensor]], dists: List[torch.Tensor], teachers: List[int], transform: str,
+           drop_dc: bool, distance: str, reduction: str, eps: float, backend: str):
+    """(loss, p) of the fused op over ``groups`` (the student's first). Weights of mixed
+    dtypes are cast to their promoted dtype (one launch per call needs one dtype);
+    distributions to the accumulation dtype."""
+    weights = [w for group in groups for w in group]
+    dtype = weights[0].dtype
+    if any(w.dtype != dtype for w in weights):
+        for w in weights[1:]:
+            dtype = torch.promote_types(dtype, w.dtype)  # float16 with bfloat16: float32
+        weights = [w.to(dtype) for w in weights]
+    acc = accumulation_dtype(dtype)
+    dists = [d.to(acc).contiguous() for d in dists]  # no-ops for weight_spectrum's own output
+    ids = [g for g, group in enumerate(groups) for _ in group]
+    kernels = kernel_triples([_kernel(group) for group in groups])
+    loss, p, _ = _spectra_op(weights, dists, kernels, ids, teachers, transform, drop_dc, distance, reduction,
+                             float(eps), backend)
+    return loss, p
 
 
 def _named(name: str, items: list) -> dict:
@@ -281,22 +347,16 @@ def weight_spectrum_distance(student: Sequence[Group], teacher: Sequence[Union[G
         result = weight_spectrum_distance_reference(s_groups, t_side, transform=transform, distance=distance,
                                                     drop_dc=drop_dc, reduction=reduction, eps=eps)
     else:
-        p = _fused_spectra(s_groups + t_groups, transform, drop_dc, float(eps), chosen)
-        n, Pmax = len(s_groups), p.shape[1]
-        if len(t_groups) == n:
-            pt = p[n:]
-        else:
-            rows, next_group = [], n
-            for t, s_group in zip(t_side, s_groups):
-                if isinstance(t, list):
-                    rows.append(p[next_group])
-                    next_group += 1
-                else:
-                    front = int(drop_dc)
-                    rows.append(F.pad(t.to(p.dtype), (front, Pmax - front - t.shape[0])))
-            pt = torch.stack(rows)
-        d = spectrum_distance(p[:n], pt, distance, float(eps))
-        result = d.mean() if reduction == "mean" else d.sum()
+        teachers, dists, next_group = [], [], len(s_groups)
+        for t in t_side:
+            if isinstance(t, list):
+                teachers.append(next_group)
+                next_group += 1
+            else:
+                teachers.append(-1 - len(dists))
+                dists.append(t)
+        result, _ = _fused(s_groups + t_groups, dists, teachers, transform, drop_dc, distance, reduction, eps,
+                           chosen)
     _check_finite(result, {**_named("student", student_items), **_named("teacher", teacher_items)})
     return result
 
@@ -316,7 +376,7 @@ def weight_spectrum(weights, *, transform: str = "dct", drop_dc: bool = False, e
     if chosen == "reference":
         spectra = [spectrum_reference(g, transform, drop_dc, eps) for g in groups]
     else:
-        p = _fused_spectra(groups, transform, drop_dc, float(eps), chosen)
+        _, p = _fused(groups, [], [], transform, drop_dc, "none", "mean", eps, chosen)
         spectra = [p[i, int(drop_dc):math.prod(_kernel(g))] for i, g in enumerate(groups)]
     for i, s in enumerate(spectra):
         _check_finite(s, _named("weights", [weights]) if single else _named("weights", items))
