@@ -76,7 +76,19 @@ auto dispatch(const Target& t, Launch&& launch) {
 vkd::attention::MapProblem attention_problem(int64_t N, int64_t C, int64_t P, double q) {
   if (N < 1 || C < 1 || P < 1) throw std::invalid_argument("vkd: attention map sizes must be >= 1");
   if (!(q > 0) || !std::isfinite(q)) throw std::invalid_argument("vkd: the exponent p must be > 0 and finite");
-  return {N, C, P, q};
+  return {N, C, P, q, 1};
+}
+
+// The attention-transfer finish's geometry (common/attention.h TransferGeometry) from
+// vkd_kernels/attention/layout.py Geometry.launch_args.
+vkd::attention::TransferGeometry transfer_geometry(int64_t N, std::array<int64_t, 20> v, bool l2, bool none) {
+  vkd::attention::TransferGeometry g{N, {{v[4], v[5], v[6]}, {v[13], v[14], v[15]}, v[0], v[2]},
+                                     {{v[7], v[8], v[9]}, {v[16], v[17], v[18]}, v[1], v[3]},
+                                     {v[10], v[11], v[12]}, v[19], 0.0, l2, none};
+  for (int64_t x : v)
+    if (x < 1) throw std::invalid_argument("vkd: attention transfer sizes must be >= 1");
+  if (g.Q() % g.frames != 0) throw std::invalid_argument("vkd: attention transfer frames must divide the map");
+  return g;
 }
 
 vkd::WeightGramArgs weight_args(int dtype, uintptr_t tensors, uintptr_t groups, int64_t num_tensors,
@@ -180,6 +192,7 @@ PYBIND11_MODULE(_C, m) {
                                   {map_strides[0], map_strides[1]}, nullptr, {0, 0, 0}, t.stream(stream)};
           dispatch(t, [&](auto d) {
             constexpr vkd::Device D = decltype(d)::value;
+            a.problem.K = vkd::attention_map_splits<D>(N, C, P);
             vkd::attention_map_forward<D>(a);
           });
         },
@@ -197,12 +210,41 @@ PYBIND11_MODULE(_C, m) {
                                   {grad_x_strides[0], grad_x_strides[1], grad_x_strides[2]}, t.stream(stream)};
           dispatch(t, [&](auto d) {
             constexpr vkd::Device D = decltype(d)::value;
+            a.problem.K = vkd::attention_map_splits<D>(N, C, P);
             vkd::attention_map_backward<D>(a);
           });
         },
         py::arg("device"), py::arg("N"), py::arg("C"), py::arg("P"), py::arg("q"), py::arg("dtype"), py::arg("x"),
         py::arg("x_strides"), py::arg("grad_map"), py::arg("grad_map_strides"), py::arg("grad_x"),
         py::arg("grad_x_strides"), py::arg("stream"));
+
+  m.def("attention_map_splits",
+        [](const std::string& device, int64_t N, int64_t C, int64_t P) {
+          const Target t = target(device);
+          return dispatch(t, [&](auto d) { return vkd::attention_map_splits<decltype(d)::value>(N, C, P); });
+        },
+        py::arg("device"), py::arg("N"), py::arg("C"), py::arg("P"));
+
+  // Attention-transfer finish (kernels.h TransferArgs); `sizes` as layout.Geometry.launch_args
+  // without its scale; pointers 0 for null.
+  m.def("attention_transfer",
+        [](const std::string& device, bool backward, int64_t N, std::array<int64_t, 20> sizes, double scale, bool l2,
+           bool none, bool fp64, uintptr_t parts_s, uintptr_t parts_t, uintptr_t out, uintptr_t grad, int64_t g_sn,
+           int64_t g_so, uintptr_t da_s, uintptr_t da_t, uintptr_t scratch_s, uintptr_t scratch_t, uintptr_t stream) {
+          const Target t = target(device);
+          vkd::TransferArgs a{transfer_geometry(N, sizes, l2, none), fp64, ptr<void>(parts_s), ptr<void>(parts_t),
+                              ptr<void>(out), ptr<const void>(grad), g_sn, g_so, ptr<void>(da_s), ptr<void>(da_t),
+                              ptr<void>(scratch_s), ptr<void>(scratch_t), t.stream(stream)};
+          a.geometry.scale = scale;
+          dispatch(t, [&](auto d) {
+            constexpr vkd::Device D = decltype(d)::value;
+            backward ? vkd::attention_transfer_backward<D>(a) : vkd::attention_transfer_forward<D>(a);
+          });
+        },
+        py::arg("device"), py::arg("backward"), py::arg("N"), py::arg("sizes"), py::arg("scale"), py::arg("l2"),
+        py::arg("none"), py::arg("fp64"), py::arg("parts_s"), py::arg("parts_t"), py::arg("out"), py::arg("grad"),
+        py::arg("g_sn"), py::arg("g_so"), py::arg("da_s"), py::arg("da_t"), py::arg("scratch_s"),
+        py::arg("scratch_t"), py::arg("stream"));
 
   // GKD head weighted GroupNorm + ReLU (kernels.h HeadNormArgs); pointers 0 for null.
   m.def("head_norm",

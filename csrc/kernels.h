@@ -64,8 +64,9 @@ template <Device> void spectrum_forward(const SpectrumForwardArgs& args);
 template <Device> void spectrum_backward(const SpectrumBackwardArgs& args);
 
 // Attention-transfer raw map (docs/ops.md 3a) of x viewed as (N, C, P). Forward writes
-// a[n, p] = mean_c |x|^q to `map` (accumulation dtype: float64 for float64 inputs, else
-// float32). Backward reads dL/da from `map` (accumulation dtype) and writes grad_x.
+// the K = problem.K partial maps (1/C) sum_{c in split k} |x|^q to `map` as (N, K, P)
+// (map_strides: n, p; split k at k P p-strides; accumulation dtype: float64 for float64
+// inputs, else float32). Backward reads dL/da (N, P) from `map` and writes grad_x.
 struct AttentionMapArgs {
   attention::MapProblem problem;
   DType dtype;
@@ -77,6 +78,25 @@ struct AttentionMapArgs {
 
 template <Device> void attention_map_forward(const AttentionMapArgs& args);
 template <Device> void attention_map_backward(const AttentionMapArgs& args);
+// K: how many channel splits the device's map launches use for (N, C, P) (CPU: 1).
+template <Device> int64_t attention_map_splits(int64_t N, int64_t C, int64_t P);
+
+// The finish of the attention-transfer loss (common/attention.h), one sample per block.
+// All buffers contiguous, accumulation dtype. Forward: parts (N, K, P) -> raw maps in
+// parts[:, 0], out (N,) or (N, Q). Backward: grad with strides (g_sn, g_so) -> da_s
+// (N, Ps), da_t (N, Pt) or null; scratch (N, Q) each where that side is pooled.
+struct TransferArgs {
+  attention::TransferGeometry geometry;
+  bool fp64;
+  void* parts_s; void* parts_t;
+  void* out;                                      // forward
+  const void* grad; int64_t g_sn, g_so;           // backward
+  void* da_s; void* da_t; void* scratch_s; void* scratch_t;
+  Stream stream;
+};
+
+template <Device> void attention_transfer_forward(const TransferArgs& args);
+template <Device> void attention_transfer_backward(const TransferArgs& args);
 
 // Weighted GroupNorm + ReLU of the GKD head's compact tail (common/head.h, namespace
 // head). All tensors contiguous, one dtype: Z, H, dH, dZ (N, J, C); w (J,); gamma, beta

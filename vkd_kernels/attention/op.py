@@ -35,7 +35,7 @@ def _raw_map_op(x: torch.Tensor, p: float, channel_dim: int, backend: str, name:
     with _backend.device_guard(x.device):
         x3 = view_ncp(x, channel_dim)
         kernels = _backend.kernels(__package__, backend)
-        parts = new_output((x3.shape[0], kernels.splits(x3.shape, x3.dtype), x3.shape[2]),
+        parts = new_output((x3.shape[0], kernels.splits(x3), x3.shape[2]),
                            accumulation_dtype(x.dtype), x.device)
         kernels.forward(x3, p, parts)
         a = parts[:, 0] if parts.shape[1] == 1 else parts.sum(1)
@@ -98,7 +98,7 @@ def _transfer_op(fs: torch.Tensor, ft: torch.Tensor, p: float, cs: int, ct: int,
         parts = []
         for x, axis in ((fs, cs), (ft, ct)):
             x3 = view_ncp(x, axis)
-            part = new_output((x3.shape[0], kernels.splits(x3.shape, x3.dtype), x3.shape[2]),
+            part = new_output((x3.shape[0], kernels.splits(x3), x3.shape[2]),
                               accumulation_dtype(x.dtype), x.device)
             kernels.forward(x3, p, part)
             parts.append(part)
@@ -114,7 +114,7 @@ def _(fs, ft, p, cs, ct, mode, distance, reduction, backend):
     kernels = _backend.kernels(__package__, backend)
     geometry = _geometry(fs, ft, cs, ct, mode, distance, reduction)
     acc = accumulation_dtype(fs.dtype)
-    parts = [x.new_empty((x.shape[0], kernels.splits(view_ncp(x, axis).shape, x.dtype), view_ncp(x, axis).shape[2]),
+    parts = [x.new_empty((x.shape[0], kernels.splits(view_ncp(x, axis)), view_ncp(x, axis).shape[2]),
                          dtype=acc) for x, axis in ((fs, cs), (ft, ct))]
     return (fs.new_empty(geometry.out_shape(), dtype=acc), *parts)
 

@@ -18,7 +18,7 @@ Map-sized work, one program per sample (the maps are C times smaller than x):
   incoming gradient: distance, normalisation and pooling backward in three passes.
 
 POWER selects the exponent case: 0 q = 2, 1 q = 1, 2 any q > 0 (via exp2/log2). No
-tl.dot, so any power-of-two block compiles; ``launch_constexprs`` and ``map_splits`` are
+tl.dot, so any power-of-two block compiles; ``launch_constexprs`` and ``splits`` are
 the one place configs are chosen and ``launch_configs`` enumerates all of them.
 """
 from __future__ import annotations
@@ -349,21 +349,21 @@ def launch_constexprs(q: float, dtype: torch.dtype) -> dict:
                 IS_FP64=dtype == torch.float64)
 
 
-def splits(shape, dtype: torch.dtype) -> int:
-    """K, the number of channel splits of a (N, C, P) map launch: grown until the launch
-    has TARGET_PROGRAMS programs, each split keeping >= MIN_SPLIT_CHANNELS channels."""
-    N, C, P = shape
-    base = N * triton.cdiv(P, launch_constexprs(2.0, dtype)["BLOCK_P"])
+def splits(x: torch.Tensor) -> int:
+    """K, the number of channel splits of the map launch of x (N, C, P): grown until the
+    launch has TARGET_PROGRAMS programs, each split keeping >= MIN_SPLIT_CHANNELS channels."""
+    N, C, P = x.shape
+    base = N * triton.cdiv(P, launch_constexprs(2.0, x.dtype)["BLOCK_P"])
     return max(1, min(C // MIN_SPLIT_CHANNELS, triton.cdiv(TARGET_PROGRAMS, base)))
 
 
 def _grid(x: torch.Tensor, c: dict) -> tuple:
     N, C, P = x.shape
-    return check_grid((N * triton.cdiv(P, c["BLOCK_P"]), splits(x.shape, x.dtype)))
+    return check_grid((N * triton.cdiv(P, c["BLOCK_P"]), splits(x)))
 
 
 def forward(x: torch.Tensor, p: float, parts: torch.Tensor) -> None:
-    """Writes parts (N, K, P), K = splits(x.shape), with sum_k parts[:, k] = sum_c |x|^p
+    """Writes parts (N, K, P), K = splits(x), with sum_k parts[:, k] = sum_c |x|^p
     for x (N, C, P) strided."""
     c = launch_constexprs(p, x.dtype)
     _map_forward[_grid(x, c)](x, parts, *x.shape, p, *x.stride(), **c, num_warps=4)
