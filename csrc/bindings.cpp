@@ -287,25 +287,33 @@ PYBIND11_MODULE(_C, m) {
   bind_weight_op("weight_gram", true);
   bind_weight_op("weight_gram_backward", false);
 
-  // attention_apply row passes (kernels.h ApplyArgs): rows (N, C, T, S) with 4 strides each;
-  // affine=false reduces x (times y) into rows, affine=true writes out = x a + b. Pointers 0 for null.
+  // attention_apply passes (kernels.h ApplyArgs): rows (N, C, T, S) with 4 strides each;
+  // pass 0 reduces x (times y) into rows, 1 sums rows per group into sums (B, 2), 2 writes
+  // out (and dlam when bsums is given). Pointers 0 for null.
   m.def("apply_rows",
-        [](const std::string& device, bool affine, int64_t N, int64_t C, int64_t T, int64_t S, int dtype,
+        [](const std::string& device, int pass, int64_t N, int64_t C, int64_t T, int64_t S, int64_t B, int dtype,
            uintptr_t x, std::array<int64_t, 4> xs, uintptr_t y, std::array<int64_t, 4> ys, uintptr_t rows,
-           uintptr_t a, uintptr_t b, uintptr_t out, std::array<int64_t, 4> os, uintptr_t stream) {
-          if (N < 1 || C < 1 || T < 1 || S < 1) throw std::invalid_argument("vkd: attention_apply sizes must be >= 1");
-          if (affine ? (a == 0 || out == 0) : rows == 0)
-            throw std::invalid_argument("vkd: apply_rows is missing an output or the row factors");
+           uintptr_t lam, uintptr_t sums, uintptr_t bsums, uintptr_t m, uintptr_t q, uintptr_t dlam, uintptr_t out,
+           std::array<int64_t, 4> os, uintptr_t stream) {
+          if (N < 1 || C < 1 || T < 1 || S < 1 || B < 1 || (N * C * T) % B != 0)
+            throw std::invalid_argument("vkd: attention_apply sizes must be >= 1 and B must divide the rows");
+          const bool missing = pass == 0 ? rows == 0 : pass == 1 ? (rows == 0 || lam == 0 || sums == 0)
+                             : pass == 2 ? (lam == 0 || sums == 0 || (bsums == 0 && out == 0) ||
+                                            (bsums != 0 && (m == 0 || q == 0 || dlam == 0)))
+                                         : true;
+          if (missing) throw std::invalid_argument("vkd: apply_rows is missing a buffer of its pass (or a bad pass)");
           const Target t = target(device);
-          vkd::ApplyArgs args{{N, C, T, S}, vkd::DType(dtype), ptr<const void>(x), {xs[0], xs[1], xs[2], xs[3]},
-                              ptr<const void>(y), {ys[0], ys[1], ys[2], ys[3]}, ptr<void>(rows), ptr<const void>(a),
-                              ptr<const void>(b), ptr<void>(out), {os[0], os[1], os[2], os[3]}, t.stream(stream)};
+          vkd::ApplyArgs args{{N, C, T, S, B}, vkd::DType(dtype), ptr<const void>(x), {xs[0], xs[1], xs[2], xs[3]},
+                              ptr<const void>(y), {ys[0], ys[1], ys[2], ys[3]}, ptr<void>(rows), ptr<const void>(lam),
+                              ptr<void>(sums), ptr<const void>(bsums), ptr<const void>(m), ptr<const void>(q),
+                              ptr<void>(dlam), ptr<void>(out), {os[0], os[1], os[2], os[3]}, t.stream(stream)};
           dispatch(t, [&](auto d) {
             constexpr vkd::Device D = decltype(d)::value;
-            affine ? vkd::apply_affine<D>(args) : vkd::apply_reduce<D>(args);
+            pass == 0 ? vkd::apply_reduce<D>(args) : pass == 1 ? vkd::apply_finish<D>(args) : vkd::apply_affine<D>(args);
           });
         },
-        py::arg("device"), py::arg("affine"), py::arg("N"), py::arg("C"), py::arg("T"), py::arg("S"),
+        py::arg("device"), py::arg("pass_"), py::arg("N"), py::arg("C"), py::arg("T"), py::arg("S"), py::arg("B"),
         py::arg("dtype"), py::arg("x"), py::arg("x_strides"), py::arg("y"), py::arg("y_strides"), py::arg("rows"),
-        py::arg("a"), py::arg("b"), py::arg("out"), py::arg("out_strides"), py::arg("stream"));
+        py::arg("lam"), py::arg("sums"), py::arg("bsums"), py::arg("m"), py::arg("q"), py::arg("dlam"),
+        py::arg("out"), py::arg("out_strides"), py::arg("stream"));
 }

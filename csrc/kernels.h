@@ -130,21 +130,27 @@ struct WeightGramArgs {
 template <Device> void weight_gram(const WeightGramArgs& args);
 template <Device> void weight_gram_backward(const WeightGramArgs& args);
 
-// attention_apply row passes (common/apply.h), rows (N, C, T, S) strided, one dtype for
-// x, y, out; a, b and the row results in the accumulation dtype, contiguous (N C T,).
-// Reduce: out_rows = sum_s x (y null) or sum_s x y. Affine: out = x a + b (b null: 0).
+// attention_apply passes (common/apply.h), rows (N, C, T, S) strided, one dtype for x,
+// y, out, lam, dlam (lam, dlam contiguous (N C T,)); row sums and group sums (B, 2) in
+// the accumulation dtype, contiguous. Reduce: rows = sum_s x (y null) or sum_s x y.
+// Finish: sums[b] = (sum v, sum lam v) over group b's rows of v = rows. Affine: forward
+// (bsums null) out = x k lam; backward out = x k lam + (G / s2)(1 - k lam) (out may be
+// null) and dlam = k (m - (G / s2) q), k and 1/s2 from sums, G from bsums.
 struct ApplyArgs {
   apply::RowProblem problem;
   DType dtype;
   const void* x; apply::RowStrides x_strides;
   const void* y; apply::RowStrides y_strides;   // reduce only, may be null
-  void* rows;                                    // reduce output
-  const void* a; const void* b;                  // affine only, b may be null
+  void* rows;                                    // reduce output, finish input
+  const void* lam;                               // finish, affine
+  void* sums;                                    // finish output (B, 2); affine input
+  const void* bsums; const void* m; const void* q; void* dlam;  // affine backward only
   void* out; apply::RowStrides out_strides;      // affine output
   Stream stream;
 };
 
 template <Device> void apply_reduce(const ApplyArgs& args);
+template <Device> void apply_finish(const ApplyArgs& args);
 template <Device> void apply_affine(const ApplyArgs& args);
 
 }  // namespace vkd
