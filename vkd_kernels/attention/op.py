@@ -145,12 +145,15 @@ def _(grad, fs, ft, parts_s, parts_t, p, cs, ct, mode, distance, reduction, back
 def _transfer_setup_context(ctx, inputs, output):
     fs, ft, *options = inputs
     ctx.save_for_backward(fs, ft, output[1], output[2])
+    ctx.set_materialize_grads(False)  # no zeros for the gradients of the saved-only outputs
     ctx.options = options
 
 
 def _transfer_autograd_backward(ctx, grad, _grad_s, _grad_t):
     fs, ft, parts_s, parts_t = ctx.saved_tensors
     need_s, need_t = ctx.needs_input_grad[:2]
+    if grad is None:  # only the saved-only outputs reached the loss
+        return (None,) * (2 + len(ctx.options))
     dfs, dft = _transfer_backward_op(grad, fs, ft, parts_s, parts_t, *ctx.options, need_s, need_t)
     return (dfs if need_s else None, dft if need_t else None) + (None,) * len(ctx.options)
 

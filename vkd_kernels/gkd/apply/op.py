@@ -95,11 +95,14 @@ def _(grad, F, lam, q, sums, per_sample, backend, need_F):
 def _setup_context(ctx, inputs, output):
     F, lam, per_sample, backend = inputs
     ctx.save_for_backward(F, lam, output[1], output[2])
+    ctx.set_materialize_grads(False)  # no zeros for the gradients of the saved-only outputs
     ctx.options = (per_sample, backend)
 
 
 def _autograd_backward(ctx, grad, _grad_q, _grad_sums):
     F, lam, q, sums = ctx.saved_tensors
+    if grad is None:  # only the saved-only outputs reached the loss
+        return None, None, None, None
     d_F, d_lam = _apply_backward_op(grad, F, lam, q, sums, *ctx.options, ctx.needs_input_grad[0])
     return (d_F if ctx.needs_input_grad[0] else None), (d_lam if ctx.needs_input_grad[1] else None), None, None
 
