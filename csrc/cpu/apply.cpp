@@ -25,7 +25,9 @@ void finish(const ApplyArgs& a) {
   using acc_t = typename Element<scalar_t>::acc_t;
   const RowProblem& pr = a.problem;
   auto* sums = static_cast<acc_t*>(a.sums);
-#pragma omp parallel for schedule(static)
+  // a parallel region costs more than the whole pass below ~2^18 rows (and far more on a
+  // loaded machine, where a region waits for a descheduled thread)
+#pragma omp parallel for schedule(static) if (pr.rows() > (int64_t(1) << 18) && pr.B > 1)
   for (int64_t g = 0; g < pr.B; ++g)
     group_sums(static_cast<const acc_t*>(a.rows), static_cast<const scalar_t*>(a.lam), g * pr.group_rows(),
                (g + 1) * pr.group_rows(), 0, 1, sums[2 * g], sums[2 * g + 1]);

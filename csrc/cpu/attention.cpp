@@ -14,6 +14,10 @@ namespace {
 
 constexpr int L = 1024;
 
+// The finish is map-sized: below ~2^16 map elements a parallel region costs more than
+// the pass (and far more on a loaded machine, where a region waits for a descheduled thread).
+bool parallel_finish(const TransferGeometry& g) { return g.N > 1 && g.N * (g.s.P + g.t.P) > (int64_t(1) << 16); }
+
 template <Power kPower, typename scalar_t>
 void forward(const AttentionMapArgs& a) {
   const MapProblem& pr = a.problem;
@@ -43,7 +47,7 @@ void backward(const AttentionMapArgs& a) {
 template <typename acc_t>
 void finish_forward(const TransferArgs& a) {
   const TransferGeometry& g = a.geometry;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (parallel_finish(g))
   for (int64_t n = 0; n < g.N; ++n)
     transfer_forward_sample(g, static_cast<acc_t*>(a.parts_s), static_cast<acc_t*>(a.parts_t),
                             static_cast<acc_t*>(a.out), n, SerialBlock{});
@@ -52,7 +56,7 @@ void finish_forward(const TransferArgs& a) {
 template <typename acc_t>
 void finish_backward(const TransferArgs& a) {
   const TransferGeometry& g = a.geometry;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (parallel_finish(g))
   for (int64_t n = 0; n < g.N; ++n)
     transfer_backward_sample(g, static_cast<const acc_t*>(a.parts_s), static_cast<const acc_t*>(a.parts_t),
                              static_cast<const acc_t*>(a.grad), a.g_sn, a.g_so, static_cast<acc_t*>(a.da_s),
