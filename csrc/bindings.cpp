@@ -246,26 +246,34 @@ PYBIND11_MODULE(_C, m) {
         py::arg("g_sn"), py::arg("g_so"), py::arg("da_s"), py::arg("da_t"), py::arg("scratch_s"),
         py::arg("scratch_t"), py::arg("stream"));
 
-  // GKD head weighted GroupNorm + ReLU (kernels.h HeadNormArgs); pointers 0 for null.
-  m.def("head_norm",
-        [](const std::string& device, bool backward, int64_t N, int64_t J, int64_t C, int64_t G, double M,
-           double eps, int dtype, uintptr_t Z, uintptr_t w, uintptr_t gamma, uintptr_t beta, uintptr_t H,
-           uintptr_t stats, uintptr_t dH, uintptr_t dZ, uintptr_t dgamma, uintptr_t dbeta, uintptr_t stream) {
-          if (N < 1 || J < 1 || C < 1 || G < 1 || C % G != 0 || !(M > 0) || !(eps > 0))
-            throw std::invalid_argument("vkd: head_norm needs positive sizes, G dividing C, M > 0, eps > 0");
+  // GKD head tail kernels (kernels.h HeadNormArgs); pass 0 forward norm, 1 output, 2 backward;
+  // pointers 0 for null.
+  m.def("head_tail",
+        [](const std::string& device, int pass, int64_t N, int64_t J, int64_t C, int64_t G, int64_t TP, double M,
+           double eps, int dtype, uintptr_t Z, uintptr_t w, uintptr_t bias, uintptr_t gamma, uintptr_t beta,
+           uintptr_t H, uintptr_t stats, uintptr_t out, uintptr_t lin_bias, uintptr_t lam, uintptr_t dlam,
+           std::array<int64_t, 3> dlam_strides, uintptr_t A, uintptr_t dout, uintptr_t dZ, uintptr_t dgamma,
+           uintptr_t dbeta, uintptr_t dbias, uintptr_t stream) {
+          if (N < 1 || J < 1 || C < 1 || G < 1 || TP < 1 || C % G != 0 || !(M > 0) || !(eps > 0) || pass < 0 ||
+              pass > 2)
+            throw std::invalid_argument("vkd: head_tail needs positive sizes, G dividing C, M > 0, eps > 0, pass 0-2");
           const Target t = target(device);
-          vkd::HeadNormArgs a{{N, J, C, G, M, eps}, vkd::DType(dtype), ptr<const void>(Z), ptr<const void>(w),
-                              ptr<const void>(gamma), ptr<const void>(beta), ptr<void>(H), ptr<void>(stats),
-                              ptr<const void>(dH), ptr<void>(dZ), ptr<void>(dgamma), ptr<void>(dbeta), t.stream(stream)};
+          vkd::HeadNormArgs a{{N, J, C, G, M, eps, TP}, vkd::DType(dtype), ptr<const void>(Z), ptr<const void>(w),
+                              ptr<const void>(bias), ptr<const void>(gamma), ptr<const void>(beta), ptr<void>(H),
+                              ptr<void>(stats), ptr<const void>(out), ptr<const void>(lin_bias), ptr<void>(lam),
+                              ptr<const void>(dlam), {dlam_strides[0], dlam_strides[1], dlam_strides[2]},
+                              ptr<const void>(A), ptr<void>(dout), ptr<void>(dZ), ptr<void>(dgamma), ptr<void>(dbeta),
+                              ptr<void>(dbias), t.stream(stream)};
           dispatch(t, [&](auto d) {
             constexpr vkd::Device D = decltype(d)::value;
-            backward ? vkd::head_norm_backward<D>(a) : vkd::head_norm_forward<D>(a);
+            pass == 0 ? vkd::head_norm_forward<D>(a) : pass == 1 ? vkd::head_output<D>(a) : vkd::head_norm_backward<D>(a);
           });
         },
-        py::arg("device"), py::arg("backward"), py::arg("N"), py::arg("J"), py::arg("C"), py::arg("G"),
-        py::arg("M"), py::arg("eps"), py::arg("dtype"), py::arg("Z"), py::arg("w"), py::arg("gamma"),
-        py::arg("beta"), py::arg("H"), py::arg("stats"), py::arg("dH"), py::arg("dZ"), py::arg("dgamma"),
-        py::arg("dbeta"), py::arg("stream"));
+        py::arg("device"), py::arg("pass_"), py::arg("N"), py::arg("J"), py::arg("C"), py::arg("G"), py::arg("TP"),
+        py::arg("M"), py::arg("eps"), py::arg("dtype"), py::arg("Z"), py::arg("w"), py::arg("bias"),
+        py::arg("gamma"), py::arg("beta"), py::arg("H"), py::arg("stats"), py::arg("out"), py::arg("lin_bias"),
+        py::arg("lam"), py::arg("dlam"), py::arg("dlam_strides"), py::arg("A"), py::arg("dout"), py::arg("dZ"),
+        py::arg("dgamma"), py::arg("dbeta"), py::arg("dbias"), py::arg("stream"));
   // Weight-spectrum distance (kernels.h WeightGramArgs): forward and backward take the
   // same tables; `buffer` is the partials (forward, written) or M_flat (backward, read).
   // Tables, partials and M live on `device`.

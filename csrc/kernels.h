@@ -98,21 +98,25 @@ struct TransferArgs {
 template <Device> void attention_transfer_forward(const TransferArgs& args);
 template <Device> void attention_transfer_backward(const TransferArgs& args);
 
-// Weighted GroupNorm + ReLU of the GKD head's compact tail (common/head.h, namespace
-// head). All tensors contiguous, one dtype: Z, H, dH, dZ (N, J, C); w (J,); gamma, beta
-// (C,) or null; stats (N, G, 2) = (mean, rstd) in the accumulation dtype; dgamma, dbeta (N, C) per-sample partial
-// sums or null. Forward reads Z, w, gamma, beta and writes H, stats; backward reads
-// Z, w, gamma, beta, stats, dH and writes dZ, dgamma, dbeta.
+// The GKD head's tail around its GEMMs (common/head.h, namespace head). All tensors one
+// dtype, contiguous but dlam (strides dlam_strides): Z, dZ (N, J, C); w (J,); bias, gamma,
+// beta and their gradients (C,) or null; H (J + 1, N, C); stats (N, G, 2) = (mean, rstd)
+// in the accumulation dtype; out (T', N C) = A H; lin_bias (T',) or null; lam, dlam
+// (N, C, T'); A (T', J); dout (T', N, C). Forward: Z, w, bias, gamma, beta -> H, stats.
+// Output: out, lin_bias -> lam. Backward: -> dout, dZ, dgamma, dbeta, dbias.
 struct HeadNormArgs {
   head::GroupNormProblem problem;
   DType dtype;
-  const void* Z; const void* w; const void* gamma; const void* beta;
+  const void* Z; const void* w; const void* bias; const void* gamma; const void* beta;
   void* H; void* stats;
-  const void* dH; void* dZ; void* dgamma; void* dbeta;
+  const void* out; const void* lin_bias; void* lam;
+  const void* dlam; head::Strides3 dlam_strides; const void* A;
+  void* dout; void* dZ; void* dgamma; void* dbeta; void* dbias;
   Stream stream;
 };
 
 template <Device> void head_norm_forward(const HeadNormArgs& args);
+template <Device> void head_output(const HeadNormArgs& args);
 template <Device> void head_norm_backward(const HeadNormArgs& args);
 
 // Weight-spectrum distance (common/weights.h). Forward: writes partials

@@ -26,7 +26,8 @@ from vkd_kernels.weights.layout import layout_of
 pytestmark = pytest.mark.skipif(_ext.EXT is None, reason=f"vkd_kernels._C is not importable: {_ext.EXT_ERROR}")
 
 # The launchers a kernel module (native or triton_kernels) offers to the ops.
-LAUNCHERS = ("forward", "backward", "reduce", "affine", "gram", "gram_backward")
+LAUNCHERS = ("forward", "backward", "finish_forward", "finish_backward", "output", "reduce", "finish",
+             "affine", "gram", "gram_backward")
 
 
 class GuardLog:
@@ -89,7 +90,8 @@ def _run_every_fused_op(backend, device):
 
 
 EXPECTED_LAUNCHES = {"spectrum.forward", "spectrum.backward", "attention.forward", "attention.backward",
-                     "head.forward", "head.backward", "apply.reduce", "apply.affine", "weights.gram",
+                     "attention.finish_forward", "attention.finish_backward", "head.forward", "head.output",
+                     "head.backward", "apply.reduce", "apply.finish", "apply.affine", "weights.gram",
                      "weights.gram_backward"}
 
 

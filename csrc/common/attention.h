@@ -13,6 +13,7 @@
 #pragma once
 #include <cmath>
 #include <cstdint>
+#include "block.h"
 #include "dtypes.h"
 
 namespace vkd {
@@ -105,9 +106,7 @@ VKD_HD void map_grad_tile(const MapProblem& pr, const scalar_t* x, Strides3 xs, 
 // where ||b|| < eps), pooling backward: each raw element collects from the (at most 2 per
 // axis) bins holding it.
 //
-// The per-sample functions take a Block: lane / step split the elements of a pass among
-// threads, sum(v) returns the total of v over the lanes (to every lane; a fixed order)
-// and sync() orders global writes before reads at other positions (CPU: one lane, no-ops).
+// The per-sample functions take a Block (common/block.h).
 
 constexpr double kNormEps = 1e-12;  // as F.normalize
 
@@ -272,13 +271,6 @@ VKD_HD void transfer_backward_sample(const TransferGeometry& g, const acc_t* par
     for (int64_t i = block.lane; i < g.t.P; i += block.step) da_t[n * g.t.P + i] = unpooled(dt, g.t, g.out, i);
 }
 
-// One lane, no barrier: the CPU's Block.
-struct SerialBlock {
-  int64_t lane = 0, step = 1;
-  template <typename T>
-  VKD_HD T sum(T v) const { return v; }
-  VKD_HD void sync() const {}
-};
 
 // Runs body with kPower bound to the exponent case of q.
 #define VKD_DISPATCH_POWER(q, ...)                                                                 \

@@ -51,28 +51,10 @@ __global__ void backward_kernel(AttentionMapArgs a) {
                              blockIdx.y);
 }
 
-// The finish's Block on CUDA: kFinishThreads lanes, sums through shared memory.
-template <typename acc_t>
-struct ThreadBlock {
-  int64_t lane, step;
-  acc_t* shared;
-  __device__ acc_t sum(acc_t v) const {
-    __syncthreads();  // the previous sum's readers are done with shared
-    shared[lane] = v;
-    __syncthreads();
-    for (int width = kFinishThreads / 2; width > 0; width /= 2) {
-      if (lane < width) shared[lane] += shared[lane + width];
-      __syncthreads();
-    }
-    return shared[0];
-  }
-  __device__ void sync() const { __syncthreads(); }
-};
-
 template <typename acc_t>
 __global__ void __launch_bounds__(kFinishThreads) finish_forward_kernel(TransferArgs a) {
   __shared__ acc_t shared[kFinishThreads];
-  const ThreadBlock<acc_t> block{threadIdx.x, kFinishThreads, shared};
+  const cuda::ThreadBlock<acc_t, kFinishThreads> block{threadIdx.x, shared};
   for (int64_t n = blockIdx.x; n < a.geometry.N; n += gridDim.x)
     transfer_forward_sample(a.geometry, static_cast<acc_t*>(a.parts_s), static_cast<acc_t*>(a.parts_t),
                             static_cast<acc_t*>(a.out), n, block);
@@ -81,7 +63,7 @@ __global__ void __launch_bounds__(kFinishThreads) finish_forward_kernel(Transfer
 template <typename acc_t>
 __global__ void __launch_bounds__(kFinishThreads) finish_backward_kernel(TransferArgs a) {
   __shared__ acc_t shared[kFinishThreads];
-  const ThreadBlock<acc_t> block{threadIdx.x, kFinishThreads, shared};
+  const cuda::ThreadBlock<acc_t, kFinishThreads> block{threadIdx.x, shared};
   for (int64_t n = blockIdx.x; n < a.geometry.N; n += gridDim.x)
     transfer_backward_sample(a.geometry, static_cast<const acc_t*>(a.parts_s), static_cast<const acc_t*>(a.parts_t),
                              static_cast<const acc_t*>(a.grad), a.g_sn, a.g_so, static_cast<acc_t*>(a.da_s),
