@@ -4,9 +4,10 @@ Feature-sized work, x read as (N, C, P) strided:
 
 - ``_map_forward``: grid (N * cdiv(P, BLOCK_P), K). Program (n, p-block, k) sums |x|^q
   over its slice of C / K channels in [BLOCK_C, BLOCK_P] tiles and writes the partial
-  map parts[n, k, p] (N, K, P) (divided by C: the raw map is their sum). Splitting C over K programs keeps >= 2 programs per SM
-  where N P is small (a 7 x 7 teacher map) and leaves the sum deterministic: the K
-  partials are added in a fixed order by the finishing kernel, no atomics.
+  map parts[n, k, p] (N, K, P) (divided by C: the raw map is their sum). Splitting C
+  over K programs keeps >= 2 programs per SM where N P is small (a 7 x 7 teacher map)
+  and leaves the sum deterministic: the K partials are added in a fixed order by the
+  finishing kernel, no atomics.
 - ``_map_backward``: same grid, writes dx = q |x|^(q-1) sign(x) dL/da / C.
 
 Map-sized work, one program per sample (the maps are C times smaller than x):

@@ -104,7 +104,8 @@ def _tail_backward_op(dlam: torch.Tensor, y: torch.Tensor, conv_bias: Optional[t
         S, E, w = selection(T, L, y.device, y.dtype)
         dout = new_output((TP, N, C), y.dtype, y.device)
         dZ = new_output(Z.shape, y.dtype, y.device)
-        grads = [new_output((C,), y.dtype, y.device) if t is not None else None for t in (gn_weight, gn_bias, conv_bias)]
+        grads = [new_output((C,), y.dtype, y.device) if t is not None else None
+                 for t in (gn_weight, gn_bias, conv_bias)]
         kernels.backward(Z, w, conv_bias, gn_weight, gn_bias, stats, lam, dlam, A, groups, _norm_size(C, groups, L),
                          dout, dZ, *grads)
         dAT = torch.mm(H.view(J + 1, N * C), dout.view(TP, N * C).t())  # (J + 1, T'): [dA^T; dbias_lin]

@@ -20,7 +20,7 @@ import triton
 import triton.language as tl
 
 from ..._triton_jit import scalar as _scalar
-from ..._triton_specs import TRITON_TYPES, check_grid
+from ..._triton_specs import check_grid
 
 
 @triton.jit
@@ -241,27 +241,28 @@ def _flags(cb, gamma, beta) -> dict:
 def forward(Z, w, cb, gamma, beta, groups: int, M: float, eps: float, H, stats) -> None:
     """+ conv bias, weighted GroupNorm + ReLU: writes H (J + 1, N, C) (row J = 1) and stats (N, G, 2)."""
     N, J, C = Z.shape
-    _head_norm_forward[check_grid((N * groups,))](Z, w, *(Z if t is None else t for t in (cb, gamma, beta)), H, stats,
-                                                  N, J, C, groups, M, eps, **_flags(cb, gamma, beta),
-                                                  **head_constexprs(Z.dtype), num_warps=4)
+    params = [Z if t is None else t for t in (cb, gamma, beta)]
+    _head_norm_forward[check_grid((N * groups,))](Z, w, *params, H, stats, N, J, C, groups, M, eps,
+                                                  **_flags(cb, gamma, beta), **head_constexprs(Z.dtype), num_warps=4)
 
 
 def output(out, bias, lam) -> None:
     """lam (N, C, T') = sigmoid(out (T', N C) + bias)."""
     TP, NC = out.shape
-    _head_output[check_grid((triton.cdiv(NC, OUTPUT_BLOCK),))](out, out if bias is None else bias, lam, NC, TP,
-                                                                HAS_B=bias is not None, BLOCK=OUTPUT_BLOCK,
-                                                                BLOCK_T=OUTPUT_BLOCK_T, IS_FP64=out.dtype == torch.float64, num_warps=4)
+    grid = check_grid((triton.cdiv(NC, OUTPUT_BLOCK),))
+    _head_output[grid](out, out if bias is None else bias, lam, NC, TP, HAS_B=bias is not None, BLOCK=OUTPUT_BLOCK,
+                       BLOCK_T=OUTPUT_BLOCK_T, IS_FP64=out.dtype == torch.float64, num_warps=4)
 
 
 def backward(Z, w, cb, gamma, beta, stats, lam, dlam, A, groups: int, M: float, dout, dZ, dgamma, dbeta,
              dcb) -> None:
     """Writes dout (T', N, C), dZ (N, J, C) and dgamma, dbeta, dcb (C,) where given."""
     N, J, C = Z.shape
-    _head_norm_backward[check_grid((groups,))](Z, w, *(Z if t is None else t for t in (cb, gamma, beta)), stats, lam,
-                                               dlam, A, dout, dZ, *(Z if t is None else t for t in (dgamma, dbeta, dcb)),
-                                               N, J, C, groups, A.shape[0], M, *dlam.stride(),
-                                               **_flags(cb, gamma, beta), **head_constexprs(Z.dtype), num_warps=4)
+    params = [Z if t is None else t for t in (cb, gamma, beta)]
+    grads = [Z if t is None else t for t in (dgamma, dbeta, dcb)]
+    _head_norm_backward[check_grid((groups,))](Z, w, *params, stats, lam, dlam, A, dout, dZ, *grads, N, J, C, groups,
+                                               A.shape[0], M, *dlam.stride(), **_flags(cb, gamma, beta),
+                                               **head_constexprs(Z.dtype), num_warps=4)
 
 
 def launch_configs() -> Iterator[tuple]:
