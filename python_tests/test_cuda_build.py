@@ -106,3 +106,35 @@ def test_head_norm_kernels_are_present(kernels):
             found = [f for a, f in kernels if a == arch and name in f]
             assert len(found) == 4, (arch, name, found)
 
+
+
+# The attention ops' kernels, by the argument struct in their mangled names (csrc/kernels.h).
+_ATTENTION_ARGS = ("16AttentionMapArgs", "12TransferArgs", "9ApplyArgs", "12HeadNormArgs")
+
+
+def resource_usage(text: str) -> dict:
+    """{(arch, function): {"REG": n, "STACK": n, ...}} from `cuobjdump -res-usage` output."""
+    usage, arch, function = {}, None, None
+    for line in text.splitlines():
+        if m := re.search(r"arch = (sm_\d+)", line):
+            arch = m.group(1)
+        elif m := re.match(r"\s*Function (\S+):", line):
+            function = m.group(1)
+        elif function and "REG:" in line:
+            usage[(arch, function)] = {k: int(v) for k, v in re.findall(r"([A-Z]+):(\d+)", line)}
+            function = None
+    return usage
+
+
+def test_attention_kernels_use_no_stack():
+    """No local-memory stack (spills, unrolled arrays indexed at run time) in the attention
+    transfer, head and attention_apply kernels, on every architecture."""
+    path = _extension_path()
+    tool = _cuobjdump()
+    if tool is None:
+        pytest.skip("cuobjdump not found (neither on PATH nor in Triton's bundled CUDA tools)")
+    text = subprocess.run([tool, "-res-usage", path], check=True, capture_output=True, text=True).stdout
+    ours = {key: u for key, u in resource_usage(text).items() if any(a in key[1] for a in _ATTENTION_ARGS)}
+    assert len({f for _, f in ours}) >= 4 * len(_ATTENTION_ARGS), sorted(ours)
+    stacked = sorted(f"{arch} {f}: {u}" for (arch, f), u in ours.items() if u.get("STACK", 0) or u.get("LOCAL", 0))
+    assert not stacked, "kernels with a stack or local memory:\n" + "\n".join(stacked)

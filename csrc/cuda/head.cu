@@ -16,7 +16,7 @@ template <typename T>
 __device__ T* out(void* p) { return static_cast<T*>(p); }
 
 template <typename scalar_t>
-__global__ void __launch_bounds__(kThreads) forward_kernel(HeadNormArgs a) {
+__global__ void __launch_bounds__(kThreads) head_forward_kernel(HeadNormArgs a) {
   using acc_t = typename Element<scalar_t>::acc_t;
   __shared__ acc_t shared[kThreads];
   const cuda::ThreadBlock<acc_t, kThreads> block{threadIdx.x, shared};
@@ -28,7 +28,7 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(HeadNormArgs a) {
 }
 
 template <typename scalar_t>
-__global__ void output_kernel(HeadNormArgs a) {
+__global__ void head_output_kernel(HeadNormArgs a) {
   const auto& pr = a.problem;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < pr.N * pr.C * pr.TP;
        i += int64_t(gridDim.x) * blockDim.x)
@@ -36,7 +36,7 @@ __global__ void output_kernel(HeadNormArgs a) {
 }
 
 template <typename scalar_t>
-__global__ void __launch_bounds__(kThreads) backward_kernel(HeadNormArgs a) {
+__global__ void __launch_bounds__(kThreads) head_backward_kernel(HeadNormArgs a) {
   using acc_t = typename Element<scalar_t>::acc_t;
   __shared__ acc_t shared[kThreads];
   const cuda::ThreadBlock<acc_t, kThreads> block{threadIdx.x, shared};
@@ -57,7 +57,7 @@ template <>
 void head_norm_forward<Device::CUDA>(const HeadNormArgs& args) {
   cuda::on_device(args.stream, "vkd head norm", [&](cudaStream_t stream) {
     VKD_DISPATCH_DTYPE(args.dtype, [&] {
-      forward_kernel<scalar_t><<<capped(args.problem.N * args.problem.G), kThreads, 0, stream>>>(args);
+      head_forward_kernel<scalar_t><<<capped(args.problem.N * args.problem.G), kThreads, 0, stream>>>(args);
     });
   });
 }
@@ -67,7 +67,8 @@ void head_output<Device::CUDA>(const HeadNormArgs& args) {
   cuda::on_device(args.stream, "vkd head output", [&](cudaStream_t stream) {
     const auto& pr = args.problem;
     VKD_DISPATCH_DTYPE(args.dtype, [&] {
-      output_kernel<scalar_t><<<capped((pr.N * pr.C * pr.TP + kThreads - 1) / kThreads), kThreads, 0, stream>>>(args);
+      head_output_kernel<scalar_t>
+          <<<capped((pr.N * pr.C * pr.TP + kThreads - 1) / kThreads), kThreads, 0, stream>>>(args);
     });
   });
 }
@@ -76,7 +77,7 @@ template <>
 void head_norm_backward<Device::CUDA>(const HeadNormArgs& args) {
   cuda::on_device(args.stream, "vkd head norm backward", [&](cudaStream_t stream) {
     VKD_DISPATCH_DTYPE(args.dtype, [&] {
-      backward_kernel<scalar_t><<<capped(args.problem.G), kThreads, 0, stream>>>(args);
+      head_backward_kernel<scalar_t><<<capped(args.problem.G), kThreads, 0, stream>>>(args);
     });
   });
 }

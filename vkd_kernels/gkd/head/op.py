@@ -39,6 +39,7 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+from torch.utils.flop_counter import register_flop_formula
 
 from ... import _backend
 from ..._backend import BACKENDS
@@ -82,7 +83,7 @@ def _tail_op(y: torch.Tensor, conv_weight: torch.Tensor, conv_bias: Optional[tor
 def _(y, conv_weight, conv_bias, gn_weight, gn_bias, groups, linear_weight, linear_bias, L, eps, backend):
     N, C1, T = y.shape
     C, TP = conv_weight.shape[0], linear_weight.shape[0]
-    J = num_classes(T, L)
+    J = num_classes(int(T), L)  # J depends on the value of T (a symbolic T is specialised)
     return (y.new_empty((N, C, TP)), y.new_empty((C1, 3 * C)), y.new_empty((N, J, C)), y.new_empty((J + 1, N, C)),
             y.new_empty((N, groups, 2), dtype=accumulation_dtype(y.dtype)), y.new_empty((TP, J)))
 
@@ -124,7 +125,7 @@ def _(dlam, y, conv_bias, gn_weight, gn_bias, lam, Wc, Z, H, stats, A, groups, L
     C, TP = Z.shape[2], A.shape[0]
     present = [y.new_empty((C,)) if t is not None else y.new_empty(0) for t in (conv_bias, gn_weight, gn_bias)]
     return (y.new_empty(y.shape) if need_y else y.new_empty(0), y.new_empty((C, C1, 3)), *present,
-            y.new_empty((TP, L)), y.new_empty((TP,)))
+            y.new_empty((TP, L)), y.new_empty((Z.shape[1] + 1, TP))[-1])  # dbias_lin: the last row of [dA^T; dbias]
 
 
 def _setup_context(ctx, inputs, output):
@@ -148,6 +149,27 @@ def _autograd_backward(ctx, dlam, *_saved_only):
 
 
 _tail_op.register_autograd(_autograd_backward, setup_context=_setup_context)
+
+
+def _flops(y_shape, C: int, TP: int, L: int, backward: bool) -> int:
+    """The multiply-adds x 2 of the tail's GEMMs (for torch.utils.flop_counter, which cannot
+    see inside the custom ops)."""
+    N, C1, T = y_shape
+    J = num_classes(int(T), L)
+    if not backward:  # Pt, Z, A, A H
+        return 2 * (N * T * C1 * 3 * C + N * J * 3 * T * C + TP * L * J + TP * J * N * C)
+    # [dA | dbias], dW_lin, dPt, dy, dWc
+    return 2 * ((J + 1) * N * C * TP + TP * J * L + N * 3 * T * J * C + 2 * N * C1 * 3 * C * T)
+
+
+@register_flop_formula(torch.ops.vkd.head_tail)
+def _(y_shape, conv_weight_shape, *args, out_shape=None, **kwargs) -> int:
+    return _flops(y_shape, conv_weight_shape[0], out_shape[0][2], args[-3], backward=False)
+
+
+@register_flop_formula(torch.ops.vkd.head_tail_backward)
+def _(dlam_shape, y_shape, *args, out_shape=None, **kwargs) -> int:
+    return _flops(y_shape, dlam_shape[1], dlam_shape[2], args[-3], backward=True)
 
 
 def tail_compact(y, conv_weight, conv_bias, gn_weight, gn_bias, gn_groups, linear_weight, linear_bias,
