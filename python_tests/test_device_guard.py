@@ -173,22 +173,27 @@ def test_native_launchers_pass_the_device_index(monkeypatch):
     w = FakeCuda1((3,))
     spectrum_native.forward(pr, x, x, w, None)
     spectrum_native.backward(pr, x, x, w, FakeCuda1((2, 3, 6)), 1.0, x, x)
-    attention_native.forward(x, 2.0, FakeCuda1((2, 6)))
+    attention_native.splits(x)
+    attention_native.forward(x, 2.0, FakeCuda1((2, 1, 6)))
     attention_native.backward(x, FakeCuda1((2, 6)), 2.0, x)
-    Z = FakeCuda1((2, 3, 4))
-    head_native.forward(Z, w, None, None, 2, 6.0, 1e-5, Z, FakeCuda1((2, 2, 2)))
-    head_native.backward(Z, w, None, None, FakeCuda1((2, 2, 2)), Z, 2, 6.0, Z, None, None)
-    rows = FakeCuda1((2, 3, 4, 5))
+    Z, lam = FakeCuda1((2, 3, 4)), FakeCuda1((2, 4, 5))
+    head_native.forward(Z, w, None, None, None, 2, 6.0, 1e-5, FakeCuda1((4, 2, 4)), FakeCuda1((2, 2, 2)))
+    head_native.output(FakeCuda1((5, 8)), None, lam)
+    head_native.backward(Z, w, None, None, None, FakeCuda1((2, 2, 2)), lam, lam, FakeCuda1((5, 3)), 2, 6.0,
+                         FakeCuda1((5, 2, 4)), Z, None, None, None)
+    rows, sums = FakeCuda1((2, 3, 4, 5)), FakeCuda1((2, 2))
     apply_native.reduce(rows, None, FakeCuda1((24,)))
-    apply_native.affine(rows, FakeCuda1((24,)), None, rows)
+    apply_native.finish(FakeCuda1((24,)), FakeCuda1((24,)), sums)
+    apply_native.affine(rows, FakeCuda1((24,)), sums, rows)
     weight = torch.empty(4, 2, 3, 3, device="meta")
     layout = layout_of([weight], [0], 1)
     weights_native.gram(layout, [FakeCuda1(weight.shape)], torch.float32)
     weights_native.gram_backward(layout, [FakeCuda1(weight.shape)], [FakeCuda1(weight.shape)],
                                  FakeCuda1((layout.flat_size,)))
     names = {name for name, _ in ext.calls}
-    assert names == {"spectrum_num_partials", "spectrum_forward", "spectrum_backward", "attention_map_forward",
-                     "attention_map_backward", "head_norm", "apply_rows", "weight_gram", "weight_gram_backward"}
+    assert names == {"spectrum_num_partials", "spectrum_forward", "spectrum_backward", "attention_map_splits",
+                     "attention_map_forward", "attention_map_backward", "head_tail", "apply_rows", "weight_gram",
+                     "weight_gram_backward"}
     assert all(device == "cuda:1" for _, device in ext.calls), ext.calls
 
 

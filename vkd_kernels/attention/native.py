@@ -16,7 +16,7 @@ def forward(x: torch.Tensor, p: float, parts: torch.Tensor) -> None:
     """Writes parts (N, K, P) with sum_k parts[:, k] = mean_c |x|^p for x (N, C, P) strided."""
     N, C, P = x.shape
     _ext.EXT.attention_map_forward(_ext.device_arg(x.device), N, C, P, p, _ext.dtype_code(x.dtype),
-                                   _ext.ptr(x), tuple(x.stride()), _ext.ptr(parts), (parts.stride(0), 1),
+                                   _ext.ptr(x), tuple(x.stride()), _ext.ptr(parts), (parts.stride()[0], 1),
                                    _ext.stream(x.device))
 
 
