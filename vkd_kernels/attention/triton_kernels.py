@@ -32,13 +32,14 @@ import triton.language as tl
 
 from .._triton_jit import scalar as _scalar
 from .._triton_specs import TRITON_TYPES, check_grid
-from .layout import NORM_EPS
+from .layout import NORM_EPS as _NORM_EPS
 
 POWERS = {2.0: 0, 1.0: 1}  # exponent -> POWER; anything else -> 2
 # Programs a map launch aims for: 4 per SM of a 132-SM H100, so that >= 2 stay resident
 # per SM with enough loads in flight to stream x; K (the split of C) grows until then.
 TARGET_PROGRAMS = 528
 MIN_SPLIT_CHANNELS = 64    # a split reads at least 64 channels (4 tiles): short loops do not pipeline
+NORM_EPS = tl.constexpr(_NORM_EPS)  # a global a @jit function may read
 FINISH_BLOCK = 512         # map elements per step of the per-sample finishing kernels
 
 
