@@ -76,7 +76,19 @@ auto dispatch(const Target& t, Launch&& launch) {
 vkd::attention::MapProblem attention_problem(int64_t N, int64_t C, int64_t P, double q) {
   if (N < 1 || C < 1 || P < 1) throw std::invalid_argument("vkd: attention map sizes must be >= 1");
   if (!(q > 0) || !std::isfinite(q)) throw std::invalid_argument("vkd: the exponent p must be > 0 and finite");
-  return {N, C, P, q};
+  return {N, C, P, q, 1};
+}
+
+// The attention-transfer finish's geometry (common/attention.h TransferGeometry) from
+// vkd_kernels/attention/layout.py Geometry.launch_args.
+vkd::attention::TransferGeometry transfer_geometry(int64_t N, std::array<int64_t, 20> v, bool l2, bool none) {
+  vkd::attention::TransferGeometry g{N, {{v[4], v[5], v[6]}, {v[13], v[14], v[15]}, v[0], v[2]},
+                                     {{v[7], v[8], v[9]}, {v[16], v[17], v[18]}, v[1], v[3]},
+                                     {v[10], v[11], v[12]}, v[19], 0.0, l2, none};
+  for (int64_t x : v)
+    if (x < 1) throw std::invalid_argument("vkd: attention transfer sizes must be >= 1");
+  if (g.Q() % g.frames != 0) throw std::invalid_argument("vkd: attention transfer frames must divide the map");
+  return g;
 }
 
 // The weight-spectrum call of `args` (keys as in vkd_kernels/weights/native.py; pointers
@@ -192,6 +204,7 @@ PYBIND11_MODULE(_C, m) {
                                   {map_strides[0], map_strides[1]}, nullptr, {0, 0, 0}, t.stream(stream)};
           dispatch(t, [&](auto d) {
             constexpr vkd::Device D = decltype(d)::value;
+            a.problem.K = vkd::attention_map_splits<D>(N, C, P);
             vkd::attention_map_forward<D>(a);
           });
         },
@@ -209,6 +222,7 @@ PYBIND11_MODULE(_C, m) {
                                   {grad_x_strides[0], grad_x_strides[1], grad_x_strides[2]}, t.stream(stream)};
           dispatch(t, [&](auto d) {
             constexpr vkd::Device D = decltype(d)::value;
+            a.problem.K = vkd::attention_map_splits<D>(N, C, P);
             vkd::attention_map_backward<D>(a);
           });
         },
@@ -216,26 +230,62 @@ PYBIND11_MODULE(_C, m) {
         py::arg("x_strides"), py::arg("grad_map"), py::arg("grad_map_strides"), py::arg("grad_x"),
         py::arg("grad_x_strides"), py::arg("stream"));
 
-  // GKD head weighted GroupNorm + ReLU (kernels.h HeadNormArgs); pointers 0 for null.
-  m.def("head_norm",
-        [](const std::string& device, bool backward, int64_t N, int64_t J, int64_t C, int64_t G, double M,
-           double eps, int dtype, uintptr_t Z, uintptr_t w, uintptr_t gamma, uintptr_t beta, uintptr_t H,
-           uintptr_t stats, uintptr_t dH, uintptr_t dZ, uintptr_t dgamma, uintptr_t dbeta, uintptr_t stream) {
-          if (N < 1 || J < 1 || C < 1 || G < 1 || C % G != 0 || !(M > 0) || !(eps > 0))
-            throw std::invalid_argument("vkd: head_norm needs positive sizes, G dividing C, M > 0, eps > 0");
+  m.def("attention_map_splits",
+        [](const std::string& device, int64_t N, int64_t C, int64_t P) {
           const Target t = target(device);
-          vkd::HeadNormArgs a{{N, J, C, G, M, eps}, vkd::DType(dtype), ptr<const void>(Z), ptr<const void>(w),
-                              ptr<const void>(gamma), ptr<const void>(beta), ptr<void>(H), ptr<void>(stats),
-                              ptr<const void>(dH), ptr<void>(dZ), ptr<void>(dgamma), ptr<void>(dbeta), t.stream(stream)};
+          return dispatch(t, [&](auto d) { return vkd::attention_map_splits<decltype(d)::value>(N, C, P); });
+        },
+        py::arg("device"), py::arg("N"), py::arg("C"), py::arg("P"));
+
+  // Attention-transfer finish (kernels.h TransferArgs); `sizes` as layout.Geometry.launch_args
+  // without its scale; pointers 0 for null.
+  m.def("attention_transfer",
+        [](const std::string& device, bool backward, int64_t N, std::array<int64_t, 20> sizes, double scale, bool l2,
+           bool none, bool fp64, uintptr_t parts_s, uintptr_t parts_t, uintptr_t out, uintptr_t grad, int64_t g_sn,
+           int64_t g_so, uintptr_t da_s, uintptr_t da_t, uintptr_t scratch_s, uintptr_t scratch_t, uintptr_t stream) {
+          const Target t = target(device);
+          vkd::TransferArgs a{transfer_geometry(N, sizes, l2, none), fp64, ptr<void>(parts_s), ptr<void>(parts_t),
+                              ptr<void>(out), ptr<const void>(grad), g_sn, g_so, ptr<void>(da_s), ptr<void>(da_t),
+                              ptr<void>(scratch_s), ptr<void>(scratch_t), t.stream(stream)};
+          a.geometry.scale = scale;
           dispatch(t, [&](auto d) {
             constexpr vkd::Device D = decltype(d)::value;
-            backward ? vkd::head_norm_backward<D>(a) : vkd::head_norm_forward<D>(a);
+            backward ? vkd::attention_transfer_backward<D>(a) : vkd::attention_transfer_forward<D>(a);
           });
         },
-        py::arg("device"), py::arg("backward"), py::arg("N"), py::arg("J"), py::arg("C"), py::arg("G"),
-        py::arg("M"), py::arg("eps"), py::arg("dtype"), py::arg("Z"), py::arg("w"), py::arg("gamma"),
-        py::arg("beta"), py::arg("H"), py::arg("stats"), py::arg("dH"), py::arg("dZ"), py::arg("dgamma"),
-        py::arg("dbeta"), py::arg("stream"));
+        py::arg("device"), py::arg("backward"), py::arg("N"), py::arg("sizes"), py::arg("scale"), py::arg("l2"),
+        py::arg("none"), py::arg("fp64"), py::arg("parts_s"), py::arg("parts_t"), py::arg("out"), py::arg("grad"),
+        py::arg("g_sn"), py::arg("g_so"), py::arg("da_s"), py::arg("da_t"), py::arg("scratch_s"),
+        py::arg("scratch_t"), py::arg("stream"));
+
+  // GKD head tail kernels (kernels.h HeadNormArgs); pass 0 forward norm, 1 output, 2 backward;
+  // pointers 0 for null.
+  m.def("head_tail",
+        [](const std::string& device, int pass, int64_t N, int64_t J, int64_t C, int64_t G, int64_t TP, double M,
+           double eps, int dtype, uintptr_t Z, uintptr_t w, uintptr_t bias, uintptr_t gamma, uintptr_t beta,
+           uintptr_t H, uintptr_t stats, uintptr_t out, uintptr_t lin_bias, uintptr_t lam, uintptr_t dlam,
+           std::array<int64_t, 3> dlam_strides, uintptr_t A, uintptr_t dout, uintptr_t dZ, uintptr_t dgamma,
+           uintptr_t dbeta, uintptr_t dbias, uintptr_t stream) {
+          if (N < 1 || J < 1 || C < 1 || G < 1 || TP < 1 || C % G != 0 || !(M > 0) || !(eps > 0) || pass < 0 ||
+              pass > 2)
+            throw std::invalid_argument("vkd: head_tail needs positive sizes, G dividing C, M > 0, eps > 0, pass 0-2");
+          const Target t = target(device);
+          vkd::HeadNormArgs a{{N, J, C, G, M, eps, TP}, vkd::DType(dtype), ptr<const void>(Z), ptr<const void>(w),
+                              ptr<const void>(bias), ptr<const void>(gamma), ptr<const void>(beta), ptr<void>(H),
+                              ptr<void>(stats), ptr<const void>(out), ptr<const void>(lin_bias), ptr<void>(lam),
+                              ptr<const void>(dlam), {dlam_strides[0], dlam_strides[1], dlam_strides[2]},
+                              ptr<const void>(A), ptr<void>(dout), ptr<void>(dZ), ptr<void>(dgamma), ptr<void>(dbeta),
+                              ptr<void>(dbias), t.stream(stream)};
+          dispatch(t, [&](auto d) {
+            constexpr vkd::Device D = decltype(d)::value;
+            pass == 0 ? vkd::head_norm_forward<D>(a) : pass == 1 ? vkd::head_output<D>(a) : vkd::head_norm_backward<D>(a);
+          });
+        },
+        py::arg("device"), py::arg("pass_"), py::arg("N"), py::arg("J"), py::arg("C"), py::arg("G"), py::arg("TP"),
+        py::arg("M"), py::arg("eps"), py::arg("dtype"), py::arg("Z"), py::arg("w"), py::arg("bias"),
+        py::arg("gamma"), py::arg("beta"), py::arg("H"), py::arg("stats"), py::arg("out"), py::arg("lin_bias"),
+        py::arg("lam"), py::arg("dlam"), py::arg("dlam_strides"), py::arg("A"), py::arg("dout"), py::arg("dZ"),
+        py::arg("dgamma"), py::arg("dbeta"), py::arg("dbias"), py::arg("stream"));
   // Weight-spectrum distance (kernels.h WeightArgs): the four passes take one dict of
   // tables, buffers and options (vkd_kernels/weights/native.py); everything on `device`.
   const auto bind_weight_op = [&m](const char* name, auto launcher) {
@@ -255,25 +305,33 @@ PYBIND11_MODULE(_C, m) {
   bind_weight_op("weight_gram_backward",
                  [](auto d, const vkd::WeightArgs& a) { vkd::weight_gram_backward<decltype(d)::value>(a); });
 
-  // attention_apply row passes (kernels.h ApplyArgs): rows (N, C, T, S) with 4 strides each;
-  // affine=false reduces x (times y) into rows, affine=true writes out = x a + b. Pointers 0 for null.
+  // attention_apply passes (kernels.h ApplyArgs): rows (N, C, T, S) with 4 strides each;
+  // pass 0 reduces x (times y) into rows, 1 sums rows per group into sums (B, 2), 2 writes
+  // out (and dlam when bsums is given). Pointers 0 for null.
   m.def("apply_rows",
-        [](const std::string& device, bool affine, int64_t N, int64_t C, int64_t T, int64_t S, int dtype,
+        [](const std::string& device, int pass, int64_t N, int64_t C, int64_t T, int64_t S, int64_t B, int dtype,
            uintptr_t x, std::array<int64_t, 4> xs, uintptr_t y, std::array<int64_t, 4> ys, uintptr_t rows,
-           uintptr_t a, uintptr_t b, uintptr_t out, std::array<int64_t, 4> os, uintptr_t stream) {
-          if (N < 1 || C < 1 || T < 1 || S < 1) throw std::invalid_argument("vkd: attention_apply sizes must be >= 1");
-          if (affine ? (a == 0 || out == 0) : rows == 0)
-            throw std::invalid_argument("vkd: apply_rows is missing an output or the row factors");
+           uintptr_t lam, uintptr_t sums, uintptr_t bsums, uintptr_t m, uintptr_t q, uintptr_t dlam, uintptr_t out,
+           std::array<int64_t, 4> os, uintptr_t stream) {
+          if (N < 1 || C < 1 || T < 1 || S < 1 || B < 1 || (N * C * T) % B != 0)
+            throw std::invalid_argument("vkd: attention_apply sizes must be >= 1 and B must divide the rows");
+          const bool missing = pass == 0 ? rows == 0 : pass == 1 ? (rows == 0 || lam == 0 || sums == 0)
+                             : pass == 2 ? (lam == 0 || sums == 0 || (bsums == 0 && out == 0) ||
+                                            (bsums != 0 && (m == 0 || q == 0 || dlam == 0)))
+                                         : true;
+          if (missing) throw std::invalid_argument("vkd: apply_rows is missing a buffer of its pass (or a bad pass)");
           const Target t = target(device);
-          vkd::ApplyArgs args{{N, C, T, S}, vkd::DType(dtype), ptr<const void>(x), {xs[0], xs[1], xs[2], xs[3]},
-                              ptr<const void>(y), {ys[0], ys[1], ys[2], ys[3]}, ptr<void>(rows), ptr<const void>(a),
-                              ptr<const void>(b), ptr<void>(out), {os[0], os[1], os[2], os[3]}, t.stream(stream)};
+          vkd::ApplyArgs args{{N, C, T, S, B}, vkd::DType(dtype), ptr<const void>(x), {xs[0], xs[1], xs[2], xs[3]},
+                              ptr<const void>(y), {ys[0], ys[1], ys[2], ys[3]}, ptr<void>(rows), ptr<const void>(lam),
+                              ptr<void>(sums), ptr<const void>(bsums), ptr<const void>(m), ptr<const void>(q),
+                              ptr<void>(dlam), ptr<void>(out), {os[0], os[1], os[2], os[3]}, t.stream(stream)};
           dispatch(t, [&](auto d) {
             constexpr vkd::Device D = decltype(d)::value;
-            affine ? vkd::apply_affine<D>(args) : vkd::apply_reduce<D>(args);
+            pass == 0 ? vkd::apply_reduce<D>(args) : pass == 1 ? vkd::apply_finish<D>(args) : vkd::apply_affine<D>(args);
           });
         },
-        py::arg("device"), py::arg("affine"), py::arg("N"), py::arg("C"), py::arg("T"), py::arg("S"),
+        py::arg("device"), py::arg("pass_"), py::arg("N"), py::arg("C"), py::arg("T"), py::arg("S"), py::arg("B"),
         py::arg("dtype"), py::arg("x"), py::arg("x_strides"), py::arg("y"), py::arg("y_strides"), py::arg("rows"),
-        py::arg("a"), py::arg("b"), py::arg("out"), py::arg("out_strides"), py::arg("stream"));
+        py::arg("lam"), py::arg("sums"), py::arg("bsums"), py::arg("m"), py::arg("q"), py::arg("dlam"),
+        py::arg("out"), py::arg("out_strides"), py::arg("stream"));
 }

@@ -64,8 +64,9 @@ template <Device> void spectrum_forward(const SpectrumForwardArgs& args);
 template <Device> void spectrum_backward(const SpectrumBackwardArgs& args);
 
 // Attention-transfer raw map (docs/ops.md 3a) of x viewed as (N, C, P). Forward writes
-// a[n, p] = mean_c |x|^q to `map` (accumulation dtype: float64 for float64 inputs, else
-// float32). Backward reads dL/da from `map` (accumulation dtype) and writes grad_x.
+// the K = problem.K partial maps (1/C) sum_{c in split k} |x|^q to `map` as (N, K, P)
+// (map_strides: n, p; split k at k P p-strides; accumulation dtype: float64 for float64
+// inputs, else float32). Backward reads dL/da (N, P) from `map` and writes grad_x.
 struct AttentionMapArgs {
   attention::MapProblem problem;
   DType dtype;
@@ -77,22 +78,45 @@ struct AttentionMapArgs {
 
 template <Device> void attention_map_forward(const AttentionMapArgs& args);
 template <Device> void attention_map_backward(const AttentionMapArgs& args);
+// K: how many channel splits the device's map launches use for (N, C, P) (CPU: 1).
+template <Device> int64_t attention_map_splits(int64_t N, int64_t C, int64_t P);
 
-// Weighted GroupNorm + ReLU of the GKD head's compact tail (common/head.h, namespace
-// head). All tensors contiguous, one dtype: Z, H, dH, dZ (N, J, C); w (J,); gamma, beta
-// (C,) or null; stats (N, G, 2) = (mean, rstd) in the accumulation dtype; dgamma, dbeta (N, C) per-sample partial
-// sums or null. Forward reads Z, w, gamma, beta and writes H, stats; backward reads
-// Z, w, gamma, beta, stats, dH and writes dZ, dgamma, dbeta.
+// The finish of the attention-transfer loss (common/attention.h), one sample per block.
+// All buffers contiguous, accumulation dtype. Forward: parts (N, K, P) -> raw maps in
+// parts[:, 0], out (N,) or (N, Q). Backward: grad with strides (g_sn, g_so) -> da_s
+// (N, Ps), da_t (N, Pt) or null; scratch (N, Q) each where that side is pooled.
+struct TransferArgs {
+  attention::TransferGeometry geometry;
+  bool fp64;
+  void* parts_s; void* parts_t;
+  void* out;                                      // forward
+  const void* grad; int64_t g_sn, g_so;           // backward
+  void* da_s; void* da_t; void* scratch_s; void* scratch_t;
+  Stream stream;
+};
+
+template <Device> void attention_transfer_forward(const TransferArgs& args);
+template <Device> void attention_transfer_backward(const TransferArgs& args);
+
+// The GKD head's tail around its GEMMs (common/head.h, namespace head). All tensors one
+// dtype, contiguous but dlam (strides dlam_strides): Z, dZ (N, J, C); w (J,); bias, gamma,
+// beta and their gradients (C,) or null; H (J + 1, N, C); stats (N, G, 2) = (mean, rstd)
+// in the accumulation dtype; out (T', N C) = A H; lin_bias (T',) or null; lam, dlam
+// (N, C, T'); A (T', J); dout (T', N, C). Forward: Z, w, bias, gamma, beta -> H, stats.
+// Output: out, lin_bias -> lam. Backward: -> dout, dZ, dgamma, dbeta, dbias.
 struct HeadNormArgs {
   head::GroupNormProblem problem;
   DType dtype;
-  const void* Z; const void* w; const void* gamma; const void* beta;
+  const void* Z; const void* w; const void* bias; const void* gamma; const void* beta;
   void* H; void* stats;
-  const void* dH; void* dZ; void* dgamma; void* dbeta;
+  const void* out; const void* lin_bias; void* lam;
+  const void* dlam; head::Strides3 dlam_strides; const void* A;
+  void* dout; void* dZ; void* dgamma; void* dbeta; void* dbias;
   Stream stream;
 };
 
 template <Device> void head_norm_forward(const HeadNormArgs& args);
+template <Device> void head_output(const HeadNormArgs& args);
 template <Device> void head_norm_backward(const HeadNormArgs& args);
 
 // Weight-spectrum distance (common/weights.h, tables from vkd_kernels/weights/layout.py).
@@ -138,21 +162,27 @@ VKD_HD weights::FinishArgs<T> finish_args(const WeightArgs& a) {
     throw std::invalid_argument("vkd: the accumulation dtype must be float32 or float64"); \
   }()
 
-// attention_apply row passes (common/apply.h), rows (N, C, T, S) strided, one dtype for
-// x, y, out; a, b and the row results in the accumulation dtype, contiguous (N C T,).
-// Reduce: out_rows = sum_s x (y null) or sum_s x y. Affine: out = x a + b (b null: 0).
+// attention_apply passes (common/apply.h), rows (N, C, T, S) strided, one dtype for x,
+// y, out, lam, dlam (lam, dlam contiguous (N C T,)); row sums and group sums (B, 2) in
+// the accumulation dtype, contiguous. Reduce: rows = sum_s x (y null) or sum_s x y.
+// Finish: sums[b] = (sum v, sum lam v) over group b's rows of v = rows. Affine: forward
+// (bsums null) out = x k lam; backward out = x k lam + (G / s2)(1 - k lam) (out may be
+// null) and dlam = k (m - (G / s2) q), k and 1/s2 from sums, G from bsums.
 struct ApplyArgs {
   apply::RowProblem problem;
   DType dtype;
   const void* x; apply::RowStrides x_strides;
   const void* y; apply::RowStrides y_strides;   // reduce only, may be null
-  void* rows;                                    // reduce output
-  const void* a; const void* b;                  // affine only, b may be null
+  void* rows;                                    // reduce output, finish input
+  const void* lam;                               // finish, affine
+  void* sums;                                    // finish output (B, 2); affine input
+  const void* bsums; const void* m; const void* q; void* dlam;  // affine backward only
   void* out; apply::RowStrides out_strides;      // affine output
   Stream stream;
 };
 
 template <Device> void apply_reduce(const ApplyArgs& args);
+template <Device> void apply_finish(const ApplyArgs& args);
 template <Device> void apply_affine(const ApplyArgs& args);
 
 }  // namespace vkd

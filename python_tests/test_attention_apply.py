@@ -110,9 +110,11 @@ def test_opcheck(backend, device):
     expect_device(device, F, lam, q)
     for per_sample in (True, False):
         torch.library.opcheck(torch.ops.vkd.attention_apply.default, (F, lam, per_sample, backend))
+        sums = torch.rand(2 if per_sample else 1, 2, dtype=torch.float64, device=device)
         for need_F in (True, False):
             torch.library.opcheck(torch.ops.vkd.attention_apply_backward.default,
-                                  (torch.randn_like(F), F.detach(), lam.detach(), q, per_sample, backend, need_F))
+                                  (torch.randn_like(F), F.detach(), lam.detach(), q, sums, per_sample, backend,
+                                   need_F))
 
 
 def test_torch_compile_fullgraph():

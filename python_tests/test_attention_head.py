@@ -74,14 +74,17 @@ def test_gradcheck_float64(backend, device, shape):
 
 
 @pytest.mark.parametrize("backend", FUSED)
-def test_norm_opcheck(backend, device):
-    f64 = dict(dtype=torch.float64, device=device)
-    Z, w = torch.randn(2, 5, 6, **f64), torch.tensor([3.0, 1, 1, 2, 4], **f64)
-    gamma, beta = torch.randn(6, **f64), torch.randn(6, **f64)
-    for g, b in ((gamma, beta), (None, None)):
-        call(torch.library.opcheck, device, torch.ops.vkd.head_norm_relu.default,
-                              (Z.requires_grad_(), w, g if g is None else g.requires_grad_(),
-                               b if b is None else b.requires_grad_(), 3, 33.0, 1e-5, backend))
+def test_tail_opcheck(backend, device):
+    y, cw, cb, gw, gb, lw, lb = tail_inputs(device, 2, 3, 6, 4, 11)
+    for present in (True, False):
+        optional = [t if present else None for t in (cb, gw, gb, lb)]
+        args = (y, cw, *optional[:3], 3, lw, optional[3], 11, 1e-5, backend)
+        call(torch.library.opcheck, device, torch.ops.vkd.head_tail.default, args)
+        lam, Wc, Z, H, stats, A = torch.ops.vkd.head_tail.default(*(t.detach() if isinstance(t, torch.Tensor) else t
+                                                                     for t in args))
+        call(torch.library.opcheck, device, torch.ops.vkd.head_tail_backward.default,
+             (torch.randn_like(lam), y.detach(), *(t if t is None else t.detach() for t in optional[:3]), lam, Wc, Z,
+              H, stats, A, 3, 11, backend, True))
 
 
 @numeric

@@ -173,6 +173,15 @@ def test_opcheck(backend, device):
     fs, _ = features(device, (2, 3, 4, 5, 6))
     for p in (2.0, 1.5):
         call(torch.library.opcheck, device, torch.ops.vkd.attention_raw_map.default, (fs, p, 1, backend, "fs"))
+    fs, ft = features(device, (2, 3, 4, 5, 6), (2, 5, 2, 5, 3))  # both pooled
+    for mode, distance, reduction in (("spatiotemporal", "mse", "mean"), ("per_frame", "l2", "none"),
+                                      ("per_frame", "mse", "none")):
+        options = (1.5, 1, 1, mode, distance, reduction, backend)
+        call(torch.library.opcheck, device, torch.ops.vkd.attention_transfer.default, (fs, ft, *options))
+        per, parts_s, parts_t = torch.ops.vkd.attention_transfer.default(fs.detach(), ft.detach(), *options)
+        grad = torch.randn_like(per)
+        call(torch.library.opcheck, device, torch.ops.vkd.attention_transfer_backward.default,
+             (grad, fs.detach(), ft.detach(), parts_s, parts_t, *options, True, True))
 
 
 def test_torch_compile_fullgraph():

@@ -108,22 +108,23 @@ def test_head_norm_kernels_are_present(kernels):
 
 
 
-# ---- resources (issue 13): the weight-spectrum kernels keep their per-thread arrays in
-# registers (no stack frame, no local memory) --------------------------------------------
+# ---- resources (issue 13): the kernels keep their per-thread arrays in registers (no
+# stack frame, no local memory) ------------------------------------------------------------
 
-_RESOURCE = re.compile(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)")
+# The attention ops' kernels, by the argument struct in their mangled names (csrc/kernels.h).
+_ATTENTION_ARGS = ("16AttentionMapArgs", "12TransferArgs", "9ApplyArgs", "12HeadNormArgs")
 
 
 def resource_usage(text: str) -> dict:
-    """{(arch, function): (registers, stack, shared, local)} from `cuobjdump -res-usage`."""
+    """{(arch, function): {"REG": n, "STACK": n, ...}} from `cuobjdump -res-usage` output."""
     usage, arch, function = {}, None, None
     for line in text.splitlines():
         if m := re.search(r"arch = (sm_\d+)", line):
             arch = m.group(1)
         elif m := re.match(r"\s*Function (\S+):", line):
             function = m.group(1)
-        elif function and (m := _RESOURCE.search(line)):
-            usage[(arch, function)] = tuple(int(g) for g in m.groups())
+        elif function and "REG:" in line:
+            usage[(arch, function)] = {k: int(v) for k, v in re.findall(r"([A-Z]+):(\d+)", line)}
             function = None
     return usage
 
@@ -137,7 +138,8 @@ code version = [1,8]
  Function _ZN3vkd11gram_kernelIfEEvNS_10WeightArgsE:
   REG:32 STACK:0 SHARED:8448 LOCAL:0 CONSTANT[0]:544 TEXTURE:0 SURFACE:0 SAMPLER:0
 """
-    assert resource_usage(sample) == {("sm_90", "_ZN3vkd11gram_kernelIfEEvNS_10WeightArgsE"): (32, 0, 8448, 0)}
+    use = resource_usage(sample)[("sm_90", "_ZN3vkd11gram_kernelIfEEvNS_10WeightArgsE")]
+    assert (use["REG"], use["STACK"], use["SHARED"], use["LOCAL"]) == (32, 0, 8448, 0)
 
 
 def test_weight_kernels_use_no_local_memory():
@@ -152,5 +154,21 @@ def test_weight_kernels_use_no_local_memory():
     for arch in archs:  # 4 dtypes each for the gram passes, 2 accumulation types for the finish
         for name, count in zip(names, (4, 4, 2, 2)):
             assert len([f for a, f in mine if a == arch and f"{len(name)}{name}I" in f]) == count, (arch, name)
-    bad = {key: use for key, use in mine.items() if use[1] or use[3]}
+    bad = {key: use for key, use in mine.items() if use.get("STACK", 0) or use.get("LOCAL", 0)}
     assert mine and not bad, f"weight kernels with a stack frame or local memory: {bad}"
+
+
+@pytest.mark.xfail(strict=True, reason="issue 13 still open: the CUDA head norm and attention-transfer finish kernels "
+                   "keep 8-56 B stack frames (no spill: LOCAL 0); strict, so the fix must remove this mark")
+def test_attention_kernels_use_no_stack():
+    """No local-memory stack (spills, unrolled arrays indexed at run time) in the attention
+    transfer, head and attention_apply kernels, on every architecture."""
+    path = _extension_path()
+    tool = _cuobjdump()
+    if tool is None:
+        pytest.skip("cuobjdump not found (neither on PATH nor in Triton's bundled CUDA tools)")
+    text = subprocess.run([tool, "-res-usage", path], check=True, capture_output=True, text=True).stdout
+    ours = {key: u for key, u in resource_usage(text).items() if any(a in key[1] for a in _ATTENTION_ARGS)}
+    assert len({f for _, f in ours}) >= 4 * len(_ATTENTION_ARGS), sorted(ours)
+    stacked = sorted(f"{arch} {f}: {u}" for (arch, f), u in ours.items() if u.get("STACK", 0) or u.get("LOCAL", 0))
+    assert not stacked, "kernels with a stack or local memory:\n" + "\n".join(stacked)

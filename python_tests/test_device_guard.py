@@ -26,7 +26,8 @@ from vkd_kernels.weights.layout import Spec, Tables, make_plan
 pytestmark = pytest.mark.skipif(_ext.EXT is None, reason=f"vkd_kernels._C is not importable: {_ext.EXT_ERROR}")
 
 # The launchers a kernel module (native or triton_kernels) offers to the ops.
-LAUNCHERS = ("forward", "backward", "reduce", "affine", "gram", "finish", "finish_backward", "gram_backward")
+LAUNCHERS = ("forward", "backward", "finish_forward", "finish_backward", "output", "reduce", "finish",
+             "affine", "gram", "gram_backward")
 
 
 class GuardLog:
@@ -89,8 +90,9 @@ def _run_every_fused_op(backend, device):
 
 
 EXPECTED_LAUNCHES = {"spectrum.forward", "spectrum.backward", "attention.forward", "attention.backward",
-                     "head.forward", "head.backward", "apply.reduce", "apply.affine", "weights.gram",
-                     "weights.finish", "weights.finish_backward",
+                     "attention.finish_forward", "attention.finish_backward", "head.forward", "head.output",
+                     "head.backward", "apply.reduce", "apply.finish", "apply.affine", "weights.gram", "weights.finish",
+                     "weights.finish_backward",
                      "weights.gram_backward"}
 
 
@@ -170,14 +172,18 @@ def test_native_launchers_pass_the_device_index(monkeypatch):
     w = FakeCuda1((3,))
     spectrum_native.forward(pr, x, x, w, None)
     spectrum_native.backward(pr, x, x, w, FakeCuda1((2, 3, 6)), 1.0, x, x)
-    attention_native.forward(x, 2.0, FakeCuda1((2, 6)))
+    attention_native.splits(x)
+    attention_native.forward(x, 2.0, FakeCuda1((2, 1, 6)))
     attention_native.backward(x, FakeCuda1((2, 6)), 2.0, x)
-    Z = FakeCuda1((2, 3, 4))
-    head_native.forward(Z, w, None, None, 2, 6.0, 1e-5, Z, FakeCuda1((2, 2, 2)))
-    head_native.backward(Z, w, None, None, FakeCuda1((2, 2, 2)), Z, 2, 6.0, Z, None, None)
-    rows = FakeCuda1((2, 3, 4, 5))
+    Z, lam = FakeCuda1((2, 3, 4)), FakeCuda1((2, 4, 5))
+    head_native.forward(Z, w, None, None, None, 2, 6.0, 1e-5, FakeCuda1((4, 2, 4)), FakeCuda1((2, 2, 2)))
+    head_native.output(FakeCuda1((5, 8)), None, lam)
+    head_native.backward(Z, w, None, None, None, FakeCuda1((2, 2, 2)), lam, lam, FakeCuda1((5, 3)), 2, 6.0,
+                         FakeCuda1((5, 2, 4)), Z, None, None, None)
+    rows, sums = FakeCuda1((2, 3, 4, 5)), FakeCuda1((2, 2))
     apply_native.reduce(rows, None, FakeCuda1((24,)))
-    apply_native.affine(rows, FakeCuda1((24,)), None, rows)
+    apply_native.finish(FakeCuda1((24,)), FakeCuda1((24,)), sums)
+    apply_native.affine(rows, FakeCuda1((24,)), sums, rows)
     plan = make_plan(Spec(kernels=((3, 3),), tensors=((0, 8),), teachers=(), num_dists=0, parts=1, drop_dc=False,
                           backend="cuda", needed=(0,)))
     tables = Tables(FakeCuda1((1, 7)), FakeCuda1((1, 4)), FakeCuda1((1,)), ((32, FakeCuda1((1, 8))),))
@@ -187,9 +193,9 @@ def test_native_launchers_pass_the_device_index(monkeypatch):
     weights_native.finish_backward(plan, tables, flat, flat, flat, flat, flat, flat, 1e-12, 1, 1.0)
     weights_native.gram_backward(plan, tables, [weight], flat)
     names = {name for name, _ in ext.calls}
-    assert names == {"spectrum_num_partials", "spectrum_forward", "spectrum_backward", "attention_map_forward",
-                     "attention_map_backward", "head_norm", "apply_rows", "weight_gram", "weight_finish",
-                     "weight_finish_backward", "weight_gram_backward"}
+    assert names == {"spectrum_num_partials", "spectrum_forward", "spectrum_backward", "attention_map_splits",
+                     "attention_map_forward", "attention_map_backward", "head_tail", "apply_rows", "weight_gram",
+                     "weight_finish", "weight_finish_backward", "weight_gram_backward"}
     assert all(device == "cuda:1" for _, device in ext.calls), ext.calls
 
 

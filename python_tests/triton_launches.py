@@ -161,6 +161,15 @@ def attention_maps():
             attention_transfer_loss(fs, ft, p=p, backend="triton").backward()
     fs, ft = torch.randn(2, 8, 4, 6, 6, requires_grad=True), torch.randn(2, 16, 4, 3, 3, requires_grad=True)
     attention_transfer_loss(fs, ft, distance="l2", backend="triton").backward()  # Cs != Ct, pooled, both grads
+    for dtype in (torch.float32, torch.float64):  # the finish per option (maps in the accumulation dtype)
+        for distance, reduction in (("mse", "mean"), ("mse", "none"), ("l2", "none")):
+            for shape_t, teacher_grad in (((2, 8, 4, 6, 6), False), ((2, 8, 4, 3, 3), False),
+                                          ((2, 8, 4, 6, 6), True), ((2, 8, 4, 3, 3), True), ((2, 8, 8, 3, 6), True),
+                                          ((2, 8, 8, 6, 6), True)):  # pooled: neither, student, teacher, both
+                fs = torch.randn(2, 8, 4, 6, 6, dtype=dtype, requires_grad=True)
+                ft = torch.randn(shape_t, dtype=dtype, requires_grad=teacher_grad)
+                loss = attention_transfer_loss(fs, ft, distance=distance, reduction=reduction, backend="triton")
+                loss.sum().backward()
     x = torch.randn(2, 8, 4, 6, 6).to(memory_format=torch.channels_last_3d).requires_grad_()
     attention_map(x, 1.7, backend="triton").sum().backward()     # channel stride 1
     attention_map(torch.randn(70000, 4, 2, 2), backend="triton")  # more samples than grid axis y allows
@@ -174,16 +183,19 @@ def attention_heads():
     from vkd_kernels.gkd.head import attention_head_tail
 
     for dtype in _dtypes():
-        for gamma in (True, False):
-            for beta in (True, False):
-                y = torch.randn(2, 8, 4, dtype=dtype, requires_grad=True)
-                conv = torch.randn(16, 8, 3, dtype=dtype, requires_grad=True)
-                gn_w = torch.randn(16, dtype=dtype, requires_grad=True) if gamma else None
-                gn_b = torch.randn(16, dtype=dtype, requires_grad=True) if beta else None
-                lin = torch.randn(5, 12, dtype=dtype, requires_grad=True)
-                out = attention_head_tail(y, conv, None, gn_w, gn_b, 4, lin, None, upsample_length=12,
-                                          backend="triton")
-                out.sum().backward()
+        for bias in (True, False):
+            for gamma in (True, False):
+                for beta in (True, False):
+                    y = torch.randn(2, 8, 4, dtype=dtype, requires_grad=True)
+                    conv = torch.randn(16, 8, 3, dtype=dtype, requires_grad=True)
+                    conv_b = torch.randn(16, dtype=dtype, requires_grad=True) if bias else None
+                    gn_w = torch.randn(16, dtype=dtype, requires_grad=True) if gamma else None
+                    gn_b = torch.randn(16, dtype=dtype, requires_grad=True) if beta else None
+                    lin = torch.randn(5, 12, dtype=dtype, requires_grad=True)
+                    lin_b = torch.randn(5, dtype=dtype, requires_grad=True) if bias else None
+                    out = attention_head_tail(y, conv, conv_b, gn_w, gn_b, 4, lin, lin_b, upsample_length=12,
+                                              backend="triton")
+                    out.sum().backward()
 
 
 def attention_applies():
@@ -194,13 +206,38 @@ def attention_applies():
     from vkd_kernels.gkd.apply import attention_apply
 
     for dtype in _dtypes():
-        F = torch.randn(2, 8, 4, 6, 6, dtype=dtype, requires_grad=True)
-        lam = torch.rand(2, 8, 4, dtype=dtype, requires_grad=True)
-        attention_apply(F, lam, backend="triton").sum().backward()
+        for F_grad in (True, False):
+            F = torch.randn(2, 8, 4, 6, 6, dtype=dtype, requires_grad=F_grad)
+            lam = torch.rand(2, 8, 4, dtype=dtype, requires_grad=True)
+            attention_apply(F, lam, backend="triton").sum().backward()
     lam = torch.rand(2, 8, 4, requires_grad=True)  # a gradient to lam only: no affine backward
     attention_apply(torch.randn(2, 8, 4, 6, 6).to(memory_format=torch.channels_last_3d), lam,
                     per_sample=False, backend="triton").sum().backward()
     attention_apply(torch.randn(1, 1, 1, 2049, 2049), torch.rand(1, 1, 1), backend="triton")  # > 65535 S blocks
+
+
+# The benchmark shapes of the attention ops (benchmarks/cases_{attention,apply,head}.py
+# SHAPES; test_attention_static checks they agree): their grids are what a GPU would run.
+ATTENTION_BENCH_SHAPES = (((8, 256, 8, 14, 14), (8, 1024, 8, 14, 14)), ((8, 256, 8, 14, 14), (8, 2048, 4, 7, 7)))
+APPLY_BENCH_SHAPES = ((6, 1024, 8, 7, 7), (8, 2048, 8, 14, 14))
+HEAD_BENCH_SHAPES = ((6, 512, 1024, 8, 1024, 32), (6, 256, 512, 7, 500, 32))
+
+
+def attention_benchmarks():
+    """The three attention ops at their benchmark shapes, forward and backward (float32)."""
+    import torch
+
+    from vkd_kernels import attention_apply, attention_head_tail, attention_transfer_loss
+
+    for shape_s, shape_t in ATTENTION_BENCH_SHAPES:
+        fs = torch.empty(shape_s, requires_grad=True)
+        attention_transfer_loss(fs, torch.empty(shape_t), backend="triton").backward()
+    for shape in APPLY_BENCH_SHAPES:
+        F, lam = torch.empty(shape, requires_grad=True), torch.empty(shape[:3], requires_grad=True)
+        attention_apply(F, lam, backend="triton").sum().backward()
+    for N, C1, C, T, L, G in HEAD_BENCH_SHAPES:
+        params = [torch.zeros(s, requires_grad=True) for s in ((N, C1, T), (C, C1, 3), (C,), (C,), (C,), (T, L), (T,))]
+        attention_head_tail(*params[:5], G, *params[5:], upsample_length=L, backend="triton").sum().backward()
 
 
 def weight_spectra():
@@ -239,4 +276,4 @@ def weight_spectra():
 
 
 SCENARIOS = {f.__name__: f for f in (spectrum_configs, spectrum_layouts, attention_maps, attention_heads,
-                                     attention_applies, weight_spectra)}
+                                     attention_applies, attention_benchmarks, weight_spectra)}

@@ -1,11 +1,13 @@
 // Math of attention_apply (docs/ops.md 3b) shared by the CPU and CUDA kernels. F (N, C, T, S)
 // is read as N C T rows of S elements (strides n, c, t, s); row i = (n, c, t) with
 // n = i / (C T), c = i / T % C, t = i % T, so channels_last_3d features are read in place.
-// Two passes cover forward and backward (vkd_kernels/gkd/apply/op.py):
+// Three passes each way (vkd_kernels/gkd/apply/op.py):
 //   reduce   q_i = sum_s x[i, s] (y == null) or m_i = sum_s x[i, s] y[i, s]   (accumulation dtype)
-//   affine   out[i, s] = x[i, s] a_i + b_i (b == null: 0; a, b accumulation dtype)
-// forward: q = reduce(F), out = affine(F, k lam); backward: m = reduce(F, g),
-// dF = affine(g, k lam, (G / s2)(1 - k lam)). Each lane handles s = s0, s0 + step, ...
+//   finish   per group b of Rg rows: (sum_i v_i, sum_i lam_i v_i) for v = q or m
+//   affine   out[i, s] = x[i, s] a_i + b_i with the row factors of row_factors()
+// forward: q = reduce(F), (s1, s2) = finish(q), out = affine(F, k lam, 0); backward:
+// m = reduce(F, g), (., G) = finish(m), dF = affine(g, k lam, (G / s2)(1 - k lam)),
+// dlam = k (m - (G / s2) q). Each lane handles s = s0, s0 + step, ...
 // (CPU: one lane, step 1; CUDA: the 32 lanes of a warp; step is a template argument so
 // the host compiler sees unit-stride loops).
 #pragma once
@@ -26,8 +28,40 @@ struct RowStrides { int64_t n, c, t, s; };
 
 struct RowProblem {
   int64_t N, C, T, S;
+  int64_t B;  // groups: N (per sample) or 1 (the batch)
   VKD_HD int64_t rows() const { return N * C * T; }
+  VKD_HD int64_t group_rows() const { return rows() / B; }
 };
+
+template <typename acc_t>
+VKD_HD acc_t safe_inverse(acc_t s) { return s != acc_t(0) ? acc_t(1) / s : acc_t(0); }
+
+// This lane's part of (sum v, sum lam v) over rows [begin, end) (rows begin + lane, + step, ...).
+template <typename scalar_t, typename acc_t>
+VKD_HD void group_sums(const acc_t* v, const scalar_t* lam, int64_t begin, int64_t end, int64_t lane, int64_t step,
+                       acc_t& sum_v, acc_t& sum_lam_v) {
+  sum_v = sum_lam_v = acc_t(0);
+  for (int64_t i = begin + lane; i < end; i += step) {
+    sum_v += v[i];
+    sum_lam_v += acc_t(Element<scalar_t>::load(lam + i)) * v[i];
+  }
+}
+
+// The affine factors of row i: a = k lam_i, b = (G / s2)(1 - a) (0 forward: bsums null),
+// and, backward, dlam_i = k (m_i - (G / s2) q_i). k = s1 / s2, 1/s2 taken as 0 where s2 = 0.
+template <typename scalar_t, typename acc_t>
+VKD_HD void row_factors(const RowProblem& pr, const acc_t* sums, const acc_t* bsums, const scalar_t* lam,
+                        const acc_t* m, const acc_t* q, int64_t i, acc_t& a, acc_t& b, acc_t& dlam) {
+  const int64_t g = i / pr.group_rows();
+  const acc_t inv_s2 = safe_inverse(sums[2 * g + 1]), k = sums[2 * g] * inv_s2;
+  a = k * acc_t(Element<scalar_t>::load(lam + i));
+  b = dlam = acc_t(0);
+  if (bsums) {
+    const acc_t g_over_s2 = bsums[2 * g + 1] * inv_s2;
+    b = g_over_s2 * (acc_t(1) - a);
+    dlam = k * (m[i] - g_over_s2 * q[i]);
+  }
+}
 
 // Offset of element (row, 0) of a tensor with strides st.
 VKD_HD int64_t row_offset(const RowProblem& pr, const RowStrides& st, int64_t row) {

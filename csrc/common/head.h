@@ -1,103 +1,163 @@
-// Math of the GKD head's weighted GroupNorm + ReLU (docs/ops.md 3b), shared by the CPU
-// and CUDA kernels (csrc/cpu/head.cpp, csrc/cuda/head.cu; Python: vkd_kernels/gkd/head/).
+// Math of the GKD head's tail around its GEMMs (docs/ops.md 3b), shared by the CPU and CUDA
+// kernels (csrc/cpu/head.cpp, csrc/cuda/head.cu) and mirrored by the Triton kernels
+// (vkd_kernels/gkd/head/triton_kernels.py, whose op.py runs the GEMMs in between).
+//
+// Z holds the J distinct conv columns without bias, channels-last (N, J, C) contiguous;
+// column class j stands for w_j of the L upsampled columns, so with z = Z + b the statistics
+// of group g (channels [g Cg, (g+1) Cg)) are mean = sum_{j,c} w_j z / M,
+// var = sum_{j,c} w_j (z - mean)^2 / M, M = Cg L, and H = ReLU(xhat gamma_c + beta_c),
+// xhat = (z - mean) rstd, written (J + 1, N, C) with row J = 1 (the Linear's bias column).
+// lambda = sigmoid(A H + bias) (A: (T', J)). Backward of group g over every sample:
+// dout = dlambda lambda (1 - lambda) (written (T', N, C)), dH = A^T dout,
+// dxhat = dH [h > 0] gamma, dz_jc = rstd (dxhat_jc - w_j / M (sum dxhat + xhat_jc sum dxhat xhat)),
+// and dgamma = sum dH [h > 0] xhat, dbeta = sum dH [h > 0], dbias = sum dz over samples and columns.
 #pragma once
 #include <cmath>
 #include <cstdint>
+#include "block.h"
 #include "dtypes.h"
 
 namespace vkd {
 namespace head {
 
-// Weighted GroupNorm + ReLU of the GKD head's compact tail (docs/ops.md 3b). Z holds the J
-// distinct conv columns channels-last, (N, J, C) contiguous; column class j stands for
-// w_j of the L upsampled columns, so the statistics of group g (channels [g Cg, (g+1) Cg))
-// are mean = sum_{j,c} w_j Z / M, var = sum_{j,c} w_j (Z - mean)^2 / M, M = Cg L, and
-// H = ReLU((Z - mean) rstd gamma_c + beta_c). Backward (dH -> dZ, dgamma, dbeta), with
-// xhat = (Z - mean) rstd and dxhat = dH [h > 0] gamma:
-//   dZ_jc = rstd (dxhat_jc - w_j / M (sum dxhat + xhat_jc sum dxhat xhat)).
 struct GroupNormProblem {
   int64_t N, J, C, G;
   double M;    // Cg * L, the number of upsampled elements per group
   double eps;
+  int64_t TP;  // T', the Linear's outputs
   VKD_HD int64_t Cg() const { return C / G; }
 };
 
-// Forward of group (n, g): writes H and (mean, rstd) at stats[2 (n G + g)] (accumulation dtype).
-template <typename scalar_t>
-VKD_HD void group_norm_relu_forward(const GroupNormProblem& pr, const scalar_t* Z, const scalar_t* w,
-                                    const scalar_t* gamma, const scalar_t* beta, scalar_t* H, void* stats_out,
-                                    int64_t n, int64_t g) {
-  using acc_t = typename Element<scalar_t>::acc_t;
-  const int64_t Cg = pr.Cg(), c0 = g * Cg;
-  const scalar_t* z = Z + n * pr.J * pr.C + c0;
-  acc_t sum = 0;
-  for (int64_t j = 0; j < pr.J; ++j) {
-    acc_t row = 0;
-    for (int64_t c = 0; c < Cg; ++c) row += Element<scalar_t>::load(z + j * pr.C + c);
-    sum += Element<scalar_t>::load(w + j) * row;
-  }
-  const acc_t mean = sum / acc_t(pr.M);
-  acc_t var = 0;
-  for (int64_t j = 0; j < pr.J; ++j) {
-    acc_t row = 0;
-    for (int64_t c = 0; c < Cg; ++c) {
-      const acc_t d = Element<scalar_t>::load(z + j * pr.C + c) - mean;
-      row += d * d;
-    }
-    var += Element<scalar_t>::load(w + j) * row;
-  }
-  const acc_t rstd = acc_t(1) / sqrt(var / acc_t(pr.M) + acc_t(pr.eps));
-  scalar_t* h = H + n * pr.J * pr.C + c0;
-  for (int64_t j = 0; j < pr.J; ++j)
-    for (int64_t c = 0; c < Cg; ++c) {
-      acc_t v = (Element<scalar_t>::load(z + j * pr.C + c) - mean) * rstd;
-      if (gamma) v *= Element<scalar_t>::load(gamma + c0 + c);
-      if (beta) v += Element<scalar_t>::load(beta + c0 + c);
-      Element<scalar_t>::store(h + j * pr.C + c, v > acc_t(0) ? v : acc_t(0));
-    }
-  acc_t* stats = static_cast<acc_t*>(stats_out) + 2 * (n * pr.G + g);
-  stats[0] = mean;
-  stats[1] = rstd;
+// Strides of dL/dlambda (N, C, T').
+struct Strides3 { int64_t n, c, t; };
+
+template <typename scalar_t, typename acc_t = typename Element<scalar_t>::acc_t>
+VKD_HD acc_t load_or(const scalar_t* p, int64_t i, acc_t fallback) {
+  return p ? acc_t(Element<scalar_t>::load(p + i)) : fallback;
 }
 
-// Backward of group (n, g): writes dZ and the per-sample partial sums dgamma[n, c],
-// dbeta[n, c] (N, C) for the channels of the group (the caller sums over n).
-template <typename scalar_t>
-VKD_HD void group_norm_relu_backward(const GroupNormProblem& pr, const scalar_t* Z, const scalar_t* w,
-                                     const scalar_t* gamma, const scalar_t* beta, const void* stats_in,
-                                     const scalar_t* dH, scalar_t* dZ, scalar_t* dgamma, scalar_t* dbeta, int64_t n,
-                                     int64_t g) {
+// Forward of group (n, g): H and (mean, rstd) at stats[2 (n G + g)] (accumulation dtype).
+template <typename scalar_t, typename Block>
+VKD_HD void group_norm_relu_forward(const GroupNormProblem& pr, const scalar_t* Z, const scalar_t* w,
+                                    const scalar_t* bias, const scalar_t* gamma, const scalar_t* beta, scalar_t* H,
+                                    void* stats_out, int64_t n, int64_t g, const Block& block) {
   using acc_t = typename Element<scalar_t>::acc_t;
-  const int64_t Cg = pr.Cg(), c0 = g * Cg, base = n * pr.J * pr.C + c0;
-  const acc_t* stats = static_cast<const acc_t*>(stats_in) + 2 * (n * pr.G + g);
-  const acc_t mean = stats[0], rstd = stats[1];
-  acc_t sum_dxhat = 0, sum_dxhat_xhat = 0;
-  for (int64_t c = 0; c < Cg; ++c) {
-    const acc_t gm = gamma ? acc_t(Element<scalar_t>::load(gamma + c0 + c)) : acc_t(1);
-    const acc_t bt = beta ? acc_t(Element<scalar_t>::load(beta + c0 + c)) : acc_t(0);
-    acc_t dg = 0, db = 0;
-    for (int64_t j = 0; j < pr.J; ++j) {
-      const int64_t i = base + j * pr.C + c;
-      const acc_t xhat = (Element<scalar_t>::load(Z + i) - mean) * rstd;
-      const acc_t dh = xhat * gm + bt > acc_t(0) ? acc_t(Element<scalar_t>::load(dH + i)) : acc_t(0);
-      dg += dh * xhat;
-      db += dh;
-      sum_dxhat += dh * gm;
-      sum_dxhat_xhat += dh * gm * xhat;
-    }
-    if (dgamma) Element<scalar_t>::store(dgamma + n * pr.C + c0 + c, dg);
-    if (dbeta) Element<scalar_t>::store(dbeta + n * pr.C + c0 + c, db);
+  using E = Element<scalar_t>;
+  const int64_t Cg = pr.Cg(), c0 = g * Cg, size = pr.J * Cg;
+  const scalar_t* z = Z + n * pr.J * pr.C + c0;
+  acc_t sum = 0;
+  for (int64_t e = block.lane; e < size; e += block.step) {
+    const int64_t j = e / Cg, c = e % Cg;
+    sum += acc_t(E::load(w + j)) * (acc_t(E::load(z + j * pr.C + c)) + load_or(bias, c0 + c, acc_t(0)));
   }
-  for (int64_t j = 0; j < pr.J; ++j) {
-    const acc_t wm = acc_t(Element<scalar_t>::load(w + j)) / acc_t(pr.M);
-    for (int64_t c = 0; c < Cg; ++c) {
-      const int64_t i = base + j * pr.C + c;
-      const acc_t gm = gamma ? acc_t(Element<scalar_t>::load(gamma + c0 + c)) : acc_t(1);
-      const acc_t bt = beta ? acc_t(Element<scalar_t>::load(beta + c0 + c)) : acc_t(0);
-      const acc_t xhat = (Element<scalar_t>::load(Z + i) - mean) * rstd;
-      const acc_t dxhat = xhat * gm + bt > acc_t(0) ? acc_t(Element<scalar_t>::load(dH + i)) * gm : acc_t(0);
-      Element<scalar_t>::store(dZ + i, rstd * (dxhat - wm * (sum_dxhat + xhat * sum_dxhat_xhat)));
+  const acc_t mean = block.sum(sum) / acc_t(pr.M);
+  acc_t var = 0;
+  for (int64_t e = block.lane; e < size; e += block.step) {
+    const int64_t j = e / Cg, c = e % Cg;
+    const acc_t d = acc_t(E::load(z + j * pr.C + c)) + load_or(bias, c0 + c, acc_t(0)) - mean;
+    var += acc_t(E::load(w + j)) * d * d;
+  }
+  const acc_t rstd = acc_t(1) / sqrt(block.sum(var) / acc_t(pr.M) + acc_t(pr.eps));
+  for (int64_t e = block.lane; e < size; e += block.step) {
+    const int64_t j = e / Cg, c = e % Cg;
+    const acc_t v = (acc_t(E::load(z + j * pr.C + c)) + load_or(bias, c0 + c, acc_t(0)) - mean) * rstd *
+                        load_or(gamma, c0 + c, acc_t(1)) + load_or(beta, c0 + c, acc_t(0));
+    E::store(H + (j * pr.N + n) * pr.C + c0 + c, v > acc_t(0) ? v : acc_t(0));
+  }
+  for (int64_t c = block.lane; c < Cg; c += block.step) E::store(H + (pr.J * pr.N + n) * pr.C + c0 + c, acc_t(1));
+  if (block.lane == 0) {
+    acc_t* stats = static_cast<acc_t*>(stats_out) + 2 * (n * pr.G + g);
+    stats[0] = mean;
+    stats[1] = rstd;
+  }
+}
+
+// lambda[i] (N, C, T' flat) = sigmoid(out[t, n C + c] + bias[t]) for out = A H (T', N C).
+template <typename scalar_t>
+VKD_HD void head_output(const GroupNormProblem& pr, const scalar_t* out, const scalar_t* bias, scalar_t* lam,
+                        int64_t i) {
+  using acc_t = typename Element<scalar_t>::acc_t;
+  const int64_t t = i % pr.TP, nc = i / pr.TP;
+  const acc_t v = acc_t(Element<scalar_t>::load(out + t * pr.N * pr.C + nc)) + load_or(bias, t, acc_t(0));
+  Element<scalar_t>::store(lam + i, acc_t(1) / (acc_t(1) + exp(-v)));
+}
+
+// dL/d(A H)[n, t, c] = dlambda lambda (1 - lambda).
+template <typename scalar_t, typename acc_t = typename Element<scalar_t>::acc_t>
+VKD_HD acc_t dout(const GroupNormProblem& pr, const scalar_t* lam, const scalar_t* dlam, Strides3 ds, int64_t n,
+                  int64_t c, int64_t t) {
+  const acc_t l = Element<scalar_t>::load(lam + (n * pr.C + c) * pr.TP + t);
+  return acc_t(Element<scalar_t>::load(dlam + n * ds.n + c * ds.c + t * ds.t)) * l * (acc_t(1) - l);
+}
+
+// Everything the backward of one element (n, j, c) needs: xhat, dH [h > 0].
+template <typename scalar_t, typename acc_t = typename Element<scalar_t>::acc_t>
+VKD_HD void element_grad(const GroupNormProblem& pr, const scalar_t* Z, const scalar_t* bias, const scalar_t* gamma,
+                         const scalar_t* beta, const scalar_t* lam, const scalar_t* dlam, Strides3 ds,
+                         const scalar_t* A, acc_t mean, acc_t rstd, int64_t n, int64_t j, int64_t c, acc_t& xhat,
+                         acc_t& dh) {
+  xhat = (acc_t(Element<scalar_t>::load(Z + (n * pr.J + j) * pr.C + c)) + load_or(bias, c, acc_t(0)) - mean) * rstd;
+  dh = 0;
+  if (xhat * load_or(gamma, c, acc_t(1)) + load_or(beta, c, acc_t(0)) > acc_t(0))
+    for (int64_t t = 0; t < pr.TP; ++t)
+      dh += acc_t(Element<scalar_t>::load(A + t * pr.J + j)) * dout(pr, lam, dlam, ds, n, c, t);
+}
+
+// Backward of group g over every sample: dout, dZ, and dgamma, dbeta, dbias (where not null).
+template <typename scalar_t, typename Block>
+VKD_HD void group_norm_relu_backward(const GroupNormProblem& pr, const scalar_t* Z, const scalar_t* w,
+                                     const scalar_t* bias, const scalar_t* gamma, const scalar_t* beta,
+                                     const void* stats_in, const scalar_t* lam, const scalar_t* dlam, Strides3 ds,
+                                     const scalar_t* A, scalar_t* dout_out, scalar_t* dZ, scalar_t* dgamma,
+                                     scalar_t* dbeta, scalar_t* dbias, int64_t g, const Block& block) {
+  using acc_t = typename Element<scalar_t>::acc_t;
+  using E = Element<scalar_t>;
+  const int64_t Cg = pr.Cg(), c0 = g * Cg, size = pr.J * Cg;
+  const acc_t* stats = static_cast<const acc_t*>(stats_in);
+  for (int64_t n = 0; n < pr.N; ++n) {
+    const acc_t mean = stats[2 * (n * pr.G + g)], rstd = stats[2 * (n * pr.G + g) + 1];
+    for (int64_t e = block.lane; e < pr.TP * Cg; e += block.step) {
+      const int64_t t = e / Cg, c = c0 + e % Cg;
+      E::store(dout_out + (t * pr.N + n) * pr.C + c, dout(pr, lam, dlam, ds, n, c, t));
     }
+    acc_t s1 = 0, s2 = 0;
+    for (int64_t e = block.lane; e < size; e += block.step) {
+      const int64_t j = e / Cg, c = c0 + e % Cg;
+      acc_t xhat, dh;
+      element_grad(pr, Z, bias, gamma, beta, lam, dlam, ds, A, mean, rstd, n, j, c, xhat, dh);
+      const acc_t dxhat = dh * load_or(gamma, c, acc_t(1));
+      s1 += dxhat;
+      s2 += dxhat * xhat;
+    }
+    const acc_t sum_dxhat = block.sum(s1), sum_dxhat_xhat = block.sum(s2);
+    for (int64_t e = block.lane; e < size; e += block.step) {
+      const int64_t j = e / Cg, c = c0 + e % Cg;
+      acc_t xhat, dh;
+      element_grad(pr, Z, bias, gamma, beta, lam, dlam, ds, A, mean, rstd, n, j, c, xhat, dh);
+      const acc_t wm = acc_t(E::load(w + j)) / acc_t(pr.M);
+      E::store(dZ + (n * pr.J + j) * pr.C + c,
+               rstd * (dh * load_or(gamma, c, acc_t(1)) - wm * (sum_dxhat + xhat * sum_dxhat_xhat)));
+    }
+  }
+  if (!dgamma && !dbeta && !dbias) return;
+  block.sync();  // dZ is read back below at other lanes' positions
+  for (int64_t c = c0 + block.lane; c < c0 + Cg; c += block.step) {
+    acc_t dg = 0, db = 0, dc = 0;
+    for (int64_t n = 0; n < pr.N; ++n) {
+      const acc_t mean = stats[2 * (n * pr.G + g)], rstd = stats[2 * (n * pr.G + g) + 1];
+      for (int64_t j = 0; j < pr.J; ++j) {
+        acc_t xhat, dh;
+        if (dgamma || dbeta) {
+          element_grad(pr, Z, bias, gamma, beta, lam, dlam, ds, A, mean, rstd, n, j, c, xhat, dh);
+          dg += dh * xhat;
+          db += dh;
+        }
+        if (dbias) dc += acc_t(E::load(dZ + (n * pr.J + j) * pr.C + c));
+      }
+    }
+    if (dgamma) E::store(dgamma + c, dg);
+    if (dbeta) E::store(dbeta + c, db);
+    if (dbias) E::store(dbias + c, dc);
   }
 }
 

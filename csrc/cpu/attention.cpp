@@ -1,5 +1,6 @@
-// Attention-transfer raw map on the CPU: OpenMP over tiles of L consecutive positions
-// of one sample, math from common/attention.h. Each tile reads its C row segments of L
+// Attention transfer on the CPU, math from common/attention.h. The raw map: OpenMP over
+// tiles of L consecutive positions of one sample, all channels in one split (K = 1: the
+// threads already have a tile each). The finish: OpenMP over samples, one lane each. Each tile reads its C row segments of L
 // positions once (forward) and writes them once (backward). L = 1024 positions: short
 // tiles (64) touch a new page per channel every 256 bytes, which thrashes the TLB when C
 // is large (measured 2-3x slower at C = 1024, P = 1568).
@@ -12,6 +13,10 @@ using namespace attention;
 namespace {
 
 constexpr int L = 1024;
+
+// The finish is map-sized: below ~2^16 map elements a parallel region costs more than
+// the pass (and far more on a loaded machine, where a region waits for a descheduled thread).
+bool parallel_finish(const TransferGeometry& g) { return g.N > 1 && g.N * (g.s.P + g.t.P) > (int64_t(1) << 16); }
 
 template <Power kPower, typename scalar_t>
 void forward(const AttentionMapArgs& a) {
@@ -39,7 +44,40 @@ void backward(const AttentionMapArgs& a) {
   }
 }
 
+template <typename acc_t>
+void finish_forward(const TransferArgs& a) {
+  const TransferGeometry& g = a.geometry;
+#pragma omp parallel for schedule(static) if (parallel_finish(g))
+  for (int64_t n = 0; n < g.N; ++n)
+    transfer_forward_sample(g, static_cast<acc_t*>(a.parts_s), static_cast<acc_t*>(a.parts_t),
+                            static_cast<acc_t*>(a.out), n, SerialBlock{});
+}
+
+template <typename acc_t>
+void finish_backward(const TransferArgs& a) {
+  const TransferGeometry& g = a.geometry;
+#pragma omp parallel for schedule(static) if (parallel_finish(g))
+  for (int64_t n = 0; n < g.N; ++n)
+    transfer_backward_sample(g, static_cast<const acc_t*>(a.parts_s), static_cast<const acc_t*>(a.parts_t),
+                             static_cast<const acc_t*>(a.grad), a.g_sn, a.g_so, static_cast<acc_t*>(a.da_s),
+                             static_cast<acc_t*>(a.da_t), static_cast<acc_t*>(a.scratch_s),
+                             static_cast<acc_t*>(a.scratch_t), n, SerialBlock{});
+}
+
 }  // namespace
+
+template <>
+int64_t attention_map_splits<Device::CPU>(int64_t, int64_t, int64_t) { return 1; }
+
+template <>
+void attention_transfer_forward<Device::CPU>(const TransferArgs& args) {
+  args.fp64 ? finish_forward<double>(args) : finish_forward<float>(args);
+}
+
+template <>
+void attention_transfer_backward<Device::CPU>(const TransferArgs& args) {
+  args.fp64 ? finish_backward<double>(args) : finish_backward<float>(args);
+}
 
 template <>
 void attention_map_forward<Device::CPU>(const AttentionMapArgs& args) {

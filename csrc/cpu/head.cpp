@@ -1,49 +1,60 @@
-// The GKD head's weighted GroupNorm + ReLU on the CPU: OpenMP over the N G groups, math
-// from common/head.h.
+// The GKD head's tail around its GEMMs on the CPU, math from common/head.h: OpenMP over
+// the N G groups (forward), the output elements, and the G groups (backward).
 #include "../kernels.h"
 
 namespace vkd {
 namespace {
 
+template <typename T>
+const T* in(const void* p) { return static_cast<const T*>(p); }
+template <typename T>
+T* out(void* p) { return static_cast<T*>(p); }
+
 template <typename scalar_t>
-void head_forward(const HeadNormArgs& a) {
+void forward(const HeadNormArgs& a) {
   const auto& pr = a.problem;
-  const auto* Z = static_cast<const scalar_t*>(a.Z);
-  const auto* w = static_cast<const scalar_t*>(a.w);
-  const auto* gamma = static_cast<const scalar_t*>(a.gamma);
-  const auto* beta = static_cast<const scalar_t*>(a.beta);
-  auto* H = static_cast<scalar_t*>(a.H);
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < pr.N * pr.G; ++i)
-    head::group_norm_relu_forward(pr, Z, w, gamma, beta, H, a.stats, i / pr.G, i % pr.G);
+    head::group_norm_relu_forward(pr, in<scalar_t>(a.Z), in<scalar_t>(a.w), in<scalar_t>(a.bias),
+                                  in<scalar_t>(a.gamma), in<scalar_t>(a.beta), out<scalar_t>(a.H), a.stats, i / pr.G,
+                                  i % pr.G, SerialBlock{});
 }
 
 template <typename scalar_t>
-void head_backward(const HeadNormArgs& a) {
+void output(const HeadNormArgs& a) {
   const auto& pr = a.problem;
-  const auto* Z = static_cast<const scalar_t*>(a.Z);
-  const auto* w = static_cast<const scalar_t*>(a.w);
-  const auto* gamma = static_cast<const scalar_t*>(a.gamma);
-  const auto* beta = static_cast<const scalar_t*>(a.beta);
-  const auto* dH = static_cast<const scalar_t*>(a.dH);
-  auto* dZ = static_cast<scalar_t*>(a.dZ);
-  auto* dgamma = static_cast<scalar_t*>(a.dgamma);
-  auto* dbeta = static_cast<scalar_t*>(a.dbeta);
 #pragma omp parallel for schedule(static)
-  for (int64_t i = 0; i < pr.N * pr.G; ++i)
-    head::group_norm_relu_backward(pr, Z, w, gamma, beta, a.stats, dH, dZ, dgamma, dbeta, i / pr.G, i % pr.G);
+  for (int64_t i = 0; i < pr.N * pr.C * pr.TP; ++i)
+    head::head_output(pr, in<scalar_t>(a.out), in<scalar_t>(a.lin_bias), out<scalar_t>(a.lam), i);
+}
+
+template <typename scalar_t>
+void backward(const HeadNormArgs& a) {
+  const auto& pr = a.problem;
+#pragma omp parallel for schedule(static)
+  for (int64_t g = 0; g < pr.G; ++g)
+    head::group_norm_relu_backward(pr, in<scalar_t>(a.Z), in<scalar_t>(a.w), in<scalar_t>(a.bias),
+                                   in<scalar_t>(a.gamma), in<scalar_t>(a.beta), a.stats, in<scalar_t>(a.lam),
+                                   in<scalar_t>(a.dlam), a.dlam_strides, in<scalar_t>(a.A), out<scalar_t>(a.dout),
+                                   out<scalar_t>(a.dZ), out<scalar_t>(a.dgamma), out<scalar_t>(a.dbeta),
+                                   out<scalar_t>(a.dbias), g, SerialBlock{});
 }
 
 }  // namespace
 
 template <>
 void head_norm_forward<Device::CPU>(const HeadNormArgs& args) {
-  VKD_DISPATCH_DTYPE(args.dtype, [&] { head_forward<scalar_t>(args); });
+  VKD_DISPATCH_DTYPE(args.dtype, [&] { forward<scalar_t>(args); });
+}
+
+template <>
+void head_output<Device::CPU>(const HeadNormArgs& args) {
+  VKD_DISPATCH_DTYPE(args.dtype, [&] { output<scalar_t>(args); });
 }
 
 template <>
 void head_norm_backward<Device::CPU>(const HeadNormArgs& args) {
-  VKD_DISPATCH_DTYPE(args.dtype, [&] { head_backward<scalar_t>(args); });
+  VKD_DISPATCH_DTYPE(args.dtype, [&] { backward<scalar_t>(args); });
 }
 
 }  // namespace vkd

@@ -1,6 +1,7 @@
-// attention_apply row passes on CUDA: one warp per row (rows are short, S ~ 49..196),
-// its 32 lanes striding over S (coalesced for contiguous rows), a fixed-order warp
-// shuffle sum for the reduction (deterministic, no atomics). Math in common/apply.h.
+// attention_apply on CUDA: reduce and affine one warp per row (rows are short, S ~
+// 49..196), its 32 lanes striding over S (coalesced for contiguous rows), a fixed-order
+// warp shuffle sum for the reduction; finish one block per group (deterministic, no
+// atomics). Math in common/apply.h.
 #include <algorithm>
 #include "launch.h"
 
@@ -33,17 +34,51 @@ __global__ void reduce_kernel(ApplyArgs a) {
   });
 }
 
+// One block of kThreads per group: lanes stride over the group's rows, then a fixed-order
+// tree sum through shared memory (deterministic, no atomics).
+template <typename scalar_t>
+__global__ void __launch_bounds__(kThreads) finish_kernel(ApplyArgs a) {
+  using acc_t = typename Element<scalar_t>::acc_t;
+  __shared__ acc_t shared[2][kThreads];
+  const RowProblem& pr = a.problem;
+  auto* sums = static_cast<acc_t*>(a.sums);
+  for (int64_t g = blockIdx.x; g < pr.B; g += gridDim.x) {
+    acc_t sv, slv;
+    group_sums(static_cast<const acc_t*>(a.rows), static_cast<const scalar_t*>(a.lam), g * pr.group_rows(),
+               (g + 1) * pr.group_rows(), threadIdx.x, kThreads, sv, slv);
+    __syncthreads();  // the previous group's readers are done with shared
+    shared[0][threadIdx.x] = sv;
+    shared[1][threadIdx.x] = slv;
+    __syncthreads();
+    for (int width = kThreads / 2; width > 0; width /= 2) {
+      if (threadIdx.x < width) {
+        shared[0][threadIdx.x] += shared[0][threadIdx.x + width];
+        shared[1][threadIdx.x] += shared[1][threadIdx.x + width];
+      }
+      __syncthreads();
+    }
+    if (threadIdx.x == 0) sums[2 * g] = shared[0][0], sums[2 * g + 1] = shared[1][0];
+  }
+}
+
 template <typename scalar_t>
 __global__ void affine_kernel(ApplyArgs args) {
   using acc_t = typename Element<scalar_t>::acc_t;
   const RowProblem& pr = args.problem;
-  const auto* a = static_cast<const acc_t*>(args.a);
-  const auto* b = static_cast<const acc_t*>(args.b);
   const auto* x = static_cast<const scalar_t*>(args.x);
+  const auto* lam = static_cast<const scalar_t*>(args.lam);
+  const auto* sums = static_cast<const acc_t*>(args.sums);
+  const auto* bsums = static_cast<const acc_t*>(args.bsums);
   auto* out = static_cast<scalar_t*>(args.out);
+  auto* dlam = static_cast<scalar_t*>(args.dlam);
   for_each_warp_row(pr.rows(), [&](int64_t i, int lane) {
-    affine_row<kWarp>(x + row_offset(pr, args.x_strides, i), args.x_strides.s, a[i], b ? b[i] : acc_t(0),
-                      out + row_offset(pr, args.out_strides, i), args.out_strides.s, pr.S, lane);
+    acc_t a, b, dl;
+    row_factors(pr, sums, bsums, lam, static_cast<const acc_t*>(args.m), static_cast<const acc_t*>(args.q), i, a, b,
+                dl);
+    if (bsums && lane == 0) Element<scalar_t>::store(dlam + i, dl);
+    if (out)
+      affine_row<kWarp>(x + row_offset(pr, args.x_strides, i), args.x_strides.s, a, b,
+                        out + row_offset(pr, args.out_strides, i), args.out_strides.s, pr.S, lane);
   });
 }
 
@@ -56,6 +91,15 @@ void apply_reduce<Device::CUDA>(const ApplyArgs& args) {
   cuda::on_device(args.stream, "vkd attention_apply", [&](cudaStream_t stream) {
     VKD_DISPATCH_DTYPE(args.dtype, [&] {
       reduce_kernel<scalar_t><<<blocks(args.problem.rows()), kThreads, 0, stream>>>(args);
+    });
+  });
+}
+
+template <>
+void apply_finish<Device::CUDA>(const ApplyArgs& args) {
+  cuda::on_device(args.stream, "vkd attention_apply", [&](cudaStream_t stream) {
+    VKD_DISPATCH_DTYPE(args.dtype, [&] {
+      finish_kernel<scalar_t><<<unsigned(std::min<int64_t>(args.problem.B, 65535)), kThreads, 0, stream>>>(args);
     });
   });
 }

@@ -1,4 +1,7 @@
-// The GKD head's weighted GroupNorm + ReLU on CUDA, math from common/head.h.
+// The GKD head's tail around its GEMMs on CUDA, math from common/head.h: forward one
+// block per (sample, GroupNorm group) with a cooperative reduction over its J x Cg
+// elements; the output one thread per element; backward one block per group over every
+// sample (so dgamma, dbeta and the conv bias's gradient need no second stage).
 #include <algorithm>
 #include "launch.h"
 
@@ -7,30 +10,46 @@ namespace {
 
 constexpr int kThreads = 256;
 
-// Grid-stride loops: at most 65535 blocks, any number of groups.
-int blocks(int64_t groups) { return int(std::min<int64_t>((groups + kThreads - 1) / kThreads, 65535)); }
+template <typename T>
+__device__ const T* in(const void* p) { return static_cast<const T*>(p); }
+template <typename T>
+__device__ T* out(void* p) { return static_cast<T*>(p); }
 
-// The GKD head's weighted GroupNorm + ReLU: one thread per group (N G threads; the
-// groups hold J Cg ~ 10^3 elements, so this part is small next to the tail's GEMMs).
 template <typename scalar_t>
-__global__ void head_forward_kernel(HeadNormArgs a) {
+__global__ void __launch_bounds__(kThreads) head_forward_kernel(HeadNormArgs a) {
+  using acc_t = typename Element<scalar_t>::acc_t;
+  __shared__ acc_t shared[kThreads];
+  const cuda::ThreadBlock<acc_t, kThreads> block{threadIdx.x, shared};
   const auto& pr = a.problem;
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < pr.N * pr.G; i += int64_t(gridDim.x) * blockDim.x)
-    head::group_norm_relu_forward(pr, static_cast<const scalar_t*>(a.Z), static_cast<const scalar_t*>(a.w),
-                                  static_cast<const scalar_t*>(a.gamma), static_cast<const scalar_t*>(a.beta),
-                                  static_cast<scalar_t*>(a.H), a.stats, i / pr.G, i % pr.G);
+  for (int64_t i = blockIdx.x; i < pr.N * pr.G; i += gridDim.x)
+    head::group_norm_relu_forward(pr, in<scalar_t>(a.Z), in<scalar_t>(a.w), in<scalar_t>(a.bias),
+                                  in<scalar_t>(a.gamma), in<scalar_t>(a.beta), out<scalar_t>(a.H), a.stats, i / pr.G,
+                                  i % pr.G, block);
 }
 
 template <typename scalar_t>
-__global__ void head_backward_kernel(HeadNormArgs a) {
+__global__ void head_output_kernel(HeadNormArgs a) {
   const auto& pr = a.problem;
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < pr.N * pr.G; i += int64_t(gridDim.x) * blockDim.x)
-    head::group_norm_relu_backward(pr, static_cast<const scalar_t*>(a.Z), static_cast<const scalar_t*>(a.w),
-                                   static_cast<const scalar_t*>(a.gamma), static_cast<const scalar_t*>(a.beta),
-                                   a.stats, static_cast<const scalar_t*>(a.dH), static_cast<scalar_t*>(a.dZ),
-                                   static_cast<scalar_t*>(a.dgamma), static_cast<scalar_t*>(a.dbeta), i / pr.G,
-                                   i % pr.G);
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < pr.N * pr.C * pr.TP;
+       i += int64_t(gridDim.x) * blockDim.x)
+    head::head_output(pr, in<scalar_t>(a.out), in<scalar_t>(a.lin_bias), out<scalar_t>(a.lam), i);
 }
+
+template <typename scalar_t>
+__global__ void __launch_bounds__(kThreads) head_backward_kernel(HeadNormArgs a) {
+  using acc_t = typename Element<scalar_t>::acc_t;
+  __shared__ acc_t shared[kThreads];
+  const cuda::ThreadBlock<acc_t, kThreads> block{threadIdx.x, shared};
+  const auto& pr = a.problem;
+  for (int64_t g = blockIdx.x; g < pr.G; g += gridDim.x)
+    head::group_norm_relu_backward(pr, in<scalar_t>(a.Z), in<scalar_t>(a.w), in<scalar_t>(a.bias),
+                                   in<scalar_t>(a.gamma), in<scalar_t>(a.beta), a.stats, in<scalar_t>(a.lam),
+                                   in<scalar_t>(a.dlam), a.dlam_strides, in<scalar_t>(a.A), out<scalar_t>(a.dout),
+                                   out<scalar_t>(a.dZ), out<scalar_t>(a.dgamma), out<scalar_t>(a.dbeta),
+                                   out<scalar_t>(a.dbias), g, block);
+}
+
+unsigned capped(int64_t blocks) { return unsigned(std::min<int64_t>(blocks, 65535)); }
 
 }  // namespace
 
@@ -38,7 +57,18 @@ template <>
 void head_norm_forward<Device::CUDA>(const HeadNormArgs& args) {
   cuda::on_device(args.stream, "vkd head norm", [&](cudaStream_t stream) {
     VKD_DISPATCH_DTYPE(args.dtype, [&] {
-      head_forward_kernel<scalar_t><<<blocks(args.problem.N * args.problem.G), kThreads, 0, stream>>>(args);
+      head_forward_kernel<scalar_t><<<capped(args.problem.N * args.problem.G), kThreads, 0, stream>>>(args);
+    });
+  });
+}
+
+template <>
+void head_output<Device::CUDA>(const HeadNormArgs& args) {
+  cuda::on_device(args.stream, "vkd head output", [&](cudaStream_t stream) {
+    const auto& pr = args.problem;
+    VKD_DISPATCH_DTYPE(args.dtype, [&] {
+      head_output_kernel<scalar_t>
+          <<<capped((pr.N * pr.C * pr.TP + kThreads - 1) / kThreads), kThreads, 0, stream>>>(args);
     });
   });
 }
@@ -47,7 +77,7 @@ template <>
 void head_norm_backward<Device::CUDA>(const HeadNormArgs& args) {
   cuda::on_device(args.stream, "vkd head norm backward", [&](cudaStream_t stream) {
     VKD_DISPATCH_DTYPE(args.dtype, [&] {
-      head_backward_kernel<scalar_t><<<blocks(args.problem.N * args.problem.G), kThreads, 0, stream>>>(args);
+      head_backward_kernel<scalar_t><<<capped(args.problem.G), kThreads, 0, stream>>>(args);
     });
   });
 }

@@ -44,5 +44,25 @@ void on_device(const Stream& stream, const char* what, Launch&& launch) {
   check(cudaGetLastError(), what);
 }
 
+// The Block (common/block.h) of a thread block of kThreads lanes: sums through `shared`
+// (kThreads values) in a fixed tree order.
+template <typename acc_t, int kThreads>
+struct ThreadBlock {
+  int64_t lane;
+  acc_t* shared;
+  static constexpr int64_t step = kThreads;
+  __device__ acc_t sum(acc_t v) const {
+    __syncthreads();  // the previous sum's readers are done with shared
+    shared[lane] = v;
+    __syncthreads();
+    for (int width = kThreads / 2; width > 0; width /= 2) {
+      if (lane < width) shared[lane] += shared[lane + width];
+      __syncthreads();
+    }
+    return shared[0];
+  }
+  __device__ void sync() const { __syncthreads(); }
+};
+
 }  // namespace cuda
 }  // namespace vkd

@@ -7,7 +7,9 @@ returned with the map axes restored: (N, T, H, W) for (N, C, T, H, W).
 """
 from __future__ import annotations
 
+import functools
 import math
+from dataclasses import dataclass
 
 import torch
 
@@ -76,3 +78,76 @@ def check_transfer(fs, ft, channel_dim, mode, distance, reduction) -> tuple:
 
 def count(shape) -> int:
     return math.prod(shape)
+
+
+@functools.lru_cache(maxsize=256)
+def longest_bin(size_in: int, size_out: int) -> int:
+    """The longest adaptive-pooling bin [floor(o I / O), ceil((o + 1) I / O)) along one axis."""
+    return max(-(-(o + 1) * size_in // size_out) - o * size_in // size_out for o in range(size_out))
+
+
+def _three_axes(shape: tuple, per_frame: bool) -> tuple:
+    """A map's axes as the (T, H, W) the finishing kernels read: 1 to 3 axes padded in
+    front with 1s; more (equal shapes only) flattened, keeping the frame axis per frame."""
+    if len(shape) > 3:
+        return (shape[0], 1, count(shape[1:])) if per_frame else (1, 1, count(shape))
+    if per_frame and len(shape) == 2:
+        return (shape[0], 1, shape[1])
+    return (1,) * (3 - len(shape)) + tuple(shape)
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """What the finishing kernels of one transfer-loss call need: the raw maps (N, *map_s),
+    (N, *map_t), their common pooled size (N, *size) and the loss options."""
+
+    N: int
+    map_s: tuple
+    map_t: tuple
+    mode: str
+    distance: str
+    reduction: str
+
+    @property
+    def size(self) -> tuple:
+        return tuple(min(s, t) for s, t in zip(self.map_s, self.map_t))
+
+    @property
+    def Q(self) -> int:
+        return count(self.size)
+
+    @property
+    def l2(self) -> bool:
+        return self.distance == "l2"
+
+    @property
+    def none(self) -> bool:
+        """mse with reduction "none": the kernels write d^2 per element, not per sample."""
+        return self.reduction == "none" and not self.l2
+
+    @property
+    def pooled_s(self) -> bool:
+        return tuple(self.map_s) != self.size
+
+    @property
+    def pooled_t(self) -> bool:
+        return tuple(self.map_t) != self.size
+
+    @property
+    def scale(self) -> float:
+        if self.reduction != "mean":
+            return 1.0
+        return 1.0 / (self.N * (1 if self.l2 else self.Q))
+
+    def out_shape(self) -> tuple:
+        """Shape of the kernels' per-sample terms: (N, *size) for mse "none", else (N,)."""
+        return (self.N,) + self.size if self.none else (self.N,)
+
+    def launch_args(self, parts_s, parts_t) -> tuple:
+        """(Ks, Kt, Ps, Pt, raw sizes (3 + 3), pooled sizes (3), longest bins (3 + 3), frames, scale)."""
+        per_frame = self.mode == "per_frame"
+        s, t, o = (_three_axes(m, per_frame) for m in (self.map_s, self.map_t, self.size))
+        bins = [longest_bin(i, j) for i, j in zip(s, o)] + [longest_bin(i, j) for i, j in zip(t, o)]
+        frames = o[0] if per_frame else 1
+        return (parts_s.shape[1], parts_t.shape[1], count(self.map_s), count(self.map_t), *s, *t, *o, *bins,
+                frames, self.scale)

@@ -1,11 +1,23 @@
 """Attention-transfer maps and loss (docs/ops.md 3a): public functions, torch.library ops, autograd.
 
-The fused part is the one that touches the features: ``vkd::attention_raw_map``
-reads each feature once and writes a[n, p] = mean_c |x[n, c, p]|^p; its backward
-reads the feature once more and writes dx = p |x|^(p-1) sign(x) dL/da / C. Both are
-custom ops (opaque single nodes under torch.compile). Pooling, normalisation,
-difference and reduction run on the C-times-smaller maps (reference.py), where autograd
-yields dL/da exactly. Nothing of feature size is kept for backward but the inputs.
+``vkd::attention_transfer`` is the whole loss in a fixed number of launches (2 + 1 +
+the batch sum forward, 1 + 1 per gradient backward, whatever the options):
+
+    forward   parts_s, parts_t = map(fs), map(ft)     one read of each feature; C split
+                                                      over K programs (kernels.splits)
+              per = finish(parts_s, parts_t)          per sample: the K partials added in
+                                                      order (raw map a in parts[:, 0]),
+                                                      pooling, normalisation, distance
+              loss = per.sum() (mean / sum)           the per-sample terms, pre-scaled
+    backward  da_s, da_t = finish_backward(a_s, a_t, g)   distance, normalisation and
+                                                      pooling backward on the maps
+              dx = p |x|^(p-1) sign(x) da / C         one read of x, one write of dx
+
+Only the inputs and the (N, K, P) partial maps (K <= C / 64) are kept for backward.
+``vkd::attention_raw_map`` is the channel reduction alone, for :func:`attention_map`.
+Every backend module (triton_kernels, native) offers ``splits``, ``forward``,
+``backward``, ``finish_forward`` and ``finish_backward``; the math of the finish is
+csrc/common/attention.h (and its Triton twin).
 """
 from __future__ import annotations
 
@@ -14,7 +26,7 @@ import torch
 from .. import _backend
 from .._checks import check_choice, finite_check_enabled, new_output, raise_if_not_finite
 from .._math import accumulation_dtype
-from .layout import MODES, check_exponent, check_feature, check_transfer, map_shape, view_ncp
+from .layout import MODES, Geometry, check_exponent, check_feature, check_transfer, map_shape, view_ncp
 from .reference import normalize, raw_map_reference, transfer_distance
 
 
@@ -22,8 +34,11 @@ from .reference import normalize, raw_map_reference, transfer_distance
 def _raw_map_op(x: torch.Tensor, p: float, channel_dim: int, backend: str, name: str) -> torch.Tensor:
     with _backend.device_guard(x.device):
         x3 = view_ncp(x, channel_dim)
-        a = new_output((x3.shape[0], x3.shape[2]), accumulation_dtype(x.dtype), x.device)
-        _backend.kernels(__package__, backend).forward(x3, p, a)
+        kernels = _backend.kernels(__package__, backend)
+        parts = new_output((x3.shape[0], kernels.splits(x3), x3.shape[2]),
+                           accumulation_dtype(x.dtype), x.device)
+        kernels.forward(x3, p, parts)
+        a = parts[:, 0] if parts.shape[1] == 1 else parts.sum(1)
         if finite_check_enabled(x.device):
             raise_if_not_finite(a, **{name: x})
         return a.view(map_shape(x, channel_dim))
@@ -34,16 +49,20 @@ def _(x, p, channel_dim, backend, name):
     return x.new_empty(map_shape(x, channel_dim), dtype=accumulation_dtype(x.dtype))
 
 
+def _map_backward(grad: torch.Tensor, x: torch.Tensor, p: float, channel_dim: int, backend: str) -> torch.Tensor:
+    """dx = p |x|^(p-1) sign(x) grad / C with grad (N, P) in the accumulation dtype."""
+    x3 = view_ncp(x, channel_dim)
+    dx = new_output(x3.shape, x.dtype, x.device)
+    _backend.kernels(__package__, backend).backward(x3, grad, p, dx)
+    return dx.view(x.movedim(channel_dim, 1).shape).movedim(1, channel_dim)
+
+
 @torch.library.custom_op("vkd::attention_raw_map_backward", mutates_args=())
 def _raw_map_backward_op(grad: torch.Tensor, x: torch.Tensor, p: float, channel_dim: int,
                          backend: str) -> torch.Tensor:
     with _backend.device_guard(x.device):
-        x3 = view_ncp(x, channel_dim)
-        dx = new_output(x3.shape, x.dtype, x.device)
-        g = grad.to(accumulation_dtype(x.dtype)).reshape(x3.shape[0], x3.shape[2])
-        _backend.kernels(__package__, backend).backward(x3, g, p, dx)
-        moved = x.movedim(channel_dim, 1).shape
-        return dx.view(moved).movedim(1, channel_dim)
+        g = grad.to(accumulation_dtype(x.dtype)).reshape(x.shape[0], -1)
+        return _map_backward(g, x, p, channel_dim, backend)
 
 
 @_raw_map_backward_op.register_fake
@@ -63,6 +82,83 @@ def _autograd_backward(ctx, grad):
 
 
 _raw_map_op.register_autograd(_autograd_backward, setup_context=_setup_context)
+
+
+def _geometry(fs, ft, cs, ct, mode, distance, reduction) -> Geometry:
+    return Geometry(fs.shape[0], map_shape(fs, cs)[1:], map_shape(ft, ct)[1:], mode, distance, reduction)
+
+
+@torch.library.custom_op("vkd::attention_transfer", mutates_args=())
+def _transfer_op(fs: torch.Tensor, ft: torch.Tensor, p: float, cs: int, ct: int, mode: str, distance: str,
+                 reduction: str, backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(per-sample loss terms (N,) or d^2 (N, *size) for mse "none", parts_s, parts_t)."""
+    with _backend.device_guard(fs.device):
+        kernels = _backend.kernels(__package__, backend)
+        geometry = _geometry(fs, ft, cs, ct, mode, distance, reduction)
+        parts = []
+        for x, axis in ((fs, cs), (ft, ct)):
+            x3 = view_ncp(x, axis)
+            part = new_output((x3.shape[0], kernels.splits(x3), x3.shape[2]),
+                              accumulation_dtype(x.dtype), x.device)
+            kernels.forward(x3, p, part)
+            parts.append(part)
+        per = new_output(geometry.out_shape(), accumulation_dtype(fs.dtype), fs.device)
+        kernels.finish_forward(geometry, *parts, per)
+        if finite_check_enabled(fs.device):  # NaN/inf in a feature reach its map, then every term
+            raise_if_not_finite(per, fs=fs, ft=ft)
+        return per, parts[0], parts[1]
+
+
+@_transfer_op.register_fake
+def _(fs, ft, p, cs, ct, mode, distance, reduction, backend):
+    kernels = _backend.kernels(__package__, backend)
+    geometry = _geometry(fs, ft, cs, ct, mode, distance, reduction)
+    acc = accumulation_dtype(fs.dtype)
+    parts = [x.new_empty((x.shape[0], kernels.splits(view_ncp(x, axis)), view_ncp(x, axis).shape[2]),
+                         dtype=acc) for x, axis in ((fs, cs), (ft, ct))]
+    return (fs.new_empty(geometry.out_shape(), dtype=acc), *parts)
+
+
+@torch.library.custom_op("vkd::attention_transfer_backward", mutates_args=())
+def _transfer_backward_op(grad: torch.Tensor, fs: torch.Tensor, ft: torch.Tensor, parts_s: torch.Tensor,
+                          parts_t: torch.Tensor, p: float, cs: int, ct: int, mode: str, distance: str,
+                          reduction: str, backend: str, need_s: bool,
+                          need_t: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(dfs, dft); each empty unless needed."""
+    with _backend.device_guard(fs.device):
+        kernels = _backend.kernels(__package__, backend)
+        geometry = _geometry(fs, ft, cs, ct, mode, distance, reduction)
+        N, acc = fs.shape[0], parts_s.dtype
+        da_s = new_output((N, parts_s.shape[2]), acc, fs.device)
+        da_t = new_output((N, parts_t.shape[2]), acc, fs.device) if need_t else None
+        kernels.finish_backward(geometry, parts_s, parts_t, grad.to(acc), da_s, da_t)
+        dfs = _map_backward(da_s, fs, p, cs, backend) if need_s else fs.new_empty(0)
+        dft = _map_backward(da_t, ft, p, ct, backend) if need_t else ft.new_empty(0)
+        return dfs, dft
+
+
+@_transfer_backward_op.register_fake
+def _(grad, fs, ft, parts_s, parts_t, p, cs, ct, mode, distance, reduction, backend, need_s, need_t):
+    return (torch.empty_like(fs) if need_s else fs.new_empty(0)), (torch.empty_like(ft) if need_t else ft.new_empty(0))
+
+
+def _transfer_setup_context(ctx, inputs, output):
+    fs, ft, *options = inputs
+    ctx.save_for_backward(fs, ft, output[1], output[2])
+    ctx.set_materialize_grads(False)  # no zeros for the gradients of the saved-only outputs
+    ctx.options = options
+
+
+def _transfer_autograd_backward(ctx, grad, _grad_s, _grad_t):
+    fs, ft, parts_s, parts_t = ctx.saved_tensors
+    need_s, need_t = ctx.needs_input_grad[:2]
+    if grad is None:  # only the saved-only outputs reached the loss
+        return (None,) * (2 + len(ctx.options))
+    dfs, dft = _transfer_backward_op(grad, fs, ft, parts_s, parts_t, *ctx.options, need_s, need_t)
+    return (dfs if need_s else None, dft if need_t else None) + (None,) * len(ctx.options)
+
+
+_transfer_op.register_autograd(_transfer_autograd_backward, setup_context=_transfer_setup_context)
 
 
 def raw_map(x: torch.Tensor, p: float, channel_dim: int, backend: str, name: str = "x") -> torch.Tensor:
@@ -103,6 +199,10 @@ def attention_transfer_loss(fs: torch.Tensor, ft: torch.Tensor, *, p: float = 2,
     """
     cs, ct = check_transfer(fs, ft, channel_dim, mode, distance, reduction)
     p = check_exponent(p)
-    a_s, a_t = raw_map(fs, p, cs, backend, "fs"), raw_map(ft, p, ct, backend, "ft")
-    loss = transfer_distance(a_s, a_t, mode, distance, reduction)
+    chosen = _backend.resolve("attention_map", backend, fs.device)
+    if chosen == "reference":
+        loss = transfer_distance(raw_map_reference(fs, p, cs), raw_map_reference(ft, p, ct), mode, distance, reduction)
+    else:
+        per = _transfer_op(fs, ft, p, cs, ct, mode, distance, reduction, chosen)[0]
+        loss = per if reduction == "none" else per.sum()
     return loss.to(fs.dtype)

@@ -1,7 +1,12 @@
-"""Triton kernels of attention_apply's two row passes (docs/ops.md 3b; the math of
-csrc/common/apply.h): ``reduce`` sums each (n, c, t) row of S positions (of x, or of
-x y), ``affine`` writes out = x a[row] + b[row]; rows of (N, C, T, S) strided tensors,
-BLOCK_R rows x BLOCK_S positions per program.
+"""Triton kernels of attention_apply (docs/ops.md 3b; the math of csrc/common/apply.h), on
+rows of (N, C, T, S) strided tensors:
+
+- ``reduce`` sums each (n, c, t) row of S positions (of x, or of x y); BLOCK_R rows per program;
+- ``finish`` sums, per group of Rg rows (a sample, or the batch), v and lam v over the rows'
+  sums v (q forward, m backward): one program per group, rows in order (deterministic);
+- ``affine`` writes the output from the rows and the group sums: forward
+  out = F k lam_r; backward dF = g k lam_r + (G / s2)(1 - k lam_r) and (the programs of
+  the first S block) dlam_r = k (m_r - (G / s2) q_r); BLOCK_R rows x BLOCK_S positions.
 """
 from __future__ import annotations
 
@@ -46,14 +51,45 @@ def _apply_reduce(
 
 
 @triton.jit
+def _apply_finish(
+    v_ptr,                     # (R,) row sums, accumulation dtype
+    lam_ptr,                   # (R,) lam, contiguous
+    sums_ptr,                  # (B, 2) output: sum v, sum lam v per group of Rg rows
+    Rg,
+    BLOCK: tl.constexpr, IS_FP64: tl.constexpr,
+):
+    b = tl.program_id(0).to(tl.int64)
+    dtype = tl.float64 if IS_FP64 else tl.float32
+    sv = tl.zeros((BLOCK,), dtype)
+    slv = tl.zeros((BLOCK,), dtype)
+    for r0 in range(0, Rg, BLOCK):
+        r = b * Rg + r0 + tl.arange(0, BLOCK)
+        mask = r0 + tl.arange(0, BLOCK) < Rg
+        v = tl.load(v_ptr + r, mask=mask, other=0.0)
+        sv += v
+        slv += tl.load(lam_ptr + r, mask=mask, other=0.0).to(dtype) * v
+    tl.store(sums_ptr + 2 * b, tl.sum(sv, axis=0))
+    tl.store(sums_ptr + 2 * b + 1, tl.sum(slv, axis=0))
+
+
+@triton.jit
+def _safe_inverse(s):
+    return tl.where(s != 0, 1.0 / tl.where(s != 0, s, 1.0), 0.0)
+
+
+@triton.jit
 def _apply_affine(
-    x_ptr,                     # (N, C, T, S) strided
-    a_ptr, b_ptr,              # (N C T,) row factors, accumulation dtype; b unused unless HAS_B
-    out_ptr,                   # (N, C, T, S) strided output: x a + b
-    C, T, S, R,
+    x_ptr,                     # (N, C, T, S) strided: F forward, g backward
+    lam_ptr,                   # (R,) lam, contiguous
+    sums_ptr,                  # (B, 2) forward group sums: s1 = sum q, s2 = sum lam q
+    bsums_ptr, m_ptr, q_ptr,   # backward only: (B, 2) sums of m, the row sums m and q (R,)
+    dlam_ptr,                  # backward only: (R,) output dL/dlam
+    out_ptr,                   # (N, C, T, S) strided output (unused unless NEED_OUT)
+    C, T, S, R, Rg,
     x_sn, x_sc, x_st, x_ss,
     o_sn, o_sc, o_st, o_ss,
-    HAS_B: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_S: tl.constexpr, IS_FP64: tl.constexpr,
+    BACKWARD: tl.constexpr, NEED_OUT: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_S: tl.constexpr,
+    IS_FP64: tl.constexpr,
 ):
     # one grid axis of cdiv(R, BLOCK_R) * cdiv(S, BLOCK_S) programs, S blocks fastest (S
     # blocks on grid axis y would stop at 65535 * BLOCK_S elements per row)
@@ -61,21 +97,35 @@ def _apply_affine(
     s_blocks = tl.cdiv(S, BLOCK_S)
     r = pid // s_blocks * BLOCK_R + tl.arange(0, BLOCK_R)
     s = pid % s_blocks * BLOCK_S + tl.arange(0, BLOCK_S)
-    mask = (r[:, None] < R) & (s[None, :] < S)
-    a = tl.load(a_ptr + r, mask=r < R, other=0.0)
-    x = tl.load(x_ptr + _row_offsets(r, C, T, x_sn, x_sc, x_st)[:, None] + s[None, :] * x_ss, mask=mask, other=0.0)
-    out = x.to(tl.float64 if IS_FP64 else tl.float32) * a[:, None]
-    if HAS_B:
-        out += tl.load(b_ptr + r, mask=r < R, other=0.0)[:, None]
-    tl.store(out_ptr + _row_offsets(r, C, T, o_sn, o_sc, o_st)[:, None] + s[None, :] * o_ss,
-             out.to(out_ptr.dtype.element_ty), mask=mask)
+    dtype = tl.float64 if IS_FP64 else tl.float32
+    rmask = r < R
+    group = tl.where(rmask, r // Rg, 0)
+    inv_s2 = _safe_inverse(tl.load(sums_ptr + 2 * group + 1, mask=rmask, other=0.0))
+    k = tl.load(sums_ptr + 2 * group, mask=rmask, other=0.0) * inv_s2
+    alpha = k * tl.load(lam_ptr + r, mask=rmask, other=0.0).to(dtype)
+    if BACKWARD:
+        g_over_s2 = tl.load(bsums_ptr + 2 * group + 1, mask=rmask, other=0.0) * inv_s2
+        if pid % s_blocks == 0:
+            m = tl.load(m_ptr + r, mask=rmask, other=0.0)
+            q = tl.load(q_ptr + r, mask=rmask, other=0.0)
+            tl.store(dlam_ptr + r, (k * (m - g_over_s2 * q)).to(dlam_ptr.dtype.element_ty), mask=rmask)
+    if NEED_OUT:
+        mask = rmask[:, None] & (s[None, :] < S)
+        x = tl.load(x_ptr + _row_offsets(r, C, T, x_sn, x_sc, x_st)[:, None] + s[None, :] * x_ss, mask=mask,
+                    other=0.0)
+        out = x.to(dtype) * alpha[:, None]
+        if BACKWARD:
+            out += (g_over_s2 * (1.0 - alpha))[:, None]
+        tl.store(out_ptr + _row_offsets(r, C, T, o_sn, o_sc, o_st)[:, None] + s[None, :] * o_ss,
+                 out.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-KERNELS = (_apply_reduce, _apply_affine)
+KERNELS = (_apply_reduce, _apply_finish, _apply_affine)
+FINISH_BLOCK = 1024  # rows per step of the per-group finish
 
 
 def apply_constexprs(dtype: torch.dtype) -> dict:
-    """The constexprs of the attention_apply row kernels (besides HAS_Y / HAS_B)."""
+    """The constexprs of the attention_apply row kernels (besides HAS_Y / BACKWARD / NEED_OUT)."""
     return dict(BLOCK_R=16 if dtype == torch.float64 else 32, BLOCK_S=64, IS_FP64=dtype == torch.float64)
 
 
@@ -89,20 +139,36 @@ def reduce(x: torch.Tensor, y, rows: torch.Tensor) -> None:
     _apply_reduce[grid](x, y, rows, C, T, S, N * C * T, *x.stride(), *y.stride(), HAS_Y=has_y, **c, num_warps=4)
 
 
-def affine(x: torch.Tensor, a: torch.Tensor, b, out: torch.Tensor) -> None:
-    """Writes out = x a[row] + b[row] (b None: 0) for x, out (N, C, T, S) strided."""
+def finish(v: torch.Tensor, lam: torch.Tensor, sums: torch.Tensor) -> None:
+    """Writes sums (B, 2) = (sum v, sum lam v) per group of R / B rows (v, lam (R,) contiguous)."""
+    B = sums.shape[0]
+    _apply_finish[check_grid((B,))](v, lam, sums, v.numel() // B, BLOCK=FINISH_BLOCK, IS_FP64=v.dtype == torch.float64,
+                                    num_warps=4)
+
+
+def affine(x: torch.Tensor, lam: torch.Tensor, sums: torch.Tensor, out, backward=None) -> None:
+    """Forward (backward None): out = x k lam. Backward, backward = (bsums, m, q, dlam):
+    out = x k lam + (G / s2)(1 - k lam) (skipped when out is None) and dlam."""
     N, C, T, S = x.shape
+    R, B = N * C * T, sums.shape[0]
     c = apply_constexprs(x.dtype)
-    grid = check_grid((triton.cdiv(N * C * T, c["BLOCK_R"]) * triton.cdiv(S, c["BLOCK_S"]),))
-    _apply_affine[grid](x, a, a if b is None else b, out, C, T, S, N * C * T, *x.stride(), *out.stride(),
-                        HAS_B=b is not None, **c, num_warps=4)
+    s_blocks = triton.cdiv(S, c["BLOCK_S"]) if out is not None else 1
+    grid = check_grid((triton.cdiv(R, c["BLOCK_R"]) * s_blocks,))
+    bsums, m, q, dlam = backward if backward is not None else (sums, sums, sums, lam)
+    target = out if out is not None else x
+    _apply_affine[grid](x, lam, sums, bsums, m, q, dlam, target, C, T, S if out is not None else 1, R, R // B,
+                        *x.stride(), *target.stride(), BACKWARD=backward is not None, NEED_OUT=out is not None,
+                        **c, num_warps=4)
 
 
 def launch_configs() -> Iterator[tuple]:
     """(kernel, constexprs, launch options) of every config the launchers can produce
-    (each dtype, HAS_Y / HAS_B)."""
+    (each dtype, HAS_Y, forward / backward with and without dF)."""
     options = dict(num_warps=4)
     for dtype in TRITON_TYPES:
         for present in (False, True):
             yield _apply_reduce, dict(apply_constexprs(dtype), HAS_Y=present), options
-            yield _apply_affine, dict(apply_constexprs(dtype), HAS_B=present), options
+        for backward, need_out in ((False, True), (True, True), (True, False)):
+            yield _apply_affine, dict(apply_constexprs(dtype), BACKWARD=backward, NEED_OUT=need_out), options
+    for fp64 in (False, True):
+        yield _apply_finish, dict(BLOCK=FINISH_BLOCK, IS_FP64=fp64), options

@@ -29,6 +29,13 @@ def _classes_cpu(T: int, L: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tens
     return classes, inverse, counts
 
 
+def num_classes(T: int, L: int) -> int:
+    """J, the number of column classes (real tensors even when called under a fake mode)."""
+    from torch._subclasses.fake_tensor import unset_fake_temporarily
+    with unset_fake_temporarily():
+        return int(_classes_cpu(T, L)[0].shape[0])
+
+
 def column_classes(T: int, L: int, device: torch.device):
     """The compact column classes of a nearest upsample T -> L followed by a k=3 conv."""
     return tuple(t.to(device) for t in _classes_cpu(T, L))
@@ -36,14 +43,16 @@ def column_classes(T: int, L: int, device: torch.device):
 
 @functools.lru_cache(maxsize=64)
 def selection(T: int, L: int, device: torch.device, dtype: torch.dtype) -> Tuple[torch.Tensor, ...]:
-    """(S (J, 3T), class of each column (L,), counts (J,)): S[j, 3 t + k] = 1 where tap k of
-    class j reads y[:, :, t] (padding taps read nothing)."""
+    """(S (J, 3T), E (L, J), counts (J,)) on ``device``, built once per (T, L, device, dtype)
+    (no host-to-device copy per call): S[j, 3 t + k] = 1 where tap k of class j reads
+    y[:, :, t] (padding taps read nothing); E[l, j] = 1 where column l is of class j."""
     triples, inverse, counts = _classes_cpu(T, L)
     S = torch.zeros(triples.shape[0], T, 3, dtype=torch.float64)
     for k in range(3):
         real = triples[:, k] > 0
         S[real.nonzero()[:, 0], triples[real, k] - 1, k] = 1.0
-    return S.view(-1, 3 * T).to(device, dtype), inverse.to(device), counts.to(device, dtype)
+    E = F.one_hot(inverse, triples.shape[0])
+    return S.view(-1, 3 * T).to(device, dtype), E.to(device, dtype), counts.to(device, dtype)
 
 
 def check_tail(y, conv_weight, conv_bias, gn_weight, gn_bias, gn_groups, linear_weight, linear_bias,

@@ -21,78 +21,155 @@ tensor is built: about L/T times fewer FLOPs than the plain layers, identical up
 float rounding. Autograd through these ops is the exact backward in the same
 compact form (dW_lin scatters dA back to the columns of each class: T' L adds).
 
-Backends: the GEMMs (the (T x C1) @ (C1 x 3C) conv taps, the 0/1 (J x 3T) tap selection
-and the (T' x J) Linear) run in torch (BLAS/cuBLAS do them better than a hand-written
-kernel); the weighted GroupNorm + ReLU, the rest of the work, is one fused op
-``vkd::head_norm_relu`` (CPU C++, CUDA C++, Triton; math in csrc/common/head.h)
-with its fused backward, instead of ~15 elementwise ops forward and ~40 backward.
+Launches (``vkd::head_tail`` and its backward, one custom op each way): forward
+Wc = the conv weight as (C1, 3C) (a copy), Pt = y^T Wc (bmm), Z = S Pt, the fused
++ bias / weighted GroupNorm / ReLU kernel (H written (J + 1, N, C): the ones row J is
+the Linear's bias column), A = W_lin E (E the 0/1 (L, J) class matrix), out = A H
+(one mm over all samples), sigmoid + bias + transpose kernel. Backward: one kernel per
+GroupNorm group over all samples (dout = dlambda lambda (1 - lambda), dH = A^T dout in
+registers, the GroupNorm + ReLU backward, dZ, and dgamma, dbeta, dbias with no second
+stage), then GEMMs only: [dA | dbias_lin] = H dout^T, dW_lin = dA E^T, dPt = S^T dZ,
+dy = Wc dPt^T, dWc = y dPt (y and dW_conv in their layouts: two copies). S, E and the
+class counts are built on the device once per (T, L) (layout.selection). The kernels
+are CPU C++, CUDA C++ and Triton with the math in csrc/common/head.h; BLAS/cuBLAS do the
+GEMMs.
 """
 from __future__ import annotations
 
 from typing import Optional
 
 import torch
+from torch.utils.flop_counter import register_flop_formula
 
 from ... import _backend
 from ..._backend import BACKENDS
 from ..._checks import check_choice, new_output
 from ..._math import accumulation_dtype
-from .layout import check_tail, selection
+from .layout import check_tail, num_classes, selection
 from .reference import tail_reference
 
 
-@torch.library.custom_op("vkd::head_norm_relu", mutates_args=())
-def _norm_op(Z: torch.Tensor, w: torch.Tensor, gamma: Optional[torch.Tensor], beta: Optional[torch.Tensor],
-             groups: int, M: float, eps: float, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """ReLU(GroupNorm) of the distinct columns Z (N, J, C) with class counts w: (H, stats (N, G, 2))."""
-    with _backend.device_guard(Z.device):
-        H = new_output(Z.shape, Z.dtype, Z.device)
-        stats = new_output((Z.shape[0], groups, 2), accumulation_dtype(Z.dtype), Z.device)
-        _backend.kernels(__package__, backend).forward(Z, w, gamma, beta, groups, M, eps, H, stats)
-        return H, stats
+def _norm_size(C: int, groups: int, L: int) -> float:
+    return float((C // groups) * L)
 
 
-@_norm_op.register_fake
-def _(Z, w, gamma, beta, groups, M, eps, backend):
-    return torch.empty_like(Z), Z.new_empty((Z.shape[0], groups, 2), dtype=accumulation_dtype(Z.dtype))
+@torch.library.custom_op("vkd::head_tail", mutates_args=())
+def _tail_op(y: torch.Tensor, conv_weight: torch.Tensor, conv_bias: Optional[torch.Tensor],
+             gn_weight: Optional[torch.Tensor], gn_bias: Optional[torch.Tensor], groups: int,
+             linear_weight: torch.Tensor, linear_bias: Optional[torch.Tensor], L: int, eps: float,
+             backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(lambda (N, C, T'), then for backward: Wc (C1, 3C), Z (N, J, C), H (J + 1, N, C),
+    stats (N, G, 2), A (T', J))."""
+    with _backend.device_guard(y.device):
+        kernels = _backend.kernels(__package__, backend)
+        N, C1, T = y.shape
+        C, TP = conv_weight.shape[0], linear_weight.shape[0]
+        S, E, w = selection(T, L, y.device, y.dtype)
+        J = S.shape[0]
+        Wc = conv_weight.permute(1, 2, 0).clone(memory_format=torch.contiguous_format).view(C1, 3 * C)
+        Pt = torch.bmm(y.transpose(1, 2), Wc.expand(N, C1, 3 * C))  # (N, T, 3C): [n, t, (k, c)] = W_k y[n, :, t]
+        Z = torch.matmul(S, Pt.view(N, 3 * T, C))  # (N, J, C): the distinct conv columns (no bias)
+        H = new_output((J + 1, N, C), y.dtype, y.device)
+        stats = new_output((N, groups, 2), accumulation_dtype(y.dtype), y.device)
+        kernels.forward(Z, w, conv_bias, gn_weight, gn_bias, groups, _norm_size(C, groups, L), eps, H, stats)
+        A = torch.mm(linear_weight, E)
+        out = torch.mm(A, H[:J].view(J, N * C))
+        lam = new_output((N, C, TP), y.dtype, y.device)
+        kernels.output(out, linear_bias, lam)
+        return lam, Wc, Z, H, stats, A
 
 
-@torch.library.custom_op("vkd::head_norm_relu_backward", mutates_args=())
-def _norm_backward_op(dH: torch.Tensor, Z: torch.Tensor, w: torch.Tensor, gamma: Optional[torch.Tensor],
-                      beta: Optional[torch.Tensor], stats: torch.Tensor, groups: int, M: float,
-                      backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(dZ (N, J, C), dgamma (C,), dbeta (C,)); dgamma / dbeta empty where gamma / beta are None."""
-    with _backend.device_guard(Z.device):
-        N, _, C = Z.shape
-        dZ = new_output(Z.shape, Z.dtype, Z.device)
-        dgamma = new_output((N, C), Z.dtype, Z.device) if gamma is not None else None
-        dbeta = new_output((N, C), Z.dtype, Z.device) if beta is not None else None
-        _backend.kernels(__package__, backend).backward(Z, w, gamma, beta, stats, dH.contiguous(), groups,
-                                                                  M, dZ, dgamma, dbeta)
-        return dZ, *(d.sum(0) if d is not None else Z.new_empty(0) for d in (dgamma, dbeta))
+@_tail_op.register_fake
+def _(y, conv_weight, conv_bias, gn_weight, gn_bias, groups, linear_weight, linear_bias, L, eps, backend):
+    N, C1, T = y.shape
+    C, TP = conv_weight.shape[0], linear_weight.shape[0]
+    J = num_classes(int(T), L)  # J depends on the value of T (a symbolic T is specialised)
+    return (y.new_empty((N, C, TP)), y.new_empty((C1, 3 * C)), y.new_empty((N, J, C)), y.new_empty((J + 1, N, C)),
+            y.new_empty((N, groups, 2), dtype=accumulation_dtype(y.dtype)), y.new_empty((TP, J)))
 
 
-@_norm_backward_op.register_fake
-def _(dH, Z, w, gamma, beta, stats, groups, M, backend):
-    C = Z.shape[2]
-    return (torch.empty_like(Z),) + tuple(Z.new_empty(C if t is not None else 0) for t in (gamma, beta))
+@torch.library.custom_op("vkd::head_tail_backward", mutates_args=())
+def _tail_backward_op(dlam: torch.Tensor, y: torch.Tensor, conv_bias: Optional[torch.Tensor],
+                      gn_weight: Optional[torch.Tensor], gn_bias: Optional[torch.Tensor], lam: torch.Tensor,
+                      Wc: torch.Tensor, Z: torch.Tensor, H: torch.Tensor, stats: torch.Tensor, A: torch.Tensor,
+                      groups: int, L: int, backend: str,
+                      need_y: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                                             torch.Tensor, torch.Tensor]:
+    """(dy (empty unless need_y), dconv_weight, dconv_bias, dgn_weight, dgn_bias, dlinear_weight,
+    dlinear_bias); the gradient of an absent (None) parameter is empty."""
+    with _backend.device_guard(y.device):
+        kernels = _backend.kernels(__package__, backend)
+        N, C1, T = y.shape
+        J, C = Z.shape[1], Z.shape[2]
+        TP = A.shape[0]
+        S, E, w = selection(T, L, y.device, y.dtype)
+        dout = new_output((TP, N, C), y.dtype, y.device)
+        dZ = new_output(Z.shape, y.dtype, y.device)
+        grads = [new_output((C,), y.dtype, y.device) if t is not None else None
+                 for t in (gn_weight, gn_bias, conv_bias)]
+        kernels.backward(Z, w, conv_bias, gn_weight, gn_bias, stats, lam, dlam, A, groups, _norm_size(C, groups, L),
+                         dout, dZ, *grads)
+        dAT = torch.mm(H.view(J + 1, N * C), dout.view(TP, N * C).t())  # (J + 1, T'): [dA^T; dbias_lin]
+        d_linear_weight = torch.mm(dAT[:J].t(), E.t())
+        dPt = torch.matmul(S.t(), dZ)  # (N, 3T, C)
+        dy = torch.bmm(Wc.expand(N, C1, 3 * C), dPt.view(N, T, 3 * C).transpose(1, 2)) if need_y else y.new_empty(0)
+        dWc = torch.mm(y.transpose(0, 1).reshape(C1, N * T), dPt.view(N * T, 3 * C))
+        d_conv_weight = dWc.view(C1, 3, C).permute(2, 0, 1).contiguous()
+        dgamma, dbeta, dcb = (g if g is not None else y.new_empty(0) for g in grads)  # outputs never alias
+        return dy, d_conv_weight, dcb, dgamma, dbeta, d_linear_weight, dAT[J]
+
+
+@_tail_backward_op.register_fake
+def _(dlam, y, conv_bias, gn_weight, gn_bias, lam, Wc, Z, H, stats, A, groups, L, backend, need_y):
+    N, C1, T = y.shape
+    C, TP = Z.shape[2], A.shape[0]
+    present = [y.new_empty((C,)) if t is not None else y.new_empty(0) for t in (conv_bias, gn_weight, gn_bias)]
+    return (y.new_empty(y.shape) if need_y else y.new_empty(0), y.new_empty((C, C1, 3)), *present,
+            y.new_empty((TP, L)), y.new_empty((Z.shape[1] + 1, TP))[-1])  # dbias_lin: the last row of [dA^T; dbias]
 
 
 def _setup_context(ctx, inputs, output):
-    Z, w, gamma, beta, groups, M, eps, backend = inputs
-    ctx.save_for_backward(Z, w, gamma, beta, output[1])
-    ctx.options = (groups, M, backend)
+    y, conv_weight, conv_bias, gn_weight, gn_bias, groups, linear_weight, linear_bias, L, eps, backend = inputs
+    lam, Wc, Z, H, stats, A = output
+    ctx.save_for_backward(y, conv_bias, gn_weight, gn_bias, lam, Wc, Z, H, stats, A)
+    ctx.options = (groups, L, backend)
+    ctx.has_linear_bias = linear_bias is not None
+    ctx.set_materialize_grads(False)  # no zeros for the gradients of the saved-only outputs
 
 
-def _autograd_backward(ctx, dH, _dstats):
-    Z, w, gamma, beta, stats = ctx.saved_tensors
-    groups, M, backend = ctx.options
-    dZ, dgamma, dbeta = _norm_backward_op(dH, Z, w, gamma, beta, stats, groups, M, backend)
-    return (dZ, None, dgamma if gamma is not None else None, dbeta if beta is not None else None,
-            None, None, None, None)
+def _autograd_backward(ctx, dlam, *_saved_only):
+    if dlam is None:
+        return (None,) * 11
+    y, conv_bias, gn_weight, gn_bias, lam, Wc, Z, H, stats, A = ctx.saved_tensors
+    dy, dcw, dcb, dgw, dgb, dlw, dlb = _tail_backward_op(dlam, y, conv_bias, gn_weight, gn_bias, lam, Wc, Z, H, stats,
+                                                         A, *ctx.options, ctx.needs_input_grad[0])
+    return (dy if ctx.needs_input_grad[0] else None, dcw, dcb if conv_bias is not None else None,
+            dgw if gn_weight is not None else None, dgb if gn_bias is not None else None, None, dlw,
+            dlb if ctx.has_linear_bias else None, None, None, None)
 
 
-_norm_op.register_autograd(_autograd_backward, setup_context=_setup_context)
+_tail_op.register_autograd(_autograd_backward, setup_context=_setup_context)
+
+
+def _flops(y_shape, C: int, TP: int, L: int, backward: bool) -> int:
+    """The multiply-adds x 2 of the tail's GEMMs (for torch.utils.flop_counter, which cannot
+    see inside the custom ops)."""
+    N, C1, T = y_shape
+    J = num_classes(int(T), L)
+    if not backward:  # Pt, Z, A, A H
+        return 2 * (N * T * C1 * 3 * C + N * J * 3 * T * C + TP * L * J + TP * J * N * C)
+    # [dA | dbias], dW_lin, dPt, dy, dWc
+    return 2 * ((J + 1) * N * C * TP + TP * J * L + N * 3 * T * J * C + 2 * N * C1 * 3 * C * T)
+
+
+@register_flop_formula(torch.ops.vkd.head_tail)
+def _(y_shape, conv_weight_shape, *args, out_shape=None, **kwargs) -> int:
+    return _flops(y_shape, conv_weight_shape[0], out_shape[0][2], args[-3], backward=False)
+
+
+@register_flop_formula(torch.ops.vkd.head_tail_backward)
+def _(dlam_shape, y_shape, *args, out_shape=None, **kwargs) -> int:
+    return _flops(y_shape, dlam_shape[1], dlam_shape[2], args[-3], backward=True)
 
 
 def tail_compact(y, conv_weight, conv_bias, gn_weight, gn_bias, gn_groups, linear_weight, linear_bias,
@@ -109,20 +186,8 @@ def tail_compact(y, conv_weight, conv_bias, gn_weight, gn_bias, gn_groups, linea
         return tail_compact(*upcast, gn_groups, linear_weight.float(),
                             None if linear_bias is None else linear_bias.float(), upsample_length, eps,
                             backend).to(y.dtype)
-    N, C1, T = y.shape
-    C, L = conv_weight.shape[0], upsample_length
-    S, inverse, w = selection(T, L, y.device, y.dtype)
-    # Pt[n, 3 t + k, c] = (W_k y[n, :, t])[c]: one (T x C1) @ (C1 x 3C) GEMM per sample
-    Pt = torch.matmul(y.transpose(1, 2), conv_weight.permute(1, 2, 0).reshape(C1, 3 * C)).view(N, 3 * T, C)
-    Z = torch.matmul(S, Pt)  # (N, J, C): the distinct conv columns
-    if conv_bias is not None:
-        Z = Z + conv_bias
-    H, _ = _norm_op(Z.contiguous(), w, gn_weight, gn_bias, gn_groups, float((C // gn_groups) * L), eps, backend)
-    A = linear_weight.new_zeros(linear_weight.shape[0], S.shape[0]).index_add(1, inverse, linear_weight)
-    out = torch.matmul(A, H)  # (N, T', C)
-    if linear_bias is not None:
-        out = out + linear_bias[:, None]
-    return torch.sigmoid(out).transpose(1, 2)
+    return _tail_op(y, conv_weight, conv_bias, gn_weight, gn_bias, gn_groups, linear_weight, linear_bias,
+                    upsample_length, eps, backend)[0]
 
 
 def attention_head_tail(y: torch.Tensor, conv_weight: torch.Tensor, conv_bias, gn_weight, gn_bias, gn_groups: int,
