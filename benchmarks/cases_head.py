@@ -7,6 +7,7 @@ plain layers). ``notes`` adds the FLOP counts (torch.utils.flop_counter) to the 
 """
 from __future__ import annotations
 
+import math
 from typing import List
 
 import torch
@@ -37,12 +38,18 @@ def _provider(backend, G, L):
 def make_case(shape, device: str, dtype: torch.dtype = torch.float32) -> Case:
     N, C1, C, T, L, G = shape
     plain = _provider("reference", G, L)
+    size = torch.finfo(dtype).bits // 8
+    inputs = size * sum(math.prod(s) for s in [(N, C1, T), (C, C1, 3), (C,), (C,), (C,), (T, L), (T,)])
+    out = size * N * C * T
     return Case(
         op=OP,
         label=f"N{N} C1={C1} C={C} T={T} L={L}",
         make_inputs=lambda: _parameters(N, C1, C, T, L, device, dtype),
         providers={"vkd": lambda: _provider("auto", G, L), "plain": lambda: plain,
                    "compile": lambda: torch.compile(plain, dynamic=False)},
+        # forward reads the 7 inputs and writes lambda; backward reads them and dlambda and writes 7 gradients
+        # (a lower bound: the head is GEMM-bound, and the roofline counts no FLOPs)
+        min_bytes={"forward": inputs + out, "backward": 2 * inputs + out, "full": 3 * inputs + 2 * out},
     )
 
 

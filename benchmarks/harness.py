@@ -48,21 +48,22 @@ def _clear_grads(inputs: Sequence[torch.Tensor]) -> None:
 def step(fn: Callable, inputs: Sequence[torch.Tensor], mode: str) -> Tuple[Callable[[], None], Callable[[], object]]:
     """Return ``(setup, timed)`` for one repetition of ``mode``.
 
-    ``setup`` runs untimed before each ``timed`` call: it clears gradients and, in
-    ``backward`` mode, computes a fresh forward whose ``backward()`` is then timed.
+    ``setup`` runs untimed before each ``timed`` call: it resets the gradients to None
+    (so none accumulates) and, in ``backward`` mode, computes the forward once; the timed
+    ``backward(retain_graph=True)`` then reruns the same backward every repetition.
     Inputs keep ``requires_grad`` in every mode, as in training.
     """
     state = {}
 
     def setup():
         _clear_grads(inputs)
-        if mode == "backward":
+        if mode == "backward" and "loss" not in state:
             state["loss"] = fn(*inputs)
 
     if mode == "forward":
         timed = lambda: fn(*inputs)  # noqa: E731
     elif mode == "backward":
-        timed = lambda: state.pop("loss").backward()  # noqa: E731
+        timed = lambda: state["loss"].backward(retain_graph=True)  # noqa: E731
     elif mode == "full":
         timed = lambda: fn(*inputs).backward()  # noqa: E731
     else:
@@ -75,30 +76,28 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_mode(fn: Callable, inputs: Sequence[torch.Tensor], mode: str, *, warmup: int, reps: int,
-              budget_s: float = 1.5) -> Tuple[float, float, float]:
-    """(median, p20, p80) in ms of ``mode``; the rep count adapts to ``budget_s`` within [3, reps].
+def time_ms(timed: Callable[[], object], setup: Callable[[], None], device: torch.device, *, warmup: int, reps: int,
+            budget_s: float = 1.5, grads: Sequence[torch.Tensor] = ()) -> Tuple[float, float, float]:
+    """(median, p20, p80) in ms of ``timed()``, ``setup()`` untimed before each call.
 
-    CPU uses ``time.perf_counter``; CUDA uses CUDA events around each repetition
-    (synchronised before and after), so the untimed set-up never leaks in.
+    CUDA: ``vkd_kernels.check.bench.do_bench_ms`` (triton.testing.do_bench: the L2
+    flushed before every repetition, CUDA events, warm-up and repetitions filling
+    ``budget_s / 15`` and ``budget_s`` at the rate measured first, so short steps get
+    hundreds of repetitions); ``setup`` runs once and ``grads`` are reset to None before
+    every repetition, which is all ``setup`` does after its first call. CPU:
+    ``time.perf_counter`` around each call, the rep count adapting to ``budget_s``
+    within [3, ``reps``].
     """
-    device = inputs[0].device
-    setup, timed = step(fn, inputs, mode)
+    if device.type == "cuda":
+        from vkd_kernels.check.bench import do_bench_ms
+        setup()
+        return do_bench_ms(timed, list(grads), warmup_ms=budget_s * 1e3 / 15, rep_ms=budget_s * 1e3)
     for _ in range(warmup):
         setup()
         timed()
-    _sync(device)
 
     def once() -> float:
         setup()
-        _sync(device)
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            timed()
-            end.record()
-            end.synchronize()
-            return start.elapsed_time(end)
         t0 = time.perf_counter()
         timed()
         return (time.perf_counter() - t0) * 1e3
@@ -108,6 +107,83 @@ def time_mode(fn: Callable, inputs: Sequence[torch.Tensor], mode: str, *, warmup
     times += [once() for _ in range(n - 1)]
     q = statistics.quantiles(times, n=10, method="inclusive")
     return statistics.median(times), q[1], q[7]
+
+
+def time_mode(fn: Callable, inputs: Sequence[torch.Tensor], mode: str, *, warmup: int, reps: int,
+              budget_s: float = 1.5) -> Tuple[float, float, float]:
+    """(median, p20, p80) in ms of ``mode`` (``step``, timed by ``time_ms``)."""
+    setup, timed = step(fn, inputs, mode)
+    return time_ms(timed, setup, inputs[0].device, warmup=warmup, reps=reps, budget_s=budget_s,
+                   grads=_grad_inputs(inputs))
+
+
+def graphed(fn: Callable, inputs: Sequence[torch.Tensor]) -> Callable:
+    """``fn`` replayed from CUDA graphs (``torch.cuda.make_graphed_callables``: one graph
+    for the forward, one for the backward, captured on ``inputs``, which every later call
+    must pass again), so that a mode times the replay of its captured kernels."""
+    if inputs[0].device.type != "cuda":
+        raise ValueError(f"CUDA-graph replay needs CUDA inputs, got {inputs[0].device.type}")
+    return torch.cuda.make_graphed_callables(fn, tuple(inputs))
+
+
+# ---- the machine's limits, measured in the run ----------------------------------------
+
+CPU_COPY_BYTES = 256 * 2 ** 20  # each side; beyond any last-level cache
+
+
+def copy_bandwidth(device: torch.device, nbytes: Optional[int] = None, budget_s: float = 0.5) -> float:
+    """GB/s of ``dst.copy_(src)`` (read + write counted), ``nbytes`` each: on CUDA
+    ``vkd_kernels.check.bench.copy_bandwidth`` (512 MiB, device to device); on the CPU
+    256 MiB with torch at the run's thread count (a STREAM copy)."""
+    if device.type == "cuda":
+        from vkd_kernels.check.bench import COPY_BYTES
+        from vkd_kernels.check.bench import copy_bandwidth as device_copy
+        return device_copy(device, nbytes or COPY_BYTES)
+    nbytes = nbytes or CPU_COPY_BYTES
+    src = torch.empty(nbytes // 4, device=device).uniform_()
+    dst = torch.empty_like(src)
+    median, _, _ = time_ms(lambda: dst.copy_(src), lambda: None, device, warmup=1, reps=20, budget_s=budget_s)
+    return 2 * nbytes / (median * 1e-3) / 1e9
+
+
+def launch_cost_us(device: torch.device, cuda_graph: bool = False, n: int = 1000) -> float:
+    """µs per launch of a tiny op (``x.add_(1)`` on one element), ``n`` back to back,
+    median of 5 trials: on CUDA the host cost of an eager kernel launch (or, with
+    ``cuda_graph``, the per-kernel cost of replaying a captured graph of them); on the
+    CPU the dispatch overhead of one op."""
+    x = torch.zeros(1, device=device)
+    if cuda_graph:
+        stream = torch.cuda.Stream(device)
+        stream.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(stream):
+            for _ in range(3):
+                x.add_(1)
+        torch.cuda.current_stream(device).wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            for _ in range(n):
+                x.add_(1)
+        run = graph.replay
+    else:
+        def run():
+            for _ in range(n):
+                x.add_(1)
+    trials = []
+    for _ in range(6):
+        _sync(device)
+        t0 = time.perf_counter()
+        run()
+        _sync(device)
+        trials.append((time.perf_counter() - t0) * 1e6 / n)
+    return statistics.median(trials[1:])  # the first is a warm-up
+
+
+def roofline_ms(min_bytes: Optional[int], gbps: float, launches: Optional[int], launch_us: float) -> Optional[float]:
+    """The time a roofline model allows: ``min_bytes`` at the copy bandwidth ``gbps``
+    plus ``launches`` at ``launch_us`` each (None when either count is unknown)."""
+    if min_bytes is None or launches is None:
+        return None
+    return min_bytes / (gbps * 1e9) * 1e3 + launches * launch_us * 1e-3
 
 
 def peak_mb(fn: Callable, inputs: Sequence[torch.Tensor], mode: str) -> Optional[float]:
@@ -164,16 +240,28 @@ def kept_for_backward(fn: Callable, inputs: Sequence[torch.Tensor]) -> Tuple[flo
     return total / MB, beyond / MB
 
 
-def count_ops(fn: Callable, inputs: Sequence[torch.Tensor]) -> Tuple[int, Optional[int]]:
-    """(ops, kernels) dispatched by one forward+backward.
+MEMCPY, MEMSET = "Memcpy", "Memset"  # how Kineto names the device copies and fills
+
+
+def split_device_events(names: Sequence[str]) -> Tuple[int, int, int]:
+    """(kernels, memcpys, memsets) among the names of the profiler's CUDA events."""
+    memcpys = sum(1 for n in names if n.startswith(MEMCPY))
+    memsets = sum(1 for n in names if n.startswith(MEMSET))
+    return len(names) - memcpys - memsets, memcpys, memsets
+
+
+def count_ops(fn: Callable, inputs: Sequence[torch.Tensor], mode: str = "full") -> Dict[str, Optional[int]]:
+    """What one repetition of ``mode`` dispatches: ``ops``, ``kernels``, ``memcpys``,
+    ``memsets``.
 
     ``ops``: top-level dispatcher ops seen by the profiler (``aten::*`` and custom
     ``<ns>::*`` ops such as ``vkd::...``, each counted once, not their internals);
     code generated by ``torch.compile`` counts only through the ATen ops it calls.
-    ``kernels``: CUDA kernels launched (``None`` on CPU).
+    ``kernels``: CUDA kernels launched, memcpys and memsets not included; those are
+    ``memcpys`` and ``memsets`` (all three ``None`` on CPU).
     """
     device = inputs[0].device
-    setup, timed = step(fn, inputs, "full")
+    setup, timed = step(fn, inputs, mode)
     setup()
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as prof:
@@ -192,8 +280,9 @@ def count_ops(fn: Callable, inputs: Sequence[torch.Tensor]) -> Tuple[int, Option
             parent = parent.cpu_parent
         return True
 
-    ops = sum(1 for e in events if e.device_type.name == "CPU" and is_op(e) and top_level(e))
-    kernels = None
+    counts = dict(ops=sum(1 for e in events if e.device_type.name == "CPU" and is_op(e) and top_level(e)),
+                  kernels=None, memcpys=None, memsets=None)
     if device.type == "cuda":
-        kernels = sum(1 for e in events if e.device_type.name == "CUDA")
-    return ops, kernels
+        names = [e.name for e in events if e.device_type.name == "CUDA"]
+        counts["kernels"], counts["memcpys"], counts["memsets"] = split_device_events(names)
+    return counts

@@ -141,18 +141,22 @@ def _weights() -> Headline:
 HEADLINES = (_spectrum, _transfer, _apply, _head, _weights)
 
 
-def _do_bench(fn, grads=None) -> Tuple[float, float, float]:
+def do_bench_ms(fn, grads=None, warmup_ms: float = 25, rep_ms: float = 100) -> Tuple[float, float, float]:
+    """(median, p20, p80) ms of ``fn()`` on CUDA by ``triton.testing.do_bench``: the L2
+    flushed (a 256 MB buffer zeroed) before every repetition, CUDA events around each,
+    as many repetitions as fit in ``rep_ms``; ``grads``' .grad reset to None before each.
+    benchmarks/harness.py times with it too."""
     from triton.testing import do_bench
-    median, p20, p80 = do_bench(fn, warmup=25, rep=100, grad_to_none=grads, quantiles=[0.5, 0.2, 0.8])
+    median, p20, p80 = do_bench(fn, warmup=warmup_ms, rep=rep_ms, grad_to_none=grads, quantiles=[0.5, 0.2, 0.8])
     return median, p20, p80
 
 
-def copy_bandwidth(device) -> float:
-    """GB/s of dst.copy_(src), 512 MiB each (read + write counted)."""
-    src = torch.empty(COPY_BYTES // 4, device=device).uniform_()
+def copy_bandwidth(device, nbytes: int = COPY_BYTES) -> float:
+    """GB/s of dst.copy_(src), ``nbytes`` each (read + write counted)."""
+    src = torch.empty(nbytes // 4, device=device).uniform_()
     dst = torch.empty_like(src)
-    median, _, _ = _do_bench(lambda: dst.copy_(src))
-    return 2 * COPY_BYTES / (median * 1e-3) / 1e9
+    median, _, _ = do_bench_ms(lambda: dst.copy_(src))
+    return 2 * nbytes / (median * 1e-3) / 1e9
 
 
 def run(device, providers: List[str], ops: Optional[List[str]] = None) -> Tuple[float, List[BenchRow]]:
@@ -175,9 +179,9 @@ def run(device, providers: List[str], ops: Optional[List[str]] = None) -> Tuple[
                         out = case.call(provider, inputs)
                         grad = torch.full_like(out, 1.7) if out.dim() == 0 else torch.randn_like(out)
                         if mode == "forward":
-                            timing = _do_bench(lambda: case.call(provider, inputs))
+                            timing = do_bench_ms(lambda: case.call(provider, inputs))
                         else:
-                            timing = _do_bench(lambda: case.call(provider, inputs).backward(grad), grads=wrt)
+                            timing = do_bench_ms(lambda: case.call(provider, inputs).backward(grad), grads=wrt)
                         row.median_ms, row.p20_ms, row.p80_ms = timing
                         row.gbps = row.min_bytes / (row.median_ms * 1e-3) / 1e9
                         row.pct_copy = 100 * row.gbps / copy
