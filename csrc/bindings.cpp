@@ -143,21 +143,24 @@ PYBIND11_MODULE(_C, m) {
 #endif
   });
 
-  m.def("spectrum_num_partials", [](const std::string& device, int64_t groups) {
-    return dispatch(target(device), [&](auto d) { return vkd::spectrum_num_partials<decltype(d)::value>(groups); });
-  }, py::arg("device"), py::arg("groups"));
+  m.def("spectrum_num_partials", [](const std::string& device, py::dict problem, int dtype) {
+    const vkd::spectrum::Problem pr = spectrum_problem(problem);
+    return dispatch(target(device), [&](auto d) {
+      return vkd::spectrum_num_partials<decltype(d)::value>(pr, vkd::DType(dtype));
+    });
+  }, py::arg("device"), py::arg("problem"), py::arg("dtype"));
 
   m.def("spectrum_forward",
         [](const std::string& device, py::dict problem, int dtype, double scale, uintptr_t student,
            std::array<int64_t, 3> student_strides, uintptr_t teacher,
            std::array<int64_t, 3> teacher_strides, uintptr_t d, std::array<int64_t, 3> d_strides,
-           uintptr_t partials, int64_t num_partials, uintptr_t stream) {
+           uintptr_t partials, int64_t num_partials, double partial_scale, uintptr_t stream) {
           const Target t = target(device);
           vkd::SpectrumForwardArgs a{spectrum_problem(problem), vkd::DType(dtype), scale,
                                      ptr<const void>(student), strides3(student_strides),
                                      ptr<const void>(teacher), strides3(teacher_strides),
                                      ptr<void>(d), strides3(d_strides),
-                                     ptr<void>(partials), num_partials, t.stream(stream)};
+                                     ptr<void>(partials), num_partials, partial_scale, t.stream(stream)};
           dispatch(t, [&](auto d) {
             constexpr vkd::Device D = decltype(d)::value;
             vkd::spectrum_forward<D>(a);
@@ -166,7 +169,7 @@ PYBIND11_MODULE(_C, m) {
         py::arg("device"), py::arg("problem"), py::arg("dtype"), py::arg("scale"),
         py::arg("student"), py::arg("student_strides"), py::arg("teacher"),
         py::arg("teacher_strides"), py::arg("d"), py::arg("d_strides"), py::arg("partials"),
-        py::arg("num_partials"), py::arg("stream"));
+        py::arg("num_partials"), py::arg("partial_scale"), py::arg("stream"));
 
   m.def("spectrum_backward",
         [](const std::string& device, py::dict problem, int dtype, double scale, uintptr_t student,

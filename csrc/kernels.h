@@ -30,8 +30,9 @@ std::string cuda_unavailable();
 #endif
 
 // Temporal spectrum loss forward. Writes d as (B, K, G) at `d` (strides d_strides:
-// b, k, g) when d is not null; otherwise writes num_partials partial sums of d
-// (accumulation dtype: float64 for float64 inputs, else float32) to `partials`.
+// b, k, g) when d is not null; otherwise writes num_partials partial sums of d, each
+// times partial_scale (1/count for reduction="mean": their sum is the loss), in the
+// accumulation dtype (float64 for float64 inputs, else float32) to `partials`.
 struct SpectrumForwardArgs {
   spectrum::Problem problem;
   DType dtype;
@@ -39,7 +40,7 @@ struct SpectrumForwardArgs {
   const void* student; spectrum::Strides3 student_strides;
   const void* teacher; spectrum::Strides3 teacher_strides;
   void* d; spectrum::Strides3 d_strides;
-  void* partials; int64_t num_partials;
+  void* partials; int64_t num_partials; double partial_scale;
   Stream stream;
 };
 
@@ -58,8 +59,8 @@ struct SpectrumBackwardArgs {
   Stream stream;
 };
 
-// How many partial sums the forward writes for `groups` groups (size of `partials`).
-template <Device> int64_t spectrum_num_partials(int64_t groups);
+// How many partial sums the forward of `problem` in `dtype` writes (size of `partials`).
+template <Device> int64_t spectrum_num_partials(const spectrum::Problem& problem, DType dtype);
 template <Device> void spectrum_forward(const SpectrumForwardArgs& args);
 template <Device> void spectrum_backward(const SpectrumBackwardArgs& args);
 

@@ -181,12 +181,15 @@ def test_spectrum_triton_last_programs_past_2_31_lines(spatial):
     (programs, _, _), = ran
     got = partials[programs - keep:].double()
     if spatial == "pixel":
-        block = triton_kernels.launch_constexprs(T, torch.float32)["BLOCK_L"]
+        # program p: BLOCK_L // 16 batch rows times 16 consecutive s (triton_kernels._pixel_lines)
+        rows = triton_kernels.launch_constexprs(triton_kernels._pixel_forward, T, torch.float32)["BLOCK_L"] // 16
+        blocks_s = -(-S // 16)
         d = _pixel_line_d(bs, bt).sum(1)  # by distinct line j = b + s
         expected = []
         for p in range(programs - keep, programs):
-            line = torch.arange(p * block, min((p + 1) * block, B * S), dtype=torch.int64)
-            expected.append(d[line // S + line % S].sum())
+            b = torch.arange((p // blocks_s) * rows, min((p // blocks_s + 1) * rows, B))
+            s = torch.arange((p % blocks_s) * 16, min((p % blocks_s + 1) * 16, S))
+            expected.append(d[(b[:, None] + s[None, :]).flatten()].sum())
         expected = torch.stack(expected)
     else:  # one program per b; the last ones are b = B - keep .. B - 1
         b = torch.arange(B - keep, B)
@@ -222,19 +225,22 @@ def test_pixel_kernels_past_2_31_lines_one_program(dtype):
 
     xs, xt = (torch.randn(1, T, 1, dtype=dtype, device=device) for _ in range(2))
     loss, grad, pr = _one_line_loss(xs, xt)
-    c = tk.launch_constexprs(T, dtype)
+    def config(kernel):
+        return dict(tk.launch_constexprs(kernel, T, dtype), BLOCK_S=16, ALIGN=1, **tk._launch_options(kernel, T, dtype))
+
+    c = config(tk._pixel_forward)
     lines = lambda x: x.expand(B, T, S)  # noqa: E731 - strides (0, 1, 0)
     w = torch.ones(pr.K, dtype=torch.float32, device=device)
     acc = torch.float64 if dtype == torch.float64 else torch.float32
     out = torch.full((1,), float("nan"), dtype=acc, device=device)
     # program 0 only: its BLOCK_L lines, all equal to the one line
-    tk._pixel_forward[(1,)](lines(xs), lines(xt), w, out, B, T, S, pr.K, pr.mode, pr.scale, pr.eps,
-                            0, 1, 0, 0, 1, 0, 0, 0, 0, STORE_D=False, **c, num_warps=4)
+    tk._pixel_forward[(1,)](lines(xs), lines(xt), w, out, B, T, S, pr.K, pr.mode, pr.scale, pr.eps, 1.0,
+                            0, 1, 0, 0, 1, 0, 0, 0, 0, STORE_D=False, **c)
     assert_close(out, loss.to(acc).view(1) * c["BLOCK_L"], dtype, "partial sum of program 0")
     dx = torch.full((T,), float("nan"), dtype=dtype, device=device)
     grad_out = torch.ones(1, dtype=dtype, device=device).expand(B, pr.K, S)
     # every line writes its (equal) gradient to the same T elements
     tk._pixel_backward[(1,)](lines(xs), lines(xt), w, grad_out, dx.as_strided((B, T, S), (0, 1, 0)), xt,
                              B, T, S, pr.K, pr.mode, pr.scale, pr.eps, 1.0, 0, 1, 0, 0, 1, 0, 0, 0, 0,
-                             0, 1, 0, 0, 0, 0, NEED_S=True, NEED_T=False, **c, num_warps=4)
+                             0, 1, 0, 0, 0, 0, NEED_S=True, NEED_T=False, **config(tk._pixel_backward))
     assert_close(dx, grad.view(T), dtype, "student gradient")

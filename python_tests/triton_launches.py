@@ -130,10 +130,13 @@ def _spectrum(shape, dtype, grads=("s",), reductions=("mean", "none"), spatial=(
 def spectrum_configs():
     """Every dtype and T config (T_PAD 16, 32, 64: T = 8, 32, 64), every constexpr
     combination: STORE_D by reduction, NEED_S / NEED_T by which side needs a gradient
-    (the student's alone: a frozen teacher)."""
+    (the student's alone: a frozen teacher), each layout (BLOCK_S, ALIGN): S = 16
+    (aligned rows), 9 (odd rows), 1 (time last: pixel kernels only)."""
     for dtype in _dtypes():
         for T in (8, 32, 64):
             _spectrum((2, 3, T, 4, 4), dtype, grads=("s", "t", "st"))
+            _spectrum((2, 3, T, 3, 3), dtype, grads=("s", "t", "st"))
+            _spectrum((2, 3, T), dtype, grads=("s", "t", "st"), spatial=("pixel",))
 
 
 def spectrum_layouts():

@@ -1,5 +1,5 @@
-// Temporal spectrum loss: the per-group math shared by the CPU and CUDA kernels
-// (docs/ops.md section 1).
+// Temporal spectrum loss: the math shared by the CPU and CUDA kernels (docs/ops.md
+// section 1).
 //
 // Canonical problem: every input is viewed as (B, T, S) with arbitrary strides;
 // a *line* is x[b, :, s]. Lines are compared in *groups* of P consecutive s
@@ -8,9 +8,28 @@
 //   A_k  = spectrum(Re_k, Im_k)             mean over the P lines of the group
 //   d_k  = w_k (A_k(student) - A_k(teacher))^2
 // Backward recomputes everything from the inputs; nothing is stored between passes.
+//
+// How the work is laid out, the same on both devices:
+// - A *tile* is L lines x[b, :, s0 + l], l < n, with l innermost so the CPU vectorizes
+//   across lines (L = 16 float32 lanes); CUDA runs tiles of L = 1.
+// - A tile is held by a *team* of N members: member m holds the t = j*N + m, j < TM/N,
+//   and the sums over t of each bin are the members' partial sums added across the team
+//   (Team::sum: identity for the CPU's Solo, warp shuffles on CUDA). TM, the size class
+//   of T (8, 16, 32 or 64: the smallest >= T), is a compile-time constant, so the tile
+//   arrays have fixed extents and fully unrolled loops keep them in registers on CUDA;
+//   N = TM/16 (TM/8 for float64) members bound those arrays to 16 (8) values each.
+// - Bins are visited one at a time (k outermost): each bin's Re, Im, A and dL/dA are
+//   scalars per lane, and the backward adds each bin's share of dx[t] at once, so no
+//   per-bin array is ever kept.
 #pragma once
 #include <cmath>
 #include "dtypes.h"
+
+#if defined(__CUDA_ARCH__)
+#define VKD_UNROLL _Pragma("unroll")
+#else
+#define VKD_UNROLL
+#endif
 
 namespace vkd {
 namespace spectrum {
@@ -29,17 +48,44 @@ struct Problem {
   const void* weights;  // per-bin weights w (K,) in the accumulation dtype (float64 for
                         // float64 inputs, else float32), or nullptr for all ones
   VKD_HD int64_t K() const { return T / 2 + 1; }
-  VKD_HD int64_t groups() const { return B * (S / P); }
+  VKD_HD int64_t G() const { return S / P; }
+  VKD_HD int64_t groups() const { return B * G(); }
 };
 
-// Twiddles with the norm scale folded in: c[t*K+k] = scale*cos(2 pi k t / T),
-// s[t*K+k] = scale*sin(...). The angle uses (k t mod T) so it stays exact.
+// The size class of T: the smallest of 8, 16, 32, 64 that holds it (drivers dispatch on it).
+inline int size_class(int64_t T) { return T <= 8 ? 8 : T <= 16 ? 16 : T <= 32 ? 32 : 64; }
+
+// Team size for size class TM and accumulation type acc_t: tile arrays of TM/N <= 16
+// float32 (8 float64) values per member (CUDA; the CPU's Solo team is 1 for every TM).
+// (A constant of a struct, not a constexpr function: device code may read it.)
+template <int TM, typename acc_t>
+struct TeamSize {
+  static constexpr int value = TM * int(sizeof(acc_t)) / 64 > 1 ? TM * int(sizeof(acc_t)) / 64 : 1;
+};
+
+// A twiddle pair of the norm-scaled DFT: c = scale*cos(2 pi k t / T), s = scale*sin(...).
 template <typename acc_t>
-VKD_HD void twiddle(int64_t T, int64_t K, double scale, int64_t index, acc_t* c, acc_t* s) {
-  const int64_t t = index / K, k = index % K;
-  const double angle = 6.283185307179586476925 * double((k * t) % T) / double(T);
-  c[index] = acc_t(scale * cos(angle));
-  s[index] = acc_t(scale * sin(angle));
+struct Twiddle { acc_t c, s; };
+
+// The twiddle table of size class TM: entry t * (TM/2 + 1) + k, zero where t >= T or
+// k >= K, so a tile's padding contributes nothing. The angle uses (k t mod T), exact.
+template <int TM, typename acc_t>
+VKD_HD void twiddle_entry(int64_t T, double scale, int index, Twiddle<acc_t>* table) {
+  constexpr int KM = TM / 2 + 1;
+  const int64_t t = index / KM, k = index % KM;
+  if (t >= T || k > T / 2) {
+    table[index] = {acc_t(0), acc_t(0)};
+    return;
+  }
+  // 2 pi k t / T as a multiple of pi in [0, 2): sinpi/cospi on the device need no
+  // argument reduction (sin/cos keep a 40-byte local array for their slow path).
+  const double turns = 2.0 * double((k * t) % T) / double(T);
+#if defined(__CUDA_ARCH__)
+  table[index] = {acc_t(scale * cospi(turns)), acc_t(scale * sinpi(turns))};
+#else
+  const double angle = 3.141592653589793238462643 * turns;
+  table[index] = {acc_t(scale * std::cos(angle)), acc_t(scale * std::sin(angle))};
+#endif
 }
 
 // A_k and its derivative factor r with dA/dRe = r Re, dA/dIm = r Im.
@@ -47,15 +93,15 @@ template <typename acc_t>
 VKD_HD acc_t spectrum_value(Mode mode, acc_t re, acc_t im, acc_t eps, acc_t* factor) {
   const acc_t sq = re * re + im * im;
   if (mode == Mode::Power) {
-    if (factor) *factor = acc_t(2);
+    *factor = acc_t(2);
     return sq;
   }
   const acc_t m = sqrt(sq + eps);
   if (mode == Mode::Magnitude) {
-    if (factor) *factor = m > acc_t(0) ? acc_t(1) / m : acc_t(0);  // subgradient 0 at 0
+    *factor = m > acc_t(0) ? acc_t(1) / m : acc_t(0);  // subgradient 0 at 0
     return m;
   }
-  if (factor) *factor = m > acc_t(0) ? acc_t(1) / (m * (m + eps)) : acc_t(0);
+  *factor = m > acc_t(0) ? acc_t(1) / (m * (m + eps)) : acc_t(0);
   return log(m + eps);
 }
 
@@ -64,93 +110,135 @@ VKD_HD acc_t bin_weight(const Problem& pr, int64_t k) {
   return pr.weights ? static_cast<const acc_t*>(pr.weights)[k] : acc_t(1);
 }
 
-// A tile is up to L lines x[b, :, s0 + l], l < n, processed together with l innermost
-// so the CPU vectorizes across lines (L = 16); CUDA runs one thread per tile (L = 1).
-template <int L, typename acc_t>
-struct Tile {
-  acc_t re[kMaxK][L], im[kMaxK][L], a[kMaxK][L], factor[kMaxK][L];
+// The one-member team of the CPU: sums over the team are the values themselves.
+struct Solo {
+  static constexpr int N = 1;
+  VKD_HD int rank() const { return 0; }
+  template <typename T>
+  VKD_HD T sum(T value) const { return value; }
 };
 
-// Re, Im, A (and, kWithFactor, dA/dRe = factor Re) of the lines of a tile; lines
-// l >= n are zero.
-template <bool kWithFactor, int L, typename scalar_t, typename acc_t>
-VKD_HD void tile_spectrum(const Problem& pr, const scalar_t* x, Strides3 st, int64_t b, int64_t s0, int n,
-                          const acc_t* c, const acc_t* s, Tile<L, acc_t>& tile) {
-  const int64_t K = pr.K();
-  acc_t v[kMaxT][L];  // the tile, converted once
+// A tile's slice of a (B, T, S) tensor held by one member: v[j][l] = x[b, j*N + rank, s0 + l].
+template <int TM, int N, int L, typename acc_t>
+struct Slice {
+  static constexpr int J = TM / N;
+  acc_t v[J][L];
+};
+
+// Loads the member's slice of lines x[b, :, s0 + l], l < n; zero where t >= T or l >= n.
+template <int TM, int N, int L, typename scalar_t, typename acc_t>
+VKD_HD void load_slice(const scalar_t* x, Strides3 st, int64_t T, int64_t b, int64_t s0, int n, int rank,
+                       Slice<TM, N, L, acc_t>& out) {
   const scalar_t* base = x + b * st.b + s0 * st.s;
-  for (int64_t t = 0; t < pr.T; ++t) {
+  VKD_UNROLL for (int j = 0; j < TM / N; ++j) {
+    const int64_t t = int64_t(j) * N + rank;
     const scalar_t* row = base + t * st.t;
-    if (n == L && st.s == 1) {  // contiguous full tile: plain vector loads
-      VKD_LANES for (int l = 0; l < L; ++l) v[t][l] = Element<scalar_t>::load(row + l);
+    if (t < T && n == L && st.s == 1) {  // contiguous full tile: plain vector loads
+      VKD_LANES for (int l = 0; l < L; ++l) out.v[j][l] = Element<scalar_t>::load(row + l);
     } else {
-      VKD_LANES for (int l = 0; l < L; ++l) v[t][l] = l < n ? Element<scalar_t>::load(row + l * st.s) : acc_t(0);
-    }
-  }
-  const Mode mode = Mode(pr.mode);
-  const acc_t eps = acc_t(pr.eps);
-  for (int64_t k = 0; k < K; ++k) {
-    acc_t re[L], im[L];  // accumulated in registers over t
-    VKD_LANES for (int l = 0; l < L; ++l) re[l] = im[l] = acc_t(0);
-    for (int64_t t = 0; t < pr.T; ++t) {
-      const acc_t ck = c[t * K + k], sk = s[t * K + k];
-      VKD_LANES for (int l = 0; l < L; ++l) {
-        re[l] += v[t][l] * ck;
-        im[l] -= v[t][l] * sk;
-      }
-    }
-    VKD_LANES for (int l = 0; l < L; ++l) {
-      tile.re[k][l] = re[l];
-      tile.im[k][l] = im[l];
-      tile.a[k][l] = spectrum_value(mode, re[l], im[l], eps, kWithFactor ? &tile.factor[k][l] : nullptr);
+      VKD_LANES for (int l = 0; l < L; ++l)
+        out.v[j][l] = t < T && l < n ? Element<scalar_t>::load(row + l * st.s) : acc_t(0);
     }
   }
 }
 
-// dx[t] = sum_k gRe_k c[t,k] - gIm_k s[t,k] for the n lines of a tile, where
-// gRe = grad_a factor Re, gIm = grad_a factor Im; writes at dx[b, :, s0 + l].
-template <int L, typename scalar_t, typename acc_t>
-VKD_HD void tile_input_grad(const Problem& pr, Tile<L, acc_t>& tile, const acc_t (*grad_a)[L], scalar_t* dx,
-                            Strides3 sd, int64_t b, int64_t s0, int n, const acc_t* c, const acc_t* s) {
-  const int64_t K = pr.K();
-  for (int64_t k = 0; k < K; ++k)
-    VKD_LANES for (int l = 0; l < L; ++l) {
-      const acc_t g = grad_a[k][l] * tile.factor[k][l];
-      tile.re[k][l] *= g;
-      tile.im[k][l] *= g;
-    }
-  scalar_t* base = dx + b * sd.b + s0 * sd.s;
-  for (int64_t t = 0; t < pr.T; ++t) {
-    acc_t v[L];
-    VKD_LANES for (int l = 0; l < L; ++l) v[l] = acc_t(0);
-    for (int64_t k = 0; k < K; ++k) {
-      const acc_t ck = c[t * K + k], sk = s[t * K + k];
-      VKD_LANES for (int l = 0; l < L; ++l) v[l] += tile.re[k][l] * ck - tile.im[k][l] * sk;
-    }
-    scalar_t* row = base + t * sd.t;
-    if (n == L && sd.s == 1) {
-      VKD_LANES for (int l = 0; l < L; ++l) Element<scalar_t>::store(row + l, v[l]);
+// Stores the member's slice of dx to lines dx[b, :, s0 + l], l < n (t < T).
+template <int TM, int N, int L, typename scalar_t, typename acc_t>
+VKD_HD void store_slice(scalar_t* x, Strides3 st, int64_t T, int64_t b, int64_t s0, int n, int rank,
+                        const Slice<TM, N, L, acc_t>& in) {
+  scalar_t* base = x + b * st.b + s0 * st.s;
+  VKD_UNROLL for (int j = 0; j < TM / N; ++j) {
+    const int64_t t = int64_t(j) * N + rank;
+    if (t >= T) continue;
+    scalar_t* row = base + t * st.t;
+    if (n == L && st.s == 1) {
+      VKD_LANES for (int l = 0; l < L; ++l) Element<scalar_t>::store(row + l, in.v[j][l]);
     } else {
-      for (int l = 0; l < n; ++l) Element<scalar_t>::store(row + l * sd.s, v[l]);
+      for (int l = 0; l < n; ++l) Element<scalar_t>::store(row + l * st.s, in.v[j][l]);
     }
+  }
+}
+
+// Re and Im of bin k for every lane of a tile: the member's partial sums over its t,
+// added across the team. `column` is the member's twiddles of bin k: table + rank*KM + k.
+template <int TM, class Team, int L, typename acc_t>
+VKD_HD void bin_dft(const Team& team, const Slice<TM, Team::N, L, acc_t>& x, const Twiddle<acc_t>* column,
+                    acc_t (&re)[L], acc_t (&im)[L]) {
+  constexpr int KM = TM / 2 + 1;
+  VKD_LANES for (int l = 0; l < L; ++l) re[l] = im[l] = acc_t(0);
+  VKD_UNROLL for (int j = 0; j < TM / Team::N; ++j) {
+    const Twiddle<acc_t> w = column[j * Team::N * KM];
+    VKD_LANES for (int l = 0; l < L; ++l) {
+      re[l] += x.v[j][l] * w.c;
+      im[l] -= x.v[j][l] * w.s;
+    }
+  }
+  VKD_LANES for (int l = 0; l < L; ++l) {
+    re[l] = team.sum(re[l]);
+    im[l] = team.sum(im[l]);
+  }
+}
+
+// Adds bin k's share of the input gradient, dx[t] += gRe c[t,k] - gIm s[t,k], to the
+// member's slice (gRe = dL/dRe_k, gIm = dL/dIm_k per lane).
+template <int TM, int N, int L, typename acc_t>
+VKD_HD void add_bin_grad(Slice<TM, N, L, acc_t>& dx, const Twiddle<acc_t>* column, const acc_t (&g_re)[L],
+                         const acc_t (&g_im)[L]) {
+  constexpr int KM = TM / 2 + 1;
+  VKD_UNROLL for (int j = 0; j < TM / N; ++j) {
+    const Twiddle<acc_t> w = column[j * N * KM];
+    VKD_LANES for (int l = 0; l < L; ++l) dx.v[j][l] += g_re[l] * w.c - g_im[l] * w.s;
+  }
+}
+
+// The student's and teacher's slices of one tile (lines x[b, :, s0 + l], l < n).
+template <int TM, int N, int L, typename acc_t>
+struct TilePair {
+  Slice<TM, N, L, acc_t> s, t;
+};
+
+template <int TM, class Team, int L, typename scalar_t, typename acc_t>
+VKD_HD void load_pair(const Problem& pr, const Team& team, const scalar_t* xs, Strides3 ss, const scalar_t* xt,
+                      Strides3 st, int64_t b, int64_t s0, int n, TilePair<TM, Team::N, L, acc_t>& x) {
+  load_slice<TM, Team::N, L>(xs, ss, pr.T, b, s0, n, team.rank(), x.s);
+  load_slice<TM, Team::N, L>(xt, st, pr.T, b, s0, n, team.rank(), x.t);
+}
+
+// A_k of the student's and the teacher's lines of a tile, and the factors r.
+template <int TM, class Team, int L, typename acc_t>
+VKD_HD void bin_spectra(const Problem& pr, const Team& team, const TilePair<TM, Team::N, L, acc_t>& x,
+                        const Twiddle<acc_t>* column, acc_t (&re_s)[L], acc_t (&im_s)[L], acc_t (&a_s)[L],
+                        acc_t (&r_s)[L], acc_t (&re_t)[L], acc_t (&im_t)[L], acc_t (&a_t)[L], acc_t (&r_t)[L]) {
+  const Mode mode = Mode(pr.mode);
+  const acc_t eps = acc_t(pr.eps);
+  bin_dft<TM>(team, x.s, column, re_s, im_s);
+  bin_dft<TM>(team, x.t, column, re_t, im_t);
+  VKD_LANES for (int l = 0; l < L; ++l) {
+    a_s[l] = spectrum_value(mode, re_s[l], im_s[l], eps, &r_s[l]);
+    a_t[l] = spectrum_value(mode, re_t[l], im_t[l], eps, &r_t[l]);
   }
 }
 
 // ---- spatial="pixel" (P = 1): a tile of n lines is n groups -------------------
 
-// Sum of d over the tile's lines; stores d[b, k, s0 + l] too when d is not null
-// (d_strides: b, k, g).
-template <int L, typename scalar_t, typename acc_t>
-VKD_HD acc_t pixel_forward(const Problem& pr, const scalar_t* xs, Strides3 ss, const scalar_t* xt, Strides3 st,
-                           int64_t b, int64_t s0, int n, const acc_t* c, const acc_t* s, scalar_t* d,
-                           Strides3 sd, Tile<L, acc_t>& ts, Tile<L, acc_t>& tt) {
-  tile_spectrum<false, L>(pr, xs, ss, b, s0, n, c, s, ts);
-  tile_spectrum<false, L>(pr, xt, st, b, s0, n, c, s, tt);
+// Sum of d over the tile's lines and the bins k with k % N == rank (the team's members
+// split the bins: together they count each once); those bins' d[b, k, s0 + l] are also
+// stored when d is not null (d strides: b, k, g).
+template <int TM, class Team, int L, typename scalar_t, typename acc_t>
+VKD_HD acc_t pixel_forward(const Problem& pr, const Team& team, const Twiddle<acc_t>* table, const scalar_t* xs,
+                           Strides3 ss, const scalar_t* xt, Strides3 st, int64_t b, int64_t s0, int n,
+                           scalar_t* d, Strides3 sd) {
+  constexpr int KM = TM / 2 + 1;
+  TilePair<TM, Team::N, L, acc_t> x;
+  load_pair<TM>(pr, team, xs, ss, xt, st, b, s0, n, x);
   acc_t total = acc_t(0);
   for (int64_t k = 0; k < pr.K(); ++k) {
+    acc_t re_s[L], im_s[L], a_s[L], r_s[L], re_t[L], im_t[L], a_t[L], r_t[L];
+    bin_spectra<TM>(pr, team, x, table + team.rank() * KM + k, re_s, im_s, a_s, r_s, re_t, im_t, a_t, r_t);
+    if (k % Team::N != team.rank()) continue;
     const acc_t w = bin_weight<acc_t>(pr, k);
     for (int l = 0; l < n; ++l) {
-      const acc_t diff = ts.a[k][l] - tt.a[k][l];
+      const acc_t diff = a_s[l] - a_t[l];
       const acc_t dk = w * diff * diff;
       if (d) Element<scalar_t>::store(d + b * sd.b + k * sd.t + (s0 + l) * sd.s, dk);
       total += dk;
@@ -159,58 +247,38 @@ VKD_HD acc_t pixel_forward(const Problem& pr, const scalar_t* xs, Strides3 ss, c
   return total;
 }
 
-// grad_d[b, k, s] * grad_scale is dL/dd (grad strides: b, k, g); writes ds, dt where not null.
-template <int L, typename scalar_t, typename acc_t>
-VKD_HD void pixel_backward(const Problem& pr, const scalar_t* xs, Strides3 ss, const scalar_t* xt, Strides3 st,
-                           const scalar_t* grad_d, Strides3 sg, acc_t grad_scale, scalar_t* ds, Strides3 sds,
-                           scalar_t* dt, Strides3 sdt, int64_t b, int64_t s0, int n, const acc_t* c,
-                           const acc_t* s, Tile<L, acc_t>& ts, Tile<L, acc_t>& tt) {
-  const int64_t K = pr.K();
-  acc_t grad_a[kMaxK][L];
-  tile_spectrum<true, L>(pr, xs, ss, b, s0, n, c, s, ts);
-  tile_spectrum<true, L>(pr, xt, st, b, s0, n, c, s, tt);
-  for (int64_t k = 0; k < K; ++k) {
-    const acc_t w2 = acc_t(2) * bin_weight<acc_t>(pr, k) * grad_scale;
-    VKD_LANES for (int l = 0; l < L; ++l) {
-      const acc_t go = l < n ? Element<scalar_t>::load(grad_d + b * sg.b + k * sg.t + (s0 + l) * sg.s) : acc_t(0);
-      grad_a[k][l] = w2 * (ts.a[k][l] - tt.a[k][l]) * go;
+// ---- spatial="mean" (P > 1): a group of P lines -----------------------------------
+
+// Adds A_k of the tile's n lines to sum_s[k] and sum_t[k] for the bins k % N == rank.
+template <int TM, class Team, int L, typename scalar_t, typename acc_t>
+VKD_HD void add_tile_spectra(const Problem& pr, const Team& team, const Twiddle<acc_t>* table, const scalar_t* xs,
+                             Strides3 ss, const scalar_t* xt, Strides3 st, int64_t b, int64_t s0, int n,
+                             acc_t* sum_s, acc_t* sum_t) {
+  constexpr int KM = TM / 2 + 1;
+  TilePair<TM, Team::N, L, acc_t> x;
+  load_pair<TM>(pr, team, xs, ss, xt, st, b, s0, n, x);
+  for (int64_t k = 0; k < pr.K(); ++k) {
+    acc_t re_s[L], im_s[L], a_s[L], r_s[L], re_t[L], im_t[L], a_t[L], r_t[L];
+    bin_spectra<TM>(pr, team, x, table + team.rank() * KM + k, re_s, im_s, a_s, r_s, re_t, im_t, a_t, r_t);
+    if (k % Team::N != team.rank()) continue;
+    acc_t add_s = acc_t(0), add_t = acc_t(0);
+    for (int l = 0; l < n; ++l) {
+      add_s += a_s[l];
+      add_t += a_t[l];
     }
-  }
-  if (ds) tile_input_grad<L>(pr, ts, grad_a, ds, sds, b, s0, n, c, s);
-  if (dt) {
-    for (int64_t k = 0; k < K; ++k)
-      VKD_LANES for (int l = 0; l < L; ++l) grad_a[k][l] = -grad_a[k][l];
-    tile_input_grad<L>(pr, tt, grad_a, dt, sdt, b, s0, n, c, s);
+    sum_s[k] += add_s;
+    sum_t[k] += add_t;
   }
 }
 
-// ---- spatial="mean" (P > 1): one group of P lines, in tiles of L ----------------
-
-template <int L, typename scalar_t, typename acc_t>
-VKD_HD void group_mean_spectrum(const Problem& pr, const scalar_t* x, Strides3 st, int64_t b, int64_t g,
-                                const acc_t* c, const acc_t* s, acc_t* mean, Tile<L, acc_t>& tile) {
-  const int64_t K = pr.K();
-  for (int64_t k = 0; k < K; ++k) mean[k] = acc_t(0);
-  for (int64_t p0 = 0; p0 < pr.P; p0 += L) {
-    const int n = int(pr.P - p0 < L ? pr.P - p0 : L);
-    tile_spectrum<false, L>(pr, x, st, b, g * pr.P + p0, n, c, s, tile);
-    for (int64_t k = 0; k < K; ++k)
-      for (int l = 0; l < n; ++l) mean[k] += tile.a[k][l];
-  }
-  for (int64_t k = 0; k < K; ++k) mean[k] /= acc_t(pr.P);
-}
-
-// Sum over k of d for group (b, g); stores d[b, k, g] too when d is not null.
-template <int L, typename scalar_t, typename acc_t>
-VKD_HD acc_t group_forward(const Problem& pr, const scalar_t* xs, Strides3 ss, const scalar_t* xt, Strides3 st,
-                           int64_t b, int64_t g, const acc_t* c, const acc_t* s, scalar_t* d, Strides3 sd,
-                           Tile<L, acc_t>& tile) {
-  acc_t a_s[kMaxK], a_t[kMaxK];
-  group_mean_spectrum<L>(pr, xs, ss, b, g, c, s, a_s, tile);
-  group_mean_spectrum<L>(pr, xt, st, b, g, c, s, a_t, tile);
+// Sum over k of d for group (b, g) from the sums of A over its P lines; stores
+// d[b, k, g] too when d is not null.
+template <typename scalar_t, typename acc_t>
+VKD_HD acc_t group_loss(const Problem& pr, const acc_t* sum_s, const acc_t* sum_t, int64_t b, int64_t g,
+                        scalar_t* d, Strides3 sd) {
   acc_t total = acc_t(0);
   for (int64_t k = 0; k < pr.K(); ++k) {
-    const acc_t diff = a_s[k] - a_t[k];
+    const acc_t diff = (sum_s[k] - sum_t[k]) / acc_t(pr.P);
     const acc_t dk = bin_weight<acc_t>(pr, k) * diff * diff;
     if (d) Element<scalar_t>::store(d + b * sd.b + k * sd.t + g * sd.s, dk);
     total += dk;
@@ -218,39 +286,65 @@ VKD_HD acc_t group_forward(const Problem& pr, const scalar_t* xs, Strides3 ss, c
   return total;
 }
 
-template <int L, typename scalar_t, typename acc_t>
-VKD_HD void group_input_grad(const Problem& pr, const scalar_t* x, Strides3 st, scalar_t* dx, Strides3 sd,
-                             int64_t b, int64_t g, const acc_t* c, const acc_t* s, const acc_t* grad_a,
-                             Tile<L, acc_t>& tile) {
-  acc_t grad_tile[kMaxK][L];
-  for (int64_t k = 0; k < pr.K(); ++k)
-    VKD_LANES for (int l = 0; l < L; ++l) grad_tile[k][l] = grad_a[k];
-  for (int64_t p0 = 0; p0 < pr.P; p0 += L) {
-    const int n = int(pr.P - p0 < L ? pr.P - p0 : L);
-    tile_spectrum<true, L>(pr, x, st, b, g * pr.P + p0, n, c, s, tile);
-    tile_input_grad<L>(pr, tile, grad_tile, dx, sd, b, g * pr.P + p0, n, c, s);
+// dL/dA_k of group (b, g) from the sums of A over its lines: 2 w_k (mean_s - mean_t)
+// * grad_d[b, k, g] * grad_scale / P (the mean's 1/P included), written to grad_a[k].
+template <typename scalar_t, typename acc_t>
+VKD_HD void group_grad(const Problem& pr, const acc_t* sum_s, const acc_t* sum_t, const scalar_t* grad_d,
+                       Strides3 sg, acc_t grad_scale, int64_t b, int64_t g, acc_t* grad_a) {
+  for (int64_t k = 0; k < pr.K(); ++k) {
+    const acc_t go = Element<scalar_t>::load(grad_d + b * sg.b + k * sg.t + g * sg.s) * grad_scale;
+    const acc_t mean_diff = (sum_s[k] - sum_t[k]) / acc_t(pr.P);
+    grad_a[k] = acc_t(2) * bin_weight<acc_t>(pr, k) * mean_diff * go / acc_t(pr.P);
   }
 }
 
-// grad_d[b, k, g] * grad_scale is dL/dd; writes ds, dt where not null.
-template <int L, typename scalar_t, typename acc_t>
-VKD_HD void group_backward(const Problem& pr, const scalar_t* xs, Strides3 ss, const scalar_t* xt, Strides3 st,
-                           const scalar_t* grad_d, Strides3 sg, acc_t grad_scale, scalar_t* ds, Strides3 sds,
-                           scalar_t* dt, Strides3 sdt, int64_t b, int64_t g, const acc_t* c, const acc_t* s,
-                           Tile<L, acc_t>& tile) {
-  const int64_t K = pr.K();
-  acc_t a_s[kMaxK], a_t[kMaxK], grad_a[kMaxK];
-  group_mean_spectrum<L>(pr, xs, ss, b, g, c, s, a_s, tile);
-  group_mean_spectrum<L>(pr, xt, st, b, g, c, s, a_t, tile);
-  for (int64_t k = 0; k < K; ++k) {
-    const acc_t go = Element<scalar_t>::load(grad_d + b * sg.b + k * sg.t + g * sg.s) * grad_scale;
-    grad_a[k] = acc_t(2) * bin_weight<acc_t>(pr, k) * (a_s[k] - a_t[k]) * go / acc_t(pr.P);
+// ---- backward of a tile, both modes -------------------------------------------------
+
+// Writes ds, dt (where not null) for the tile's lines. dL/dA_k is grad_a[k] for every
+// line when grad_a is not null (spatial="mean": the group's), else (pixel) each line's
+// own 2 w_k (A_s - A_t) grad_d[b, k, s0 + l] grad_scale (grad strides: b, k, g).
+template <int TM, class Team, int L, typename scalar_t, typename acc_t>
+VKD_HD void tile_backward(const Problem& pr, const Team& team, const Twiddle<acc_t>* table, const scalar_t* xs,
+                          Strides3 ss, const scalar_t* xt, Strides3 st, const acc_t* grad_a,
+                          const scalar_t* grad_d, Strides3 sg, acc_t grad_scale, scalar_t* ds, Strides3 sds,
+                          scalar_t* dt, Strides3 sdt, int64_t b, int64_t s0, int n) {
+  constexpr int KM = TM / 2 + 1;
+  constexpr int N = Team::N;
+  TilePair<TM, N, L, acc_t> x;
+  load_pair<TM>(pr, team, xs, ss, xt, st, b, s0, n, x);
+  TilePair<TM, N, L, acc_t> dx;
+  VKD_UNROLL for (int j = 0; j < TM / N; ++j)
+    VKD_LANES for (int l = 0; l < L; ++l) dx.s.v[j][l] = dx.t.v[j][l] = acc_t(0);
+  for (int64_t k = 0; k < pr.K(); ++k) {
+    const Twiddle<acc_t>* column = table + team.rank() * KM + k;
+    acc_t re_s[L], im_s[L], a_s[L], r_s[L], re_t[L], im_t[L], a_t[L], r_t[L], g[L], g_re[L], g_im[L];
+    bin_spectra<TM>(pr, team, x, column, re_s, im_s, a_s, r_s, re_t, im_t, a_t, r_t);
+    if (grad_a) {
+      VKD_LANES for (int l = 0; l < L; ++l) g[l] = grad_a[k];
+    } else {
+      const acc_t w2 = acc_t(2) * bin_weight<acc_t>(pr, k) * grad_scale;
+      VKD_LANES for (int l = 0; l < L; ++l) {
+        const acc_t go = l < n ? Element<scalar_t>::load(grad_d + b * sg.b + k * sg.t + (s0 + l) * sg.s) : acc_t(0);
+        g[l] = w2 * (a_s[l] - a_t[l]) * go;
+      }
+    }
+    if (ds) {
+      VKD_LANES for (int l = 0; l < L; ++l) {
+        g_re[l] = g[l] * r_s[l] * re_s[l];
+        g_im[l] = g[l] * r_s[l] * im_s[l];
+      }
+      add_bin_grad<TM>(dx.s, column, g_re, g_im);
+    }
+    if (dt) {  // the teacher's loss gradient is the negative
+      VKD_LANES for (int l = 0; l < L; ++l) {
+        g_re[l] = -g[l] * r_t[l] * re_t[l];
+        g_im[l] = -g[l] * r_t[l] * im_t[l];
+      }
+      add_bin_grad<TM>(dx.t, column, g_re, g_im);
+    }
   }
-  if (ds) group_input_grad<L>(pr, xs, ss, ds, sds, b, g, c, s, grad_a, tile);
-  if (dt) {
-    for (int64_t k = 0; k < K; ++k) grad_a[k] = -grad_a[k];
-    group_input_grad<L>(pr, xt, st, dt, sdt, b, g, c, s, grad_a, tile);
-  }
+  if (ds) store_slice<TM, N, L>(ds, sds, pr.T, b, s0, n, team.rank(), dx.s);
+  if (dt) store_slice<TM, N, L>(dt, sdt, pr.T, b, s0, n, team.rank(), dx.t);
 }
 
 }  // namespace spectrum

@@ -1,7 +1,9 @@
 // Temporal spectrum loss on the CPU: OpenMP over work items, math from
-// common/spectrum.h. A work item is a tile of L consecutive lines (spatial="pixel")
-// or one group (spatial="mean"); L = one cache line of accumulators, so the tile
-// loops vectorize across lines.
+// common/spectrum.h with the one-member team (Solo). A work item is a tile of L
+// consecutive lines (spatial="pixel") or one group (spatial="mean"); L = one cache line
+// of accumulators (16 float32, 8 float64), so the tile loops vectorize across lines.
+// Each size class TM of T (8, 16, 32, 64) is compiled on its own: fixed-extent tile
+// arrays and loops over t the compiler unrolls.
 #include <algorithm>
 #include <vector>
 #include "../kernels.h"
@@ -11,12 +13,13 @@ using namespace spectrum;
 
 namespace {
 
-template <typename acc_t>
-struct Twiddles {
-  std::vector<acc_t> c, s;
-  Twiddles(const Problem& pr, double scale) : c(pr.T * pr.K()), s(pr.T * pr.K()) {
-    for (int64_t i = 0; i < pr.T * pr.K(); ++i) twiddle(pr.T, pr.K(), scale, i, c.data(), s.data());
+template <int TM, typename acc_t>
+struct Table {
+  std::vector<Twiddle<acc_t>> entries;
+  Table(const Problem& pr, double scale) : entries(TM * (TM / 2 + 1)) {
+    for (int i = 0; i < int(entries.size()); ++i) twiddle_entry<TM>(pr.T, scale, i, entries.data());
   }
+  const Twiddle<acc_t>* data() const { return entries.data(); }
 };
 
 // Work items of a problem: item i covers batch row b = i / per_b.
@@ -25,7 +28,7 @@ struct Items {
   bool pixel;
   int64_t S, per_b, count;
   explicit Items(const Problem& pr)
-      : pixel(pr.P == 1), S(pr.S), per_b(pr.P == 1 ? (pr.S + L - 1) / L : pr.S / pr.P), count(pr.B * per_b) {}
+      : pixel(pr.P == 1), S(pr.S), per_b(pr.P == 1 ? (pr.S + L - 1) / L : pr.G()), count(pr.B * per_b) {}
   int64_t b(int64_t i) const { return i / per_b; }
   int64_t j(int64_t i) const { return i % per_b; }        // tile index (pixel) or group g
   int64_t s0(int64_t i) const { return j(i) * L; }
@@ -48,94 +51,115 @@ void prefetch_item(const Items<L>& items, int64_t i, const Problem& pr, const sc
       __builtin_prefetch(reinterpret_cast<const char*>(base + t * st.t) + offset);
 }
 
-template <typename scalar_t>
+template <int TM, typename scalar_t>
 void forward(const SpectrumForwardArgs& a) {
   using acc_t = typename Element<scalar_t>::acc_t;
   constexpr int L = 64 / sizeof(acc_t);
   const Problem& pr = a.problem;
-  const Twiddles<acc_t> tw(pr, a.scale);
+  const Table<TM, acc_t> table(pr, a.scale);
   const Items<L> items(pr);
+  const Solo team;
   const auto* xs = static_cast<const scalar_t*>(a.student);
   const auto* xt = static_cast<const scalar_t*>(a.teacher);
   auto* d = static_cast<scalar_t*>(a.d);
-  auto item_forward = [&](int64_t i, Tile<L, acc_t>& ts, Tile<L, acc_t>& tt) -> acc_t {
+  auto item_forward = [&](int64_t i) -> acc_t {
     prefetch_item(items, i + kPrefetchAhead, pr, xs, a.student_strides);
     prefetch_item(items, i + kPrefetchAhead, pr, xt, a.teacher_strides);
+    const int64_t b = items.b(i);
     if (items.pixel)
-      return pixel_forward<L>(pr, xs, a.student_strides, xt, a.teacher_strides, items.b(i), items.s0(i),
-                              items.n(i), tw.c.data(), tw.s.data(), d, a.d_strides, ts, tt);
-    return group_forward<L>(pr, xs, a.student_strides, xt, a.teacher_strides, items.b(i), items.j(i),
-                            tw.c.data(), tw.s.data(), d, a.d_strides, ts);
+      return pixel_forward<TM, Solo, L>(pr, team, table.data(), xs, a.student_strides, xt, a.teacher_strides, b,
+                                        items.s0(i), items.n(i), d, a.d_strides);
+    acc_t sum_s[kMaxK] = {}, sum_t[kMaxK] = {};
+    for (int64_t p0 = 0; p0 < pr.P; p0 += L)
+      add_tile_spectra<TM, Solo, L>(pr, team, table.data(), xs, a.student_strides, xt, a.teacher_strides, b,
+                                    items.j(i) * pr.P + p0, int(std::min<int64_t>(L, pr.P - p0)), sum_s, sum_t);
+    return group_loss<scalar_t>(pr, sum_s, sum_t, b, items.j(i), d, a.d_strides);
   };
   if (d) {  // reduction="none": d as (B, K, G)
-#pragma omp parallel
-    {
-      Tile<L, acc_t> ts, tt;
-#pragma omp for schedule(static)
-      for (int64_t i = 0; i < items.count; ++i) item_forward(i, ts, tt);
-    }
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < items.count; ++i) item_forward(i);
     return;
   }
   // Fixed chunks (not per-thread sums), so the result does not depend on the thread count.
   const int64_t chunks = a.num_partials;
-#pragma omp parallel
-  {
-    Tile<L, acc_t> ts, tt;
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t chunk = 0; chunk < chunks; ++chunk) {
-      double total = 0;
-      for (int64_t i = items.count * chunk / chunks; i < items.count * (chunk + 1) / chunks; ++i)
-        total += item_forward(i, ts, tt);
-      static_cast<acc_t*>(a.partials)[chunk] = acc_t(total);
-    }
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int64_t chunk = 0; chunk < chunks; ++chunk) {
+    double total = 0;
+    for (int64_t i = items.count * chunk / chunks; i < items.count * (chunk + 1) / chunks; ++i)
+      total += item_forward(i);
+    static_cast<acc_t*>(a.partials)[chunk] = acc_t(total * a.partial_scale);
   }
 }
 
-template <typename scalar_t>
+template <int TM, typename scalar_t>
 void backward(const SpectrumBackwardArgs& a) {
   using acc_t = typename Element<scalar_t>::acc_t;
   constexpr int L = 64 / sizeof(acc_t);
   const Problem& pr = a.problem;
-  const Twiddles<acc_t> tw(pr, a.scale);
+  const Table<TM, acc_t> table(pr, a.scale);
   const Items<L> items(pr);
+  const Solo team;
   const auto* xs = static_cast<const scalar_t*>(a.student);
   const auto* xt = static_cast<const scalar_t*>(a.teacher);
   const auto* grad = static_cast<const scalar_t*>(a.grad_d);
   auto* ds = static_cast<scalar_t*>(a.grad_student);
   auto* dt = static_cast<scalar_t*>(a.grad_teacher);
   const acc_t grad_scale = acc_t(a.grad_scale);
-#pragma omp parallel
-  {
-    Tile<L, acc_t> ts, tt;
-#pragma omp for schedule(static)
-    for (int64_t i = 0; i < items.count; ++i) {
-      prefetch_item(items, i + kPrefetchAhead, pr, xs, a.student_strides);
-      prefetch_item(items, i + kPrefetchAhead, pr, xt, a.teacher_strides);
-      if (items.pixel)
-        pixel_backward<L>(pr, xs, a.student_strides, xt, a.teacher_strides, grad, a.grad_strides, grad_scale,
-                          ds, a.grad_student_strides, dt, a.grad_teacher_strides, items.b(i), items.s0(i),
-                          items.n(i), tw.c.data(), tw.s.data(), ts, tt);
-      else
-        group_backward<L>(pr, xs, a.student_strides, xt, a.teacher_strides, grad, a.grad_strides, grad_scale,
-                          ds, a.grad_student_strides, dt, a.grad_teacher_strides, items.b(i), items.j(i),
-                          tw.c.data(), tw.s.data(), ts);
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < items.count; ++i) {
+    prefetch_item(items, i + kPrefetchAhead, pr, xs, a.student_strides);
+    prefetch_item(items, i + kPrefetchAhead, pr, xt, a.teacher_strides);
+    const int64_t b = items.b(i);
+    if (items.pixel) {
+      tile_backward<TM, Solo, L>(pr, team, table.data(), xs, a.student_strides, xt, a.teacher_strides,
+                                 static_cast<const acc_t*>(nullptr),
+                                 grad, a.grad_strides, grad_scale, ds, a.grad_student_strides, dt,
+                                 a.grad_teacher_strides, b, items.s0(i), items.n(i));
+      continue;
     }
+    const int64_t g = items.j(i);
+    acc_t sum_s[kMaxK] = {}, sum_t[kMaxK] = {}, grad_a[kMaxK];
+    for (int64_t p0 = 0; p0 < pr.P; p0 += L)
+      add_tile_spectra<TM, Solo, L>(pr, team, table.data(), xs, a.student_strides, xt, a.teacher_strides, b,
+                                    g * pr.P + p0, int(std::min<int64_t>(L, pr.P - p0)), sum_s, sum_t);
+    group_grad<scalar_t>(pr, sum_s, sum_t, grad, a.grad_strides, grad_scale, b, g, grad_a);
+    for (int64_t p0 = 0; p0 < pr.P; p0 += L)
+      tile_backward<TM, Solo, L>(pr, team, table.data(), xs, a.student_strides, xt, a.teacher_strides, grad_a,
+                                 grad, a.grad_strides, grad_scale, ds, a.grad_student_strides, dt,
+                                 a.grad_teacher_strides, b, g * pr.P + p0, int(std::min<int64_t>(L, pr.P - p0)));
+  }
+}
+
+// Runs body.template operator()<TM>() for the size class of T.
+template <typename Body>
+void with_size_class(int64_t T, Body&& body) {
+  switch (size_class(T)) {
+    case 8: return body(std::integral_constant<int, 8>());
+    case 16: return body(std::integral_constant<int, 16>());
+    case 32: return body(std::integral_constant<int, 32>());
+    default: return body(std::integral_constant<int, 64>());
   }
 }
 
 }  // namespace
 
 template <>
-int64_t spectrum_num_partials<Device::CPU>(int64_t groups) { return std::max<int64_t>(1, std::min<int64_t>(groups, 256)); }
+int64_t spectrum_num_partials<Device::CPU>(const Problem& pr, DType) {
+  return std::max<int64_t>(1, std::min<int64_t>(pr.groups(), 256));
+}
 
 template <>
 void spectrum_forward<Device::CPU>(const SpectrumForwardArgs& args) {
-  VKD_DISPATCH_DTYPE(args.dtype, [&] { forward<scalar_t>(args); });
+  VKD_DISPATCH_DTYPE(args.dtype, [&] {
+    with_size_class(args.problem.T, [&](auto tm) { forward<decltype(tm)::value, scalar_t>(args); });
+  });
 }
 
 template <>
 void spectrum_backward<Device::CPU>(const SpectrumBackwardArgs& args) {
-  VKD_DISPATCH_DTYPE(args.dtype, [&] { backward<scalar_t>(args); });
+  VKD_DISPATCH_DTYPE(args.dtype, [&] {
+    with_size_class(args.problem.T, [&](auto tm) { backward<decltype(tm)::value, scalar_t>(args); });
+  });
 }
 
 }  // namespace vkd

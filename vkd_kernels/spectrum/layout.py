@@ -10,8 +10,9 @@ spatial dims dropped for spatial="mean").
 """
 from __future__ import annotations
 
-import functools
+import collections
 import math
+import weakref
 from dataclasses import dataclass
 from typing import Optional, Sequence, Union
 
@@ -109,27 +110,78 @@ def make_problem(student, teacher, *, time_dim: int, num_segments: Optional[int]
                            out_shape=unfolded[:time_dim] + (K,) + kept)
 
 
-@functools.lru_cache(maxsize=64)
-def _ones(K: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    return torch.ones(K, dtype=dtype, device=device)
+def _capturing(device: torch.device) -> bool:
+    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+
+
+def _build_weights(source: torch.Tensor, drop_dc: bool, K: int, device: torch.device, dtype: torch.dtype,
+                   check: bool) -> torch.Tensor:
+    w = source.detach().to(device=device, dtype=dtype)
+    if w.dim() != 1 or w.shape[0] != K:
+        raise ValueError(f"bin_weights must have shape ({K},) = (T//2 + 1,), got {tuple(w.shape)}")
+    if check and not torch.isfinite(w).all():  # a host sync on CUDA: once per tensor and version
+        raise ValueError("bin_weights contains NaN or inf values")
+    if drop_dc:
+        w = w.clone()
+        w[0] = 0.0
+    return w.contiguous()
+
+
+# Weights made from a bin_weights tensor, by id(tensor): (weak reference, version, weights
+# or None where the tensor serves as it is); an entry leaves when its tensor dies.
+_TENSOR_WEIGHTS: dict = {}
+# Weights made from None (all ones) or a sequence of values, by value (least recent out first).
+_VALUE_WEIGHTS: "collections.OrderedDict" = collections.OrderedDict()
+_MAX_VALUE_WEIGHTS = 64
+
+
+def _tensor_weights(source: torch.Tensor, drop_dc: bool, K: int, device: torch.device,
+                    dtype: torch.dtype) -> torch.Tensor:
+    if _capturing(device):  # made in the graph, so replays see in-place writes; no check (a sync)
+        return _build_weights(source, drop_dc, K, device, dtype, check=False)
+    key = (id(source), drop_dc, K, device, dtype)
+    entry = _TENSOR_WEIGHTS.get(key)
+    if entry is None or entry[0]() is not source or entry[1] != source._version:
+        w = _build_weights(source, drop_dc, K, device, dtype, check=True)
+        ref = weakref.ref(source, lambda _, key=key: _TENSOR_WEIGHTS.pop(key, None))
+        entry = _TENSOR_WEIGHTS[key] = (ref, source._version, None if w is source else w)
+    return source if entry[2] is None else entry[2]
+
+
+def _value_weights(values: Optional[tuple], drop_dc: bool, K: int, device: torch.device,
+                   dtype: torch.dtype) -> torch.Tensor:
+    key = (values, drop_dc, K, device, dtype)
+    w = _VALUE_WEIGHTS.get(key)
+    if w is None:
+        source = torch.ones(K, dtype=dtype, device=device) if values is None else torch.tensor(values, dtype=dtype)
+        w = _build_weights(source, drop_dc, K, device, dtype, check=values is not None)
+        if not _capturing(device):  # a tensor made under capture holds data only in replays
+            _VALUE_WEIGHTS[key] = w
+            if len(_VALUE_WEIGHTS) > _MAX_VALUE_WEIGHTS:
+                _VALUE_WEIGHTS.popitem(last=False)
+    else:
+        _VALUE_WEIGHTS.move_to_end(key)
+    return w
 
 
 def effective_weights(bin_weights: Union[None, torch.Tensor, Sequence[float]], drop_dc: bool, K: int,
                       device: torch.device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """The (K,) weights w (default all ones; drop_dc zeroes w_0) in ``dtype``, the
     accumulation dtype of the inputs (accumulation_dtype: float64 stays float64), so
-    every backend reads them without rounding. Read-only."""
-    if bin_weights is None and not drop_dc:
-        return _ones(K, device, dtype)
-    if bin_weights is None:
-        w = torch.ones(K, dtype=dtype, device=device)
-    else:
-        w = torch.as_tensor(bin_weights).detach().to(device=device, dtype=dtype)
-        if w.dim() != 1 or w.shape[0] != K:
-            raise ValueError(f"bin_weights must have shape ({K},) = (T//2 + 1,), got {tuple(w.shape)}")
-        if not torch.isfinite(w).all():
-            raise ValueError("bin_weights contains NaN or inf values")
-        w = w.clone()
-    if drop_dc:
-        w[0] = 0.0
-    return w.contiguous()
+    every backend reads them without rounding. Read-only.
+
+    Made (copied, checked for NaN/inf: a host sync on CUDA) once per bin_weights and
+    options, so a repeated call neither copies, launches nor synchronises: a tensor is
+    known by its identity and version (a new tensor or an in-place write makes them
+    anew; a tensor already in the right form is used as it is), None and sequences by
+    value. Under CUDA graph capture a tensor's weights are made inside the graph (its
+    replays see in-place writes) without the check, which would synchronise."""
+    if isinstance(bin_weights, torch.Tensor):
+        return _tensor_weights(bin_weights, drop_dc, K, device, dtype)
+    values = None
+    if bin_weights is not None:
+        source = torch.as_tensor(bin_weights, dtype=torch.float64)
+        if source.dim() != 1 or source.shape[0] != K:
+            raise ValueError(f"bin_weights must have shape ({K},) = (T//2 + 1,), got {tuple(source.shape)}")
+        values = tuple(source.tolist())
+    return _value_weights(values, drop_dc, K, device, dtype)

@@ -17,17 +17,17 @@ def _problem(pr: SpectrumProblem, w: torch.Tensor) -> dict:
 
 
 def forward(pr: SpectrumProblem, xs: torch.Tensor, xt: torch.Tensor, w: torch.Tensor,
-            d: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
-    """Writes d (B, K, G) if given; else returns the partial sums of d."""
+            d: Optional[torch.Tensor], sum_scale: float = 1.0) -> Optional[torch.Tensor]:
+    """Writes d (B, K, G) if given; else returns the partial sums of d times sum_scale."""
     device = xs.device
     partials = None
     if d is None:
-        count = _ext.EXT.spectrum_num_partials(_ext.device_arg(device), pr.B * pr.G)
+        count = _ext.EXT.spectrum_num_partials(_ext.device_arg(device), _problem(pr, w), _ext.dtype_code(xs.dtype))
         partials = new_output((count,), accumulation_dtype(xs.dtype), device)
     _ext.EXT.spectrum_forward(
         _ext.device_arg(device), _problem(pr, w), _ext.dtype_code(xs.dtype), pr.scale, _ext.ptr(xs),
         view_strides(xs), _ext.ptr(xt), view_strides(xt), _ext.ptr(d), view_strides(d), _ext.ptr(partials),
-        0 if partials is None else partials.numel(), _ext.stream(device))
+        0 if partials is None else partials.numel(), sum_scale, _ext.stream(device))
     return partials
 
 

@@ -35,8 +35,10 @@ def _forward_op(student: torch.Tensor, teacher: torch.Tensor, weights: torch.Ten
             _backend.kernels(__package__, backend).forward(pr, xs, xt, weights, d)
             out = d.view(pr.out_shape)
         else:
-            total = _backend.kernels(__package__, backend).forward(pr, xs, xt, weights, None).sum()
-            out = (total / pr.count if reduction == "mean" else total).to(student.dtype)
+            # the partial sums come scaled by 1/count for "mean": their sum is the loss
+            sum_scale = 1.0 / pr.count if reduction == "mean" else 1.0
+            partials = _backend.kernels(__package__, backend).forward(pr, xs, xt, weights, None, sum_scale)
+            out = partials.sum().to(student.dtype)
         if finite_check_enabled(student.device):
             raise_if_not_finite(out, student=student, teacher=teacher)
         return out
