@@ -9,9 +9,11 @@ import torch
 from harness import ALL, FUSED, assert_close, call, compare, device_for, expect_device
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from launch_audit import audit
 from tolerances import tolerance, well_conditioned
 
-from vkd_kernels import TemporalSpectrumLoss, temporal_spectrum_loss
+from vkd_kernels import TemporalSpectrumLoss, _backend, temporal_spectrum_loss
+from vkd_kernels.spectrum import layout
 
 SPECTRA = ("magnitude", "power", "log_magnitude")
 numeric = pytest.mark.numeric
@@ -376,3 +378,59 @@ def test_float64_bin_weights_are_not_rounded(backend, device):
     expected = w.cpu()[:, None] * (a_s - a_t) ** 2
     error = ((got.cpu() - expected).abs().max() / expected.abs().max()).item()
     assert error <= 1e-13, error
+
+
+# ---- what one call costs a GPU (issue 13) ----------------------------------------------
+
+@pytest.mark.parametrize("options", [dict(), dict(spatial="mean"), dict(reduction="none"),
+                                     dict(bin_weights="tensor", drop_dc=True), dict(bin_weights="list"),
+                                     dict(reduction="sum", drop_dc=True, spectrum="log_magnitude")],
+                         ids=["default", "mean", "none", "weights tensor drop_dc", "weights list", "sum"])
+def test_one_call_launches_at_most_4_kernels_no_sync_no_copy(options):
+    """Forward + backward of the Triton backend after a first call with the same
+    arguments: at most 4 kernels (the 2 fused ones, the sum of the partials, the fill of
+    dL/dloss = 1 autograd makes), no host sync and no host-to-device copy (launch_audit),
+    so the op can also be captured in a CUDA graph."""
+    device = device_for("triton")
+    expect_device(device, {})
+    why = _backend.device_unsupported("triton", device)
+    if why:
+        pytest.skip(f"triton cannot run here: {why}")
+    student, teacher = inputs((2, 3, 8, 5, 6), device)
+    if options.get("bin_weights") == "tensor":
+        options = dict(options, bin_weights=torch.rand(5, device=device))
+    elif options.get("bin_weights") == "list":
+        options = dict(options, bin_weights=[0.5, 1.0, 1.5, 2.0, 2.5])
+    grad = torch.ones(2, 3, 5, 5, 6, device=device) if options.get("reduction") == "none" else None
+
+    def call():
+        out = temporal_spectrum_loss(student, teacher, backend="triton", **options)
+        out.backward(grad)
+
+    result = audit(call, grad_to_none=[student, teacher])
+    assert result.triton == 2, result
+    assert result.total + sum(result.memsets.values()) + sum(result.memcpys.values()) <= 4, result
+    assert not result.syncs and not result.h2d, result
+
+
+def test_effective_weights_are_made_once_per_tensor_and_version():
+    """A repeated call reuses the weights; a new tensor, an in-place write or other options
+    make them anew; a tensor already in the right form is used as it is."""
+    w = torch.rand(5)
+    first = layout.effective_weights(w, True, 5, torch.device("cpu"), torch.float64)
+    assert layout.effective_weights(w, True, 5, torch.device("cpu"), torch.float64) is first
+    assert first[0] == 0 and torch.equal(first[1:], w[1:].double())
+    w.mul_(2)  # in place: a new version
+    second = layout.effective_weights(w, True, 5, torch.device("cpu"), torch.float64)
+    assert second is not first and torch.equal(second[1:], w[1:].double())
+    assert layout.effective_weights(w, False, 5, torch.device("cpu"), torch.float32) is w
+    other = w.clone()
+    assert layout.effective_weights(other, True, 5, torch.device("cpu"), torch.float64) is not second
+    ones = layout.effective_weights(None, False, 5, torch.device("cpu"), torch.float32)
+    assert layout.effective_weights(None, False, 5, torch.device("cpu"), torch.float32) is ones
+    assert torch.equal(ones, torch.ones(5))
+    del w, other  # entries leave with their tensors
+    assert not any(ref() is None for ref, _, _ in layout._TENSOR_WEIGHTS.values())
+    with pytest.raises(ValueError, match="bin_weights contains NaN"):
+        layout.effective_weights(torch.tensor([1.0, float("inf"), 1, 1, 1]), False, 5, torch.device("cpu"),
+                                 torch.float32)

@@ -117,3 +117,19 @@ def resource_reports(launches, arch: int = 90, workers: int | None = None) -> li
         return []
     with _pool(min(workers or os.cpu_count() or 1, len(jobs))) as pool:
         return list(pool.map(_report_one, jobs))
+
+
+def _asm_one(job) -> dict:
+    launch, arch = job
+    asm = compile_launch(launch, arch).asm
+    return {name: asm[name] for name in ("ttgir", "ptx")}
+
+
+def compiled_asm(launches, arch: int = 90, workers: int | None = None) -> list[dict]:
+    """The TTGIR and PTX ({"ttgir": ..., "ptx": ...}) of each launch for sm_``arch``, in
+    order, compiled in worker processes (a test session runs the interpreter)."""
+    jobs = [(launch, arch) for launch in launches]
+    if not jobs:
+        return []
+    with _pool(min(workers or os.cpu_count() or 1, len(jobs))) as pool:
+        return list(pool.map(_asm_one, jobs))

@@ -151,6 +151,24 @@ def spectrum_layouts():
     _spectrum((4 * 7, 3, 5, 5), f32, reductions=("mean",), num_segments=7, time_dim=0)  # TSM (N*T, C, H, W)
 
 
+# benchmarks/cases_spectrum.py SHAPES (test_spectrum_static.py checks they agree)
+SPECTRUM_BENCH_SHAPES = ((8, 256, 8, 14, 14), (8, 512, 16, 7, 7), (4, 64, 32, 28, 28), (16, 2048, 8, 7, 7))
+
+
+def spectrum_bench_shapes():
+    """temporal_spectrum_loss at the benchmark shapes with its options (float32, the
+    student's gradient alone), spatial "pixel" (the benchmark's) and "mean": the grids,
+    layouts and compiled loads test_spectrum_static.py reads."""
+    import torch
+
+    from vkd_kernels import temporal_spectrum_loss
+
+    for shape in SPECTRUM_BENCH_SHAPES:
+        for spatial in ("pixel", "mean"):
+            xs, xt = torch.empty(shape).requires_grad_(), torch.empty(shape)  # values are never read
+            temporal_spectrum_loss(xs, xt, spatial=spatial, backend="triton").backward()
+
+
 def attention_maps():
     """attention_transfer_loss (raw map forward and backward) per dtype and POWER case."""
     import torch
@@ -278,5 +296,5 @@ def weight_spectra():
     triton_kernels.gram_backward(plan, backward, weights, M)
 
 
-SCENARIOS = {f.__name__: f for f in (spectrum_configs, spectrum_layouts, attention_maps, attention_heads,
-                                     attention_applies, attention_benchmarks, weight_spectra)}
+SCENARIOS = {f.__name__: f for f in (spectrum_configs, spectrum_layouts, spectrum_bench_shapes, attention_maps,
+                                     attention_heads, attention_applies, attention_benchmarks, weight_spectra)}

@@ -10,7 +10,7 @@
 #if defined(__CUDACC__)
 #define VKD_HD __host__ __device__ __forceinline__
 #else
-#define VKD_HD inline
+#define VKD_HD inline __attribute__((always_inline))
 #endif
 
 // Marks a loop over the lanes of a tile for vectorization by the host compiler.

@@ -204,6 +204,23 @@ VKD_HD void load_pair(const Problem& pr, const Team& team, const scalar_t* xs, S
   load_slice<TM, Team::N, L>(xt, st, pr.T, b, s0, n, team.rank(), x.t);
 }
 
+// spectrum_value of every lane, the mode chosen outside the lane loop (inside it, a
+// vectorizing compiler evaluates every mode's branch, log included, for every lane).
+template <int L, typename acc_t>
+VKD_HD void lane_spectra(Mode mode, const acc_t (&re)[L], const acc_t (&im)[L], acc_t eps, acc_t (&a)[L],
+                         acc_t (&r)[L]) {
+  switch (mode) {
+    case Mode::Power:
+      VKD_LANES for (int l = 0; l < L; ++l) a[l] = spectrum_value(Mode::Power, re[l], im[l], eps, &r[l]);
+      break;
+    case Mode::Magnitude:
+      VKD_LANES for (int l = 0; l < L; ++l) a[l] = spectrum_value(Mode::Magnitude, re[l], im[l], eps, &r[l]);
+      break;
+    default:
+      VKD_LANES for (int l = 0; l < L; ++l) a[l] = spectrum_value(Mode::LogMagnitude, re[l], im[l], eps, &r[l]);
+  }
+}
+
 // A_k of the student's and the teacher's lines of a tile, and the factors r.
 template <int TM, class Team, int L, typename acc_t>
 VKD_HD void bin_spectra(const Problem& pr, const Team& team, const TilePair<TM, Team::N, L, acc_t>& x,
@@ -213,10 +230,8 @@ VKD_HD void bin_spectra(const Problem& pr, const Team& team, const TilePair<TM, 
   const acc_t eps = acc_t(pr.eps);
   bin_dft<TM>(team, x.s, column, re_s, im_s);
   bin_dft<TM>(team, x.t, column, re_t, im_t);
-  VKD_LANES for (int l = 0; l < L; ++l) {
-    a_s[l] = spectrum_value(mode, re_s[l], im_s[l], eps, &r_s[l]);
-    a_t[l] = spectrum_value(mode, re_t[l], im_t[l], eps, &r_t[l]);
-  }
+  lane_spectra<L>(mode, re_s, im_s, eps, a_s, r_s);
+  lane_spectra<L>(mode, re_t, im_t, eps, a_t, r_t);
 }
 
 // ---- spatial="pixel" (P = 1): a tile of n lines is n groups -------------------
@@ -231,20 +246,24 @@ VKD_HD acc_t pixel_forward(const Problem& pr, const Team& team, const Twiddle<ac
   constexpr int KM = TM / 2 + 1;
   TilePair<TM, Team::N, L, acc_t> x;
   load_pair<TM>(pr, team, xs, ss, xt, st, b, s0, n, x);
-  acc_t total = acc_t(0);
+  acc_t total[L];  // per lane, added in order at the end
+  VKD_LANES for (int l = 0; l < L; ++l) total[l] = acc_t(0);
   for (int64_t k = 0; k < pr.K(); ++k) {
-    acc_t re_s[L], im_s[L], a_s[L], r_s[L], re_t[L], im_t[L], a_t[L], r_t[L];
+    acc_t re_s[L], im_s[L], a_s[L], r_s[L], re_t[L], im_t[L], a_t[L], r_t[L], dk[L];
     bin_spectra<TM>(pr, team, x, table + team.rank() * KM + k, re_s, im_s, a_s, r_s, re_t, im_t, a_t, r_t);
     if (k % Team::N != team.rank()) continue;
     const acc_t w = bin_weight<acc_t>(pr, k);
-    for (int l = 0; l < n; ++l) {
+    VKD_LANES for (int l = 0; l < L; ++l) {
       const acc_t diff = a_s[l] - a_t[l];
-      const acc_t dk = w * diff * diff;
-      if (d) Element<scalar_t>::store(d + b * sd.b + k * sd.t + (s0 + l) * sd.s, dk);
-      total += dk;
+      dk[l] = l < n ? w * diff * diff : acc_t(0);
+      total[l] += dk[l];
     }
+    if (d)
+      for (int l = 0; l < n; ++l) Element<scalar_t>::store(d + b * sd.b + k * sd.t + (s0 + l) * sd.s, dk[l]);
   }
-  return total;
+  acc_t sum = acc_t(0);
+  for (int l = 0; l < L; ++l) sum += total[l];
+  return sum;
 }
 
 // ---- spatial="mean" (P > 1): a group of P lines -----------------------------------

@@ -51,52 +51,54 @@ void prefetch_item(const Items<L>& items, int64_t i, const Problem& pr, const sc
       __builtin_prefetch(reinterpret_cast<const char*>(base + t * st.t) + offset);
 }
 
+// The item loops are compiled for AVX-512, AVX2 + FMA and the baseline, picked at load
+// time for the CPU running them (the extension is built for the baseline x86-64, whose
+// 4-wide SSE would run a 16-lane tile in 4 steps; torch.compile's code is built for the
+// host). Everything they call is inline, so it is compiled with them.
+#if defined(__x86_64__) && defined(__linux__) && (defined(__GNUC__) || defined(__clang__))
+#define VKD_CPU_CLONES __attribute__((target_clones("avx2,fma", "default")))
+#else
+#define VKD_CPU_CLONES
+#endif
+
+// Sum of d over items [first, last) (and d itself where a.d is not null).
 template <int TM, typename scalar_t>
-void forward(const SpectrumForwardArgs& a) {
+VKD_CPU_CLONES double forward_items(const SpectrumForwardArgs& a, const Twiddle<typename Element<scalar_t>::acc_t>* table,
+                                    int64_t first, int64_t last) {
   using acc_t = typename Element<scalar_t>::acc_t;
   constexpr int L = 64 / sizeof(acc_t);
   const Problem& pr = a.problem;
-  const Table<TM, acc_t> table(pr, a.scale);
   const Items<L> items(pr);
   const Solo team;
   const auto* xs = static_cast<const scalar_t*>(a.student);
   const auto* xt = static_cast<const scalar_t*>(a.teacher);
   auto* d = static_cast<scalar_t*>(a.d);
-  auto item_forward = [&](int64_t i) -> acc_t {
+  double total = 0;
+  for (int64_t i = first; i < last; ++i) {
     prefetch_item(items, i + kPrefetchAhead, pr, xs, a.student_strides);
     prefetch_item(items, i + kPrefetchAhead, pr, xt, a.teacher_strides);
     const int64_t b = items.b(i);
-    if (items.pixel)
-      return pixel_forward<TM, Solo, L>(pr, team, table.data(), xs, a.student_strides, xt, a.teacher_strides, b,
-                                        items.s0(i), items.n(i), d, a.d_strides);
+    if (items.pixel) {
+      total += pixel_forward<TM, Solo, L>(pr, team, table, xs, a.student_strides, xt, a.teacher_strides, b,
+                                          items.s0(i), items.n(i), d, a.d_strides);
+      continue;
+    }
     acc_t sum_s[kMaxK] = {}, sum_t[kMaxK] = {};
     for (int64_t p0 = 0; p0 < pr.P; p0 += L)
-      add_tile_spectra<TM, Solo, L>(pr, team, table.data(), xs, a.student_strides, xt, a.teacher_strides, b,
+      add_tile_spectra<TM, Solo, L>(pr, team, table, xs, a.student_strides, xt, a.teacher_strides, b,
                                     items.j(i) * pr.P + p0, int(std::min<int64_t>(L, pr.P - p0)), sum_s, sum_t);
-    return group_loss<scalar_t>(pr, sum_s, sum_t, b, items.j(i), d, a.d_strides);
-  };
-  if (d) {  // reduction="none": d as (B, K, G)
-#pragma omp parallel for schedule(static)
-    for (int64_t i = 0; i < items.count; ++i) item_forward(i);
-    return;
+    total += group_loss<scalar_t>(pr, sum_s, sum_t, b, items.j(i), d, a.d_strides);
   }
-  // Fixed chunks (not per-thread sums), so the result does not depend on the thread count.
-  const int64_t chunks = a.num_partials;
-#pragma omp parallel for schedule(dynamic, 1)
-  for (int64_t chunk = 0; chunk < chunks; ++chunk) {
-    double total = 0;
-    for (int64_t i = items.count * chunk / chunks; i < items.count * (chunk + 1) / chunks; ++i)
-      total += item_forward(i);
-    static_cast<acc_t*>(a.partials)[chunk] = acc_t(total * a.partial_scale);
-  }
+  return total;
 }
 
 template <int TM, typename scalar_t>
-void backward(const SpectrumBackwardArgs& a) {
+VKD_CPU_CLONES void backward_items(const SpectrumBackwardArgs& a,
+                                   const Twiddle<typename Element<scalar_t>::acc_t>* table, int64_t first,
+                                   int64_t last) {
   using acc_t = typename Element<scalar_t>::acc_t;
   constexpr int L = 64 / sizeof(acc_t);
   const Problem& pr = a.problem;
-  const Table<TM, acc_t> table(pr, a.scale);
   const Items<L> items(pr);
   const Solo team;
   const auto* xs = static_cast<const scalar_t*>(a.student);
@@ -105,29 +107,56 @@ void backward(const SpectrumBackwardArgs& a) {
   auto* ds = static_cast<scalar_t*>(a.grad_student);
   auto* dt = static_cast<scalar_t*>(a.grad_teacher);
   const acc_t grad_scale = acc_t(a.grad_scale);
-#pragma omp parallel for schedule(static)
-  for (int64_t i = 0; i < items.count; ++i) {
+  for (int64_t i = first; i < last; ++i) {
     prefetch_item(items, i + kPrefetchAhead, pr, xs, a.student_strides);
     prefetch_item(items, i + kPrefetchAhead, pr, xt, a.teacher_strides);
     const int64_t b = items.b(i);
     if (items.pixel) {
-      tile_backward<TM, Solo, L>(pr, team, table.data(), xs, a.student_strides, xt, a.teacher_strides,
-                                 static_cast<const acc_t*>(nullptr),
-                                 grad, a.grad_strides, grad_scale, ds, a.grad_student_strides, dt,
-                                 a.grad_teacher_strides, b, items.s0(i), items.n(i));
+      tile_backward<TM, Solo, L>(pr, team, table, xs, a.student_strides, xt, a.teacher_strides,
+                                 static_cast<const acc_t*>(nullptr), grad, a.grad_strides, grad_scale, ds,
+                                 a.grad_student_strides, dt, a.grad_teacher_strides, b, items.s0(i), items.n(i));
       continue;
     }
     const int64_t g = items.j(i);
     acc_t sum_s[kMaxK] = {}, sum_t[kMaxK] = {}, grad_a[kMaxK];
     for (int64_t p0 = 0; p0 < pr.P; p0 += L)
-      add_tile_spectra<TM, Solo, L>(pr, team, table.data(), xs, a.student_strides, xt, a.teacher_strides, b,
+      add_tile_spectra<TM, Solo, L>(pr, team, table, xs, a.student_strides, xt, a.teacher_strides, b,
                                     g * pr.P + p0, int(std::min<int64_t>(L, pr.P - p0)), sum_s, sum_t);
     group_grad<scalar_t>(pr, sum_s, sum_t, grad, a.grad_strides, grad_scale, b, g, grad_a);
     for (int64_t p0 = 0; p0 < pr.P; p0 += L)
-      tile_backward<TM, Solo, L>(pr, team, table.data(), xs, a.student_strides, xt, a.teacher_strides, grad_a,
-                                 grad, a.grad_strides, grad_scale, ds, a.grad_student_strides, dt,
-                                 a.grad_teacher_strides, b, g * pr.P + p0, int(std::min<int64_t>(L, pr.P - p0)));
+      tile_backward<TM, Solo, L>(pr, team, table, xs, a.student_strides, xt, a.teacher_strides, grad_a, grad,
+                                 a.grad_strides, grad_scale, ds, a.grad_student_strides, dt, a.grad_teacher_strides,
+                                 b, g * pr.P + p0, int(std::min<int64_t>(L, pr.P - p0)));
   }
+}
+
+// Work is split in fixed chunks of items (not per thread), so a sum does not depend on
+// the thread count; kChunks of them where no partial sums fix the number.
+constexpr int64_t kChunks = 256;
+
+template <int TM, typename scalar_t>
+void forward(const SpectrumForwardArgs& a) {
+  using acc_t = typename Element<scalar_t>::acc_t;
+  const Table<TM, acc_t> table(a.problem, a.scale);
+  const int64_t count = Items<64 / sizeof(acc_t)>(a.problem).count;
+  const int64_t chunks = a.d ? std::min(count, kChunks) : a.num_partials;
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int64_t chunk = 0; chunk < chunks; ++chunk) {
+    const double total = forward_items<TM, scalar_t>(a, table.data(), count * chunk / chunks,
+                                                     count * (chunk + 1) / chunks);
+    if (!a.d) static_cast<acc_t*>(a.partials)[chunk] = acc_t(total * a.partial_scale);
+  }
+}
+
+template <int TM, typename scalar_t>
+void backward(const SpectrumBackwardArgs& a) {
+  using acc_t = typename Element<scalar_t>::acc_t;
+  const Table<TM, acc_t> table(a.problem, a.scale);
+  const int64_t count = Items<64 / sizeof(acc_t)>(a.problem).count;
+  const int64_t chunks = std::min(count, kChunks);
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int64_t chunk = 0; chunk < chunks; ++chunk)
+    backward_items<TM, scalar_t>(a, table.data(), count * chunk / chunks, count * (chunk + 1) / chunks);
 }
 
 // Runs body.template operator()<TM>() for the size class of T.

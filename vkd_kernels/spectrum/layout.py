@@ -116,7 +116,7 @@ def _capturing(device: torch.device) -> bool:
 
 def _build_weights(source: torch.Tensor, drop_dc: bool, K: int, device: torch.device, dtype: torch.dtype,
                    check: bool) -> torch.Tensor:
-    w = source.detach().to(device=device, dtype=dtype)
+    w = (source.detach() if source.requires_grad else source).to(device=device, dtype=dtype)  # no copy if so
     if w.dim() != 1 or w.shape[0] != K:
         raise ValueError(f"bin_weights must have shape ({K},) = (T//2 + 1,), got {tuple(w.shape)}")
     if check and not torch.isfinite(w).all():  # a host sync on CUDA: once per tensor and version
@@ -179,9 +179,12 @@ def effective_weights(bin_weights: Union[None, torch.Tensor, Sequence[float]], d
     if isinstance(bin_weights, torch.Tensor):
         return _tensor_weights(bin_weights, drop_dc, K, device, dtype)
     values = None
-    if bin_weights is not None:
-        source = torch.as_tensor(bin_weights, dtype=torch.float64)
-        if source.dim() != 1 or source.shape[0] != K:
-            raise ValueError(f"bin_weights must have shape ({K},) = (T//2 + 1,), got {tuple(source.shape)}")
-        values = tuple(source.tolist())
+    if bin_weights is not None:  # known by its values, read in Python (no tensor per call)
+        try:
+            values = tuple(float(v) for v in bin_weights)
+        except TypeError:  # not a flat sequence of numbers
+            values = ()
+        if len(values) != K:
+            shape = tuple(torch.as_tensor(bin_weights).shape)
+            raise ValueError(f"bin_weights must have shape ({K},) = (T//2 + 1,), got {shape}")
     return _value_weights(values, drop_dc, K, device, dtype)

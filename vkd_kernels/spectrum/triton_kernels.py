@@ -430,7 +430,9 @@ def _pad(n: int) -> int:
 #   mma.sync, not wgmma: only for T = 33..64). The group backward spills at 64 rows from
 #   T_PAD 32 on (36 B with odd rows), so it takes 16 there.
 # - tf32 (float16/bfloat16: one dot, not three) fits 64 rows except in the backward at
-#   T_PAD 64 (20-560 B): 16 rows there (8 warps for float64's ieee, whose 4 spill 96 B).
+#   T_PAD 64 (20-560 B): 16 rows there; the group backward's loop also unpipelined (a
+#   third entry: num_stages 1; at the default 3 it spilled 8-20 B with 16 rows on 4 or 8
+#   warps). ieee at T_PAD 64 backward: 16 rows on 8 warps (on 4: 96-128 B).
 _FORWARD = {(16, "tf32x3"): (64, 4), (32, "tf32x3"): (64, 4), (64, "tf32x3"): (16, 8),
             (16, "tf32"): (64, 4), (32, "tf32"): (64, 4), (64, "tf32"): (64, 4),
             (16, "ieee"): (32, 4), (32, "ieee"): (32, 4), (64, "ieee"): (16, 4)}
@@ -441,7 +443,7 @@ _TILES = {
                         (16, "tf32"): (64, 4), (32, "tf32"): (64, 4), (64, "tf32"): (16, 4),
                         (16, "ieee"): (32, 4), (32, "ieee"): (16, 4), (64, "ieee"): (16, 8)},
     "_group_backward": {(16, "tf32x3"): (64, 4), (32, "tf32x3"): (16, 4), (64, "tf32x3"): (16, 8),
-                        (16, "tf32"): (64, 4), (32, "tf32"): (64, 4), (64, "tf32"): (16, 4),
+                        (16, "tf32"): (64, 4), (32, "tf32"): (64, 4), (64, "tf32"): (16, 8, 1),
                         (16, "ieee"): (16, 4), (32, "ieee"): (16, 4), (64, "ieee"): (16, 8)},
 }
 
@@ -457,7 +459,8 @@ def launch_constexprs(kernel, T: int, dtype: torch.dtype) -> dict:
 
 
 def _launch_options(kernel, T: int, dtype: torch.dtype) -> dict:
-    return dict(num_warps=_TILES[kernel.__name__][_pad(T), DOT_PRECISION[dtype]][1])
+    tile = _TILES[kernel.__name__][_pad(T), DOT_PRECISION[dtype]]
+    return dict(num_warps=tile[1], **({"num_stages": tile[2]} if len(tile) > 2 else {}))
 
 
 def _align(pr: SpectrumProblem, *tensors: Optional[torch.Tensor]) -> int:
