@@ -10,7 +10,7 @@ On CUDA the same comparisons run on a side stream, under
 on cuda:1 while cuda:0 is current (when present); ``--sanitize`` adds compute-sanitizer
 runs of the CUDA C++ kernels (``sanitize.py``) and ``--bench`` the headline benchmark
 (``bench.py``). Without a GPU it checks the cpu backend and Triton under the
-interpreter (``TRITON_INTERPRET=1``, set by ``__main__`` before the kernels load) on
+interpreter (``TRITON_INTERPRET=1``, set by ``__main__`` before Triton loads) on
 the quick cases, and says why each GPU part is skipped.
 
 The report goes to ``benchmarks/results/<device>/check.{md,json}`` (``--out``); the

@@ -1,7 +1,9 @@
 """Entry point of ``python -m vkd_kernels.check``.
 
-Triton reads TRITON_INTERPRET when a kernel is defined, so without a GPU it is set
-here, before any vkd_kernels Triton module is imported (they load on first use).
+Without a GPU the Triton kernels run under the interpreter, and Triton reads
+TRITON_INTERPRET when it is imported: its own library functions (``tl.cdiv`` and the
+like) are made then, and ``import torch`` imports Triton. So when the variable is not
+set yet, the command sets it and runs itself again in a fresh interpreter.
 """
 import logging
 import os
@@ -9,8 +11,10 @@ import sys
 
 import torch
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+if not torch.cuda.is_available() and "TRITON_INTERPRET" not in os.environ:
+    os.environ["TRITON_INTERPRET"] = "1"
+    sys.stdout.flush()
+    os.execv(sys.executable, [sys.executable, "-m", "vkd_kernels.check", *sys.argv[1:]])
 
 from vkd_kernels.check.cli import main  # noqa: E402
 

@@ -101,7 +101,7 @@ def unusable(backend: str, device: Optional[torch.device]) -> Optional[str]:
     if device is None:
         return "the cuda backend needs CUDA tensors and no GPU is visible"
     if backend == "triton" and device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
-        return "no GPU and TRITON_INTERPRET is not 1 (python -m vkd_kernels.check sets it before the kernels load)"
+        return "no GPU and TRITON_INTERPRET is not 1 (python -m vkd_kernels.check sets it before Triton loads)"
     try:
         vkd_kernels.attention_map(torch.ones(1, 2, 3, device=device), backend=backend)
     except ValueError as error:
