@@ -108,7 +108,6 @@ def test_head_norm_kernels_are_present(kernels):
 
 
 
-<<<<<<< ours
 # ---- resources (issue 13): the kernels keep their per-thread arrays in registers (no
 # stack frame, no local memory) ------------------------------------------------------------
 
@@ -144,48 +143,11 @@ code version = [1,8]
 
 
 def test_weight_kernels_use_no_local_memory():
-=======
-# ---- resources: registers, stack and local memory per kernel (cuobjdump -res-usage) ----
-
-def kernel_resources(text: str) -> dict:
-    """{(arch, function): {"REG": n, "STACK": n, "SHARED": n, "LOCAL": n}} from
-    `cuobjdump -res-usage` output (static shared memory only)."""
-    found, arch, function = {}, None, None
-    for line in text.splitlines():
-        if m := re.match(r"\s*arch = (sm_\d+)", line):
-            arch = m.group(1)
-        elif m := re.match(r"\s*Function (\S+):", line):
-            function = m.group(1)
-        elif function and (m := re.search(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)", line)):
-            found[(arch, function)] = dict(zip(("REG", "STACK", "SHARED", "LOCAL"), map(int, m.groups())))
-            function = None
-    return found
-
-
-def test_parser_reads_resources():
-    sample = """
-arch = sm_90
-    Function _ZN3vkd12pixel_kernelE:
-      REG:96 STACK:0 SHARED:0 LOCAL:0 CONSTANT[0]:736 TEXTURE:0 SURFACE:0 SAMPLER:0
-    Function _ZN3vkd11slow_kernelE:
-      REG:255 STACK:40 SHARED:16 LOCAL:8 CONSTANT[0]:560 TEXTURE:0 SURFACE:0 SAMPLER:0
-"""
-    parsed = kernel_resources(sample)
-    assert parsed[("sm_90", "_ZN3vkd12pixel_kernelE")] == {"REG": 96, "STACK": 0, "SHARED": 0, "LOCAL": 0}
-    assert parsed[("sm_90", "_ZN3vkd11slow_kernelE")]["STACK"] == 40
-
-
-def test_spectrum_kernels_have_no_stack_or_local_memory():
-    """The spectrum kernels keep their line tiles in registers (issue 13: the per-thread
-    Tile arrays were 1.6-3.7 KB of stack): no stack frame (spills, local arrays or calls)
-    and no local memory, for every size class, dtype and architecture."""
->>>>>>> theirs
     path = _extension_path()
     tool = _cuobjdump()
     if tool is None:
         pytest.skip("cuobjdump not found (neither on PATH nor in Triton's bundled CUDA tools)")
     text = subprocess.run([tool, "-res-usage", path], check=True, capture_output=True, text=True).stdout
-<<<<<<< ours
     mine = {key: use for key, use in resource_usage(text).items() if "weights_cu" in key[1]}
     archs = {arch for arch, _ in mine}
     names = ("gram_kernel", "gram_backward_kernel", "finish_kernel", "finish_backward_kernel")
@@ -210,15 +172,6 @@ def test_attention_kernels_use_no_stack():
     assert len({f for _, f in ours}) >= 4 * len(_ATTENTION_ARGS), sorted(ours)
     stacked = sorted(f"{arch} {f}: {u}" for (arch, f), u in ours.items() if u.get("STACK", 0) or u.get("LOCAL", 0))
     assert not stacked, "kernels with a stack or local memory:\n" + "\n".join(stacked)
-=======
-    mine = {key: value for key, value in kernel_resources(text).items() if "spectrum_cu" in key[1]}
-    # 4 kernels (pixel / group, forward / backward) x 4 size classes x 4 dtypes per architecture
-    archs = {arch for arch, _ in mine}
-    assert archs and len(mine) == 64 * len(archs), sorted(mine)
-    bad = sorted(f"{arch} {function}: {usage}" for (arch, function), usage in mine.items()
-                 if usage["STACK"] or usage["LOCAL"])
-    assert not bad, "spectrum kernels with stack or local memory:\n" + "\n".join(bad)
->>>>>>> theirs
 
 
 def test_spectrum_kernels_use_no_local_memory():
