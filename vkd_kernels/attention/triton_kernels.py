@@ -30,7 +30,9 @@ import torch
 import triton
 import triton.language as tl
 
+from .._triton_jit import reciprocal as _reciprocal
 from .._triton_jit import scalar as _scalar
+from .._triton_jit import sqrt as _sqrt
 from .._triton_specs import TRITON_TYPES, check_grid
 from .layout import NORM_EPS as _NORM_EPS
 
@@ -40,7 +42,12 @@ POWERS = {2.0: 0, 1.0: 1}  # exponent -> POWER; anything else -> 2
 TARGET_PROGRAMS = 528
 MIN_SPLIT_CHANNELS = 64    # a split reads at least 64 channels (4 tiles): short loops do not pipeline
 NORM_EPS = tl.constexpr(_NORM_EPS)  # a global a @jit function may read
-FINISH_BLOCK = 512         # map elements per step of the per-sample finishing kernels
+# (map elements per step, warps) of the per-sample finishing kernels, per direction and
+# float64-ness, each the one of (512, 4), (256, 4), (512, 8), (1024, 8) that ptxas -v
+# (sm_90) compiles without a spill in every pooling / distance case (test_triton_spills.py;
+# the float32 forward spilled 4-8 B at (512, 4), the float64 backward 4-24 B)
+_FINISH = {("forward", False): (1024, 8), ("forward", True): (512, 4),
+           ("backward", False): (512, 4), ("backward", True): (256, 4)}
 
 
 @triton.jit
@@ -106,7 +113,8 @@ def _map_forward(
         mask = (c[:, None] < c_end) & (p[None, :] < P)
         x = tl.load(x_ptr + n * x_sn + c[:, None].to(tl.int64) * x_sc + p[None, :] * x_sp, mask=mask, other=0.0)
         acc += _power(x.to(acc.dtype), q, POWER)
-    tl.store(parts_ptr + (n * tl.num_programs(1) + tl.program_id(1)) * P + p, tl.sum(acc, axis=0) / C, mask=p < P)
+    tl.store(parts_ptr + (n * tl.num_programs(1) + tl.program_id(1)) * P + p, tl.sum(acc, axis=0) * _reciprocal(tl.zeros((), acc.dtype) + C),
+             mask=p < P)
 
 
 @triton.jit
@@ -123,7 +131,8 @@ def _map_backward(
     n, p = _map_block(P, BLOCK_P)
     c_start, c_end = _split_channels(C, BLOCK_C)
     q = _scalar(q, IS_FP64)
-    g = tl.load(g_ptr + n * g_sn + p * g_sp, mask=p < P, other=0.0) / C
+    g = tl.load(g_ptr + n * g_sn + p * g_sp, mask=p < P, other=0.0)
+    g *= _reciprocal(tl.zeros((), g.dtype) + C)
     for c0 in range(c_start, c_end, BLOCK_C):
         c = c0 + tl.arange(0, BLOCK_C)
         mask = (c[:, None] < c_end) & (p[None, :] < P)
@@ -147,6 +156,8 @@ def _pooled(a_ptr, base, o, mask, Ti, Hi, Wi, To, Ho, Wo, KT, KH, KW, IS_FP64: t
     """Adaptive average pool of the raw map a[base + (t Hi + h) Wi + w] at pooled flat
     indices o [BLOCK] (KT, KH, KW: the longest bin per axis; 1 where sizes are equal)."""
     dtype = tl.float64 if IS_FP64 else tl.float32
+    if KT * KH * KW == 1:  # bins of 1 on every axis: this side is not pooled (folded when the K are 1)
+        return tl.load(a_ptr + base + o, mask=mask, other=0.0).to(dtype)
     ot, oh, ow = o // (Ho * Wo), o // Wo % Ho, o % Wo
     t0, t1 = _window(ot, Ti, To)
     h0, h1 = _window(oh, Hi, Ho)
@@ -159,7 +170,7 @@ def _pooled(a_ptr, base, o, mask, Ti, Hi, Wi, To, Ho, Wo, KT, KH, KW, IS_FP64: t
                 m = mask & (t < t1) & (h < h1) & (w < w1)
                 acc += tl.load(a_ptr + base + (t * Hi + h) * Wi + w, mask=m, other=0.0)
     count = tl.where(mask, (t1 - t0) * (h1 - h0) * (w1 - w0), 1)
-    return acc / count.to(dtype)
+    return acc * _reciprocal(count.to(dtype))
 
 
 @triton.jit
@@ -180,7 +191,7 @@ def _unpooled(s_ptr, base, i, mask, Ti, Hi, Wi, To, Ho, Wo, IS_FP64: tl.constexp
                 hs, he = _window(oh, Hi, Ho)
                 ws, we = _window(ow, Wi, Wo)
                 count = tl.where(m, (te - ts) * (he - hs) * (we - ws), 1).to(dtype)
-                acc += tl.load(s_ptr + base + (ot * Ho + oh) * Wo + ow, mask=m, other=0.0) / count
+                acc += tl.load(s_ptr + base + (ot * Ho + oh) * Wo + ow, mask=m, other=0.0) * _reciprocal(count)
     return acc
 
 
@@ -211,7 +222,7 @@ def _group_norms(as_ptr, at_ptr, bs, bt, o0, o1, Tis, His, Wis, Tit, Hit, Wit, T
         pt = _pooled(at_ptr, bt, o, m, Tit, Hit, Wit, To, Ho, Wo, KTt, KHt, KWt, IS_FP64)
         ns += ps * ps
         nt += pt * pt
-    return tl.sqrt(tl.sum(ns, axis=0)), tl.sqrt(tl.sum(nt, axis=0))
+    return _sqrt(tl.sum(ns, axis=0)), _sqrt(tl.sum(nt, axis=0))
 
 
 @triton.jit
@@ -237,12 +248,12 @@ def _transfer_forward(
     for f in range(0, GT):
         rs, rt = _group_norms(ps_ptr, pt_ptr, bs, bt, f * QF, f * QF + QF, Tis, His, Wis, Tit, Hit, Wit, To, Ho, Wo,
                                  KTs, KHs, KWs, KTt, KHt, KWt, BLOCK, IS_FP64)
-        rs, rt = tl.maximum(rs, NORM_EPS), tl.maximum(rt, NORM_EPS)
+        rs, rt = _reciprocal(tl.maximum(rs, NORM_EPS)), _reciprocal(tl.maximum(rt, NORM_EPS))  # 1 / max(||b||, eps)
         for b0 in range(f * QF, f * QF + QF, BLOCK):
             o = b0 + tl.arange(0, BLOCK)
             m = o < f * QF + QF
-            d = (_pooled(ps_ptr, bs, o, m, Tis, His, Wis, To, Ho, Wo, KTs, KHs, KWs, IS_FP64) / rs
-                 - _pooled(pt_ptr, bt, o, m, Tit, Hit, Wit, To, Ho, Wo, KTt, KHt, KWt, IS_FP64) / rt)
+            d = (_pooled(ps_ptr, bs, o, m, Tis, His, Wis, To, Ho, Wo, KTs, KHs, KWs, IS_FP64) * rs
+                 - _pooled(pt_ptr, bt, o, m, Tit, Hit, Wit, To, Ho, Wo, KTt, KHt, KWt, IS_FP64) * rt)
             d = tl.where(m, d, 0.0)
             if NONE:
                 tl.store(out_ptr + n * Q + o, d * d, mask=m)
@@ -250,7 +261,7 @@ def _transfer_forward(
     if not NONE:
         s = tl.sum(total, axis=0)
         if L2:
-            s = tl.sqrt(s)
+            s = _sqrt(s)
         tl.store(out_ptr + n, s * _scalar(scale, IS_FP64))
 
 
@@ -280,27 +291,27 @@ def _transfer_backward(
         for f in range(0, GT):
             rs, rt = _group_norms(as_ptr, at_ptr, bs, bt, f * QF, f * QF + QF, Tis, His, Wis, Tit, Hit, Wit, To, Ho, Wo,
                                  KTs, KHs, KWs, KTt, KHt, KWt, BLOCK, IS_FP64)
-            rs, rt = tl.maximum(rs, NORM_EPS), tl.maximum(rt, NORM_EPS)
+            rs, rt = _reciprocal(tl.maximum(rs, NORM_EPS)), _reciprocal(tl.maximum(rt, NORM_EPS))
             for b0 in range(f * QF, f * QF + QF, BLOCK):
                 o = b0 + tl.arange(0, BLOCK)
                 m = o < f * QF + QF
-                d = (_pooled(as_ptr, bs, o, m, Tis, His, Wis, To, Ho, Wo, KTs, KHs, KWs, IS_FP64) / rs
-                     - _pooled(at_ptr, bt, o, m, Tit, Hit, Wit, To, Ho, Wo, KTt, KHt, KWt, IS_FP64) / rt)
+                d = (_pooled(as_ptr, bs, o, m, Tis, His, Wis, To, Ho, Wo, KTs, KHs, KWs, IS_FP64) * rs
+                     - _pooled(at_ptr, bt, o, m, Tit, Hit, Wit, To, Ho, Wo, KTt, KHt, KWt, IS_FP64) * rt)
                 total += tl.where(m, d * d, 0.0)
-        norm = tl.sqrt(tl.sum(total, axis=0))
-        coef = tl.where(norm > 0, g / tl.where(norm > 0, norm, 1.0), 0.0)
+        norm = _sqrt(tl.sum(total, axis=0))
+        coef = tl.where(norm > 0, g * _reciprocal(tl.where(norm > 0, norm, 1.0)), 0.0)
     for f in range(0, GT):
         ns, nt = _group_norms(as_ptr, at_ptr, bs, bt, f * QF, f * QF + QF, Tis, His, Wis, Tit, Hit, Wit, To, Ho, Wo,
                                  KTs, KHs, KWs, KTt, KHt, KWt, BLOCK, IS_FP64)
-        rs, rt = tl.maximum(ns, NORM_EPS), tl.maximum(nt, NORM_EPS)
+        rs, rt = _reciprocal(tl.maximum(ns, NORM_EPS)), _reciprocal(tl.maximum(nt, NORM_EPS))  # 1 / max(||b||, eps)
         # pass 2: u . dL/dd and v . dL/dd (u, v the normalised pooled maps)
         us = tl.zeros((BLOCK,), dtype)
         vs = tl.zeros((BLOCK,), dtype)
         for b0 in range(f * QF, f * QF + QF, BLOCK):
             o = b0 + tl.arange(0, BLOCK)
             m = o < f * QF + QF
-            u = _pooled(as_ptr, bs, o, m, Tis, His, Wis, To, Ho, Wo, KTs, KHs, KWs, IS_FP64) / rs
-            v = _pooled(at_ptr, bt, o, m, Tit, Hit, Wit, To, Ho, Wo, KTt, KHt, KWt, IS_FP64) / rt
+            u = _pooled(as_ptr, bs, o, m, Tis, His, Wis, To, Ho, Wo, KTs, KHs, KWs, IS_FP64) * rs
+            v = _pooled(at_ptr, bt, o, m, Tit, Hit, Wit, To, Ho, Wo, KTt, KHt, KWt, IS_FP64) * rt
             c = coef
             if NONE:
                 c = 2.0 * tl.load(g_ptr + n * g_sn + o * g_so, mask=m, other=0.0).to(dtype)
@@ -313,21 +324,21 @@ def _transfer_backward(
         for b0 in range(f * QF, f * QF + QF, BLOCK):
             o = b0 + tl.arange(0, BLOCK)
             m = o < f * QF + QF
-            u = _pooled(as_ptr, bs, o, m, Tis, His, Wis, To, Ho, Wo, KTs, KHs, KWs, IS_FP64) / rs
-            v = _pooled(at_ptr, bt, o, m, Tit, Hit, Wit, To, Ho, Wo, KTt, KHt, KWt, IS_FP64) / rt
+            u = _pooled(as_ptr, bs, o, m, Tis, His, Wis, To, Ho, Wo, KTs, KHs, KWs, IS_FP64) * rs
+            v = _pooled(at_ptr, bt, o, m, Tit, Hit, Wit, To, Ho, Wo, KTt, KHt, KWt, IS_FP64) * rt
             c = coef
             if NONE:
                 c = 2.0 * tl.load(g_ptr + n * g_sn + o * g_so, mask=m, other=0.0).to(dtype)
             gd = c * (u - v)
             if POOL_S:
-                tl.store(ss_ptr + n * Q + o, (gd - u * us) / rs, mask=m)
+                tl.store(ss_ptr + n * Q + o, (gd - u * us) * rs, mask=m)
             else:
-                tl.store(das_ptr + n * Ps + o, (gd - u * us) / rs, mask=m)
+                tl.store(das_ptr + n * Ps + o, (gd - u * us) * rs, mask=m)
             if NEED_T:
                 if POOL_T:
-                    tl.store(st_ptr + n * Q + o, (v * vs - gd) / rt, mask=m)
+                    tl.store(st_ptr + n * Q + o, (v * vs - gd) * rt, mask=m)
                 else:
-                    tl.store(dat_ptr + n * Pt + o, (v * vs - gd) / rt, mask=m)
+                    tl.store(dat_ptr + n * Pt + o, (v * vs - gd) * rt, mask=m)
     if POOL_S or POOL_T:
         tl.debug_barrier()  # the pooled gradients are read back at other positions than written
     if POOL_S:
@@ -378,16 +389,18 @@ def backward(x: torch.Tensor, grad: torch.Tensor, p: float, dx: torch.Tensor) ->
                                num_warps=4)
 
 
-def finish_constexprs(dtype: torch.dtype) -> dict:
-    return dict(BLOCK=FINISH_BLOCK, IS_FP64=dtype == torch.float64)
+def finish_config(direction: str, dtype: torch.dtype) -> tuple:
+    """(constexprs, launch options) of the finishing kernel of ``direction`` for maps of ``dtype``."""
+    block, warps = _FINISH[direction, dtype == torch.float64]
+    return dict(BLOCK=block, IS_FP64=dtype == torch.float64), dict(num_warps=warps)
 
 
 def finish_forward(geometry, parts_s, parts_t, out) -> None:
     """The per-sample loss terms (or d^2) into out; the raw maps into parts[:, 0] (layout.Geometry)."""
     N = parts_s.shape[0]
+    c, options = finish_config("forward", parts_s.dtype)
     _transfer_forward[check_grid((N,))](parts_s, parts_t, out, *geometry.launch_args(parts_s, parts_t),
-                                        L2=geometry.l2, NONE=geometry.none,
-                                        **finish_constexprs(parts_s.dtype), num_warps=4)
+                                        L2=geometry.l2, NONE=geometry.none, **c, **options)
 
 
 def finish_backward(geometry, parts_s, parts_t, grad, da_s, da_t) -> None:
@@ -397,11 +410,12 @@ def finish_backward(geometry, parts_s, parts_t, grad, da_s, da_t) -> None:
     scratch = parts_s.new_empty((N, geometry.Q)) if pool_s or pool_t else parts_s
     scratch_t = parts_s.new_empty((N, geometry.Q)) if pool_t else scratch
     g = grad.reshape(N, -1)
+    c, options = finish_config("backward", parts_s.dtype)
     _transfer_backward[check_grid((N,))](parts_s, parts_t, g, g.stride(0), g.stride(1), da_s,
                                          da_s if da_t is None else da_t, scratch, scratch_t,
                                          *geometry.launch_args(parts_s, parts_t), L2=geometry.l2,
                                          NONE=geometry.none, NEED_T=da_t is not None, POOL_S=pool_s,
-                                         POOL_T=pool_t, **finish_constexprs(parts_s.dtype), num_warps=4)
+                                         POOL_T=pool_t, **c, **options)
 
 
 def launch_configs() -> Iterator[tuple]:
@@ -414,12 +428,12 @@ def launch_configs() -> Iterator[tuple]:
             yield _map_forward, launch_constexprs(q, dtype), options
             yield _map_backward, launch_constexprs(q, dtype), options
     for dtype in (torch.float32, torch.float64):  # the maps are in the accumulation dtype
-        c = finish_constexprs(dtype)
+        (c, forward_options), (cb, backward_options) = finish_config("forward", dtype), finish_config("backward", dtype)
         for l2 in (False, True):
             for none in ((False, True) if not l2 else (False,)):
-                yield _transfer_forward, dict(c, L2=l2, NONE=none), options
+                yield _transfer_forward, dict(c, L2=l2, NONE=none), forward_options
                 for need_t in (False, True):
                     for pool_s in (False, True):
                         for pool_t in ((False, True) if need_t else (False,)):
-                            yield _transfer_backward, dict(c, L2=l2, NONE=none, NEED_T=need_t, POOL_S=pool_s,
-                                                           POOL_T=pool_t), options
+                            yield _transfer_backward, dict(cb, L2=l2, NONE=none, NEED_T=need_t, POOL_S=pool_s,
+                                                           POOL_T=pool_t), backward_options

@@ -20,11 +20,19 @@ from ..._triton_specs import TRITON_TYPES, check_grid
 
 
 @triton.jit
-def _row_offsets(r, C, T, sn, sc, st):
-    """Offsets of element (row r, 0) of a (N, C, T, S) tensor, rows r = (n, c, t) flattened
-    (r int64; no C * T product, an int32 one past 2**31)."""
+def _row_index(r, C, T):
+    """(n, c, t) of rows r = (n, c, t) flattened (r int64; no C * T product, an int32 one
+    past 2**31): two int64 divisions per row, each a subroutine on the GPU, so a kernel
+    makes them once and reuses (n, c, t) for every tensor it addresses."""
     nc = r // T
-    return nc // C * sn + nc % C * sc + r % T * st
+    n = nc // C
+    return n, nc - n * C, r - nc * T
+
+
+@triton.jit
+def _row_offsets(n, c, t, sn, sc, st):
+    """Offsets of element (row (n, c, t), 0) of a (N, C, T, S) tensor."""
+    return n * sn + c * sc + t * st
 
 
 @triton.jit
@@ -37,8 +45,9 @@ def _apply_reduce(
     HAS_Y: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_S: tl.constexpr, IS_FP64: tl.constexpr,
 ):
     r = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
-    x_row = _row_offsets(r, C, T, x_sn, x_sc, x_st)
-    y_row = _row_offsets(r, C, T, y_sn, y_sc, y_st)
+    n, c, t = _row_index(r, C, T)
+    x_row = _row_offsets(n, c, t, x_sn, x_sc, x_st)
+    y_row = _row_offsets(n, c, t, y_sn, y_sc, y_st)
     acc = tl.zeros((BLOCK_R, BLOCK_S), tl.float64 if IS_FP64 else tl.float32)
     for s0 in range(0, S, BLOCK_S):
         s = s0 + tl.arange(0, BLOCK_S).to(tl.int64)
@@ -111,17 +120,21 @@ def _apply_affine(
             tl.store(dlam_ptr + r, (k * (m - g_over_s2 * q)).to(dlam_ptr.dtype.element_ty), mask=rmask)
     if NEED_OUT:
         mask = rmask[:, None] & (s[None, :] < S)
-        x = tl.load(x_ptr + _row_offsets(r, C, T, x_sn, x_sc, x_st)[:, None] + s[None, :] * x_ss, mask=mask,
+        n, c, t = _row_index(r, C, T)
+        x = tl.load(x_ptr + _row_offsets(n, c, t, x_sn, x_sc, x_st)[:, None] + s[None, :] * x_ss, mask=mask,
                     other=0.0)
         out = x.to(dtype) * alpha[:, None]
         if BACKWARD:
             out += (g_over_s2 * (1.0 - alpha))[:, None]
-        tl.store(out_ptr + _row_offsets(r, C, T, o_sn, o_sc, o_st)[:, None] + s[None, :] * o_ss,
+        tl.store(out_ptr + _row_offsets(n, c, t, o_sn, o_sc, o_st)[:, None] + s[None, :] * o_ss,
                  out.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 KERNELS = (_apply_reduce, _apply_finish, _apply_affine)
 FINISH_BLOCK = 1024  # rows per step of the per-group finish
+# 8 warps for the finish (4 rows per thread a step): on 4 warps (8 rows per thread) one
+# float32 specialisation spilled 4 B on sm_90 (ptxas -v; test_triton_spills.py)
+FINISH_WARPS = 8
 
 
 def apply_constexprs(dtype: torch.dtype) -> dict:
@@ -143,7 +156,7 @@ def finish(v: torch.Tensor, lam: torch.Tensor, sums: torch.Tensor) -> None:
     """Writes sums (B, 2) = (sum v, sum lam v) per group of R / B rows (v, lam (R,) contiguous)."""
     B = sums.shape[0]
     _apply_finish[check_grid((B,))](v, lam, sums, v.numel() // B, BLOCK=FINISH_BLOCK, IS_FP64=v.dtype == torch.float64,
-                                    num_warps=4)
+                                    num_warps=FINISH_WARPS)
 
 
 def affine(x: torch.Tensor, lam: torch.Tensor, sums: torch.Tensor, out, backward=None) -> None:
@@ -171,4 +184,4 @@ def launch_configs() -> Iterator[tuple]:
         for backward, need_out in ((False, True), (True, True), (True, False)):
             yield _apply_affine, dict(apply_constexprs(dtype), BACKWARD=backward, NEED_OUT=need_out), options
     for fp64 in (False, True):
-        yield _apply_finish, dict(BLOCK=FINISH_BLOCK, IS_FP64=fp64), options
+        yield _apply_finish, dict(BLOCK=FINISH_BLOCK, IS_FP64=fp64), dict(num_warps=FINISH_WARPS)

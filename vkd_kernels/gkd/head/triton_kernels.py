@@ -150,7 +150,7 @@ def _head_norm_backward(
     dout_ptr,                  # (T', N, C) output: dL/d(A H)
     dz_ptr,                    # dL/dZ (N, J, C) output
     dgamma_ptr, dbeta_ptr, dcb_ptr,  # (C,) outputs (unused unless HAS_*)
-    N, J, C, G, TP, M: tl.float64,
+    N, J, C, G, TP, inv_M: tl.float64,  # 1 / (elements per group)
     d_sn, d_sc, d_st,
     HAS_CB: tl.constexpr, HAS_GAMMA: tl.constexpr, HAS_BETA: tl.constexpr, BLOCK_J: tl.constexpr,
     BLOCK_C: tl.constexpr, IS_FP64: tl.constexpr,
@@ -159,7 +159,9 @@ def _head_norm_backward(
     Cg = C // G
     c0 = g * Cg
     dtype = tl.float64 if IS_FP64 else tl.float32
-    M = _scalar(M, IS_FP64)
+    # 1 / M from the host: a division is a slow-path subroutine on the GPU, and the
+    # registers saved around its call spilled 4-32 B (ptxas -v, sm_90)
+    inv_M = _scalar(inv_M, IS_FP64)
     c = tl.arange(0, BLOCK_C)
     for n32 in range(0, N):
         n = n32 + tl.zeros((), tl.int64)  # int64 offsets (a loop index is int32)
@@ -197,7 +199,7 @@ def _head_norm_backward(
             dc = tl.zeros((BLOCK_C,), dtype)
             for j0 in range(0, J, BLOCK_J):
                 j = j0 + tl.arange(0, BLOCK_J)
-                wm = tl.load(w_ptr + j, mask=j < J, other=0.0).to(dtype) / M
+                wm = tl.load(w_ptr + j, mask=j < J, other=0.0).to(dtype) * inv_M
                 z, mask = _load_tile(z_ptr, base + k0, j, c, J, Cg - k0, C, IS_FP64)
                 xhat = (z + cb[None, :] - mean) * rstd
                 dh = _dh_tile(lam_ptr, dlam_ptr, a_ptr, n, c0 + k0 + c, cmask, j, j < J, C, J, TP, d_sn, d_sc,
@@ -261,7 +263,7 @@ def backward(Z, w, cb, gamma, beta, stats, lam, dlam, A, groups: int, M: float, 
     params = [Z if t is None else t for t in (cb, gamma, beta)]
     grads = [Z if t is None else t for t in (dgamma, dbeta, dcb)]
     _head_norm_backward[check_grid((groups,))](Z, w, *params, stats, lam, dlam, A, dout, dZ, *grads, N, J, C, groups,
-                                               A.shape[0], M, *dlam.stride(), **_flags(cb, gamma, beta),
+                                               A.shape[0], 1.0 / M, *dlam.stride(), **_flags(cb, gamma, beta),
                                                **head_constexprs(Z.dtype), num_warps=4)
 
 
