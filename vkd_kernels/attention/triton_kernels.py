@@ -113,8 +113,8 @@ def _map_forward(
         mask = (c[:, None] < c_end) & (p[None, :] < P)
         x = tl.load(x_ptr + n * x_sn + c[:, None].to(tl.int64) * x_sc + p[None, :] * x_sp, mask=mask, other=0.0)
         acc += _power(x.to(acc.dtype), q, POWER)
-    tl.store(parts_ptr + (n * tl.num_programs(1) + tl.program_id(1)) * P + p, tl.sum(acc, axis=0) * _reciprocal(tl.zeros((), acc.dtype) + C),
-             mask=p < P)
+    a = tl.sum(acc, axis=0) * _reciprocal(tl.zeros((), acc.dtype) + C)
+    tl.store(parts_ptr + (n * tl.num_programs(1) + tl.program_id(1)) * P + p, a, mask=p < P)
 
 
 @triton.jit
