@@ -14,7 +14,14 @@ def reports():
     return resource_reports({call.launch for call in capture_calls()}, arch=90)
 
 
-@pytest.mark.parametrize("module_name", TRITON_MODULES)
+# Spill fixes of these modules are in progress (issue 13, branch integration-13): strict, so
+# a module that stops spilling fails here until its mark is removed.
+SPILLING = {"vkd_kernels.spectrum.triton_kernels", "vkd_kernels.weights.triton_kernels"}
+
+
+@pytest.mark.parametrize("module_name", [
+    pytest.param(m, marks=pytest.mark.xfail(strict=True, reason="issue 13 open: configs still spill on sm_90"))
+    if m in SPILLING else m for m in TRITON_MODULES])
 def test_no_config_spills_on_sm90(reports, module_name):
     mine = [r for r in reports if r["launch"].module == module_name]
     assert mine, f"no launch of {module_name} was captured"
