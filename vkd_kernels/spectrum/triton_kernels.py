@@ -50,18 +50,9 @@ import triton
 import triton.language as tl
 
 from .._checks import new_output
+from .._triton_jit import scalar as _scalar
 from .._triton_specs import DOT_PRECISION, TRITON_TYPES, check_grid
 from .layout import MAX_FUSED_T, SpectrumProblem, accumulation_dtype, view_strides
-
-
-@triton.jit
-def _scalar(value, IS_FP64: tl.constexpr):
-    """A float argument in the accumulation dtype. Float arguments are annotated fp64: the
-    JIT would type a Python float fp32, rounding a float64 launch's scale, eps and
-    grad_scale at ~1e-8, so they arrive as doubles and are cast once here (exact for a
-    float64 launch; for a float32 one the same rounding as an fp32 argument). tl.full
-    also takes the Python float the interpreter passes, without a float32 detour."""
-    return tl.full((), value, tl.float64 if IS_FP64 else tl.float32)
 
 
 @triton.jit

@@ -21,5 +21,11 @@ def check_apply(F, lam, per_sample):
         raise ValueError(f"lam is on {lam.device} but F is on {F.device}")
     if lam.dtype != F.dtype:
         raise TypeError(f"lam has dtype {lam.dtype} but F has dtype {F.dtype}")
+    check_per_sample(per_sample)
+
+
+def check_per_sample(per_sample) -> bool:
+    """``per_sample``, or a TypeError if it is not a bool."""
     if not isinstance(per_sample, bool):
         raise TypeError(f"per_sample must be a bool, got {type(per_sample).__name__}")
+    return per_sample

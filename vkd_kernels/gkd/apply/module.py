@@ -6,6 +6,7 @@ from torch import nn
 
 from ..._backend import BACKENDS
 from ..._checks import check_choice
+from .layout import check_per_sample
 from .op import attention_apply
 
 
@@ -15,10 +16,8 @@ class AttentionApply(nn.Module):
 
     def __init__(self, *, per_sample: bool = True, backend: str = "auto"):
         super().__init__()
-        if not isinstance(per_sample, bool):
-            raise TypeError(f"per_sample must be a bool, got {type(per_sample).__name__}")
         check_choice("backend", backend, BACKENDS)
-        self.per_sample, self.backend = per_sample, backend
+        self.per_sample, self.backend = check_per_sample(per_sample), backend
 
     def forward(self, F: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
         return attention_apply(F, lam, per_sample=self.per_sample, backend=self.backend)
