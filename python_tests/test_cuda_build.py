@@ -129,6 +129,17 @@ def resource_usage(text: str) -> dict:
     return usage
 
 
+@pytest.fixture(scope="module")
+def resources() -> dict:
+    """resource_usage of every kernel in the built extension."""
+    path = _extension_path()
+    tool = _cuobjdump()
+    if tool is None:
+        pytest.skip("cuobjdump not found (neither on PATH nor in Triton's bundled CUDA tools)")
+    return resource_usage(subprocess.run([tool, "-res-usage", path], check=True, capture_output=True,
+                                         text=True).stdout)
+
+
 def test_resource_parser():
     sample = """
 Fatbin elf code:
@@ -142,13 +153,8 @@ code version = [1,8]
     assert (use["REG"], use["STACK"], use["SHARED"], use["LOCAL"]) == (32, 0, 8448, 0)
 
 
-def test_weight_kernels_use_no_local_memory():
-    path = _extension_path()
-    tool = _cuobjdump()
-    if tool is None:
-        pytest.skip("cuobjdump not found (neither on PATH nor in Triton's bundled CUDA tools)")
-    text = subprocess.run([tool, "-res-usage", path], check=True, capture_output=True, text=True).stdout
-    mine = {key: use for key, use in resource_usage(text).items() if "weights_cu" in key[1]}
+def test_weight_kernels_use_no_local_memory(resources):
+    mine = {key: use for key, use in resources.items() if "weights_cu" in key[1]}
     archs = {arch for arch, _ in mine}
     names = ("gram_kernel", "gram_backward_kernel", "finish_kernel", "finish_backward_kernel")
     for arch in archs:  # 4 dtypes each for the gram passes, 2 accumulation types for the finish
@@ -160,30 +166,20 @@ def test_weight_kernels_use_no_local_memory():
 
 @pytest.mark.xfail(strict=True, reason="issue 13 still open: the CUDA head norm and attention-transfer finish kernels "
                    "keep 8-56 B stack frames (no spill: LOCAL 0); strict, so the fix must remove this mark")
-def test_attention_kernels_use_no_stack():
+def test_attention_kernels_use_no_stack(resources):
     """No local-memory stack (spills, unrolled arrays indexed at run time) in the attention
     transfer, head and attention_apply kernels, on every architecture."""
-    path = _extension_path()
-    tool = _cuobjdump()
-    if tool is None:
-        pytest.skip("cuobjdump not found (neither on PATH nor in Triton's bundled CUDA tools)")
-    text = subprocess.run([tool, "-res-usage", path], check=True, capture_output=True, text=True).stdout
-    ours = {key: u for key, u in resource_usage(text).items() if any(a in key[1] for a in _ATTENTION_ARGS)}
+    ours = {key: u for key, u in resources.items() if any(a in key[1] for a in _ATTENTION_ARGS)}
     assert len({f for _, f in ours}) >= 4 * len(_ATTENTION_ARGS), sorted(ours)
     stacked = sorted(f"{arch} {f}: {u}" for (arch, f), u in ours.items() if u.get("STACK", 0) or u.get("LOCAL", 0))
     assert not stacked, "kernels with a stack or local memory:\n" + "\n".join(stacked)
 
 
-def test_spectrum_kernels_use_no_local_memory():
+def test_spectrum_kernels_use_no_local_memory(resources):
     """The spectrum kernels keep their line tiles in registers (the per-thread Tile arrays
     were 1.6-3.7 KB of stack): no stack frame (spills, local arrays or calls) and no local
     memory, for every size class, dtype and architecture."""
-    path = _extension_path()
-    tool = _cuobjdump()
-    if tool is None:
-        pytest.skip("cuobjdump not found (neither on PATH nor in Triton's bundled CUDA tools)")
-    text = subprocess.run([tool, "-res-usage", path], check=True, capture_output=True, text=True).stdout
-    mine = {key: use for key, use in resource_usage(text).items() if "spectrum_cu" in key[1]}
+    mine = {key: use for key, use in resources.items() if "spectrum_cu" in key[1]}
     # 4 kernels (pixel / group, forward / backward) x 4 size classes x 4 dtypes per architecture
     archs = {arch for arch, _ in mine}
     assert archs and len(mine) == 64 * len(archs), sorted(mine)
