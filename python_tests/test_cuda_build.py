@@ -43,6 +43,15 @@ def _extension_path() -> str:
     return _ext.EXT.__file__
 
 
+def _cuobjdump_output(flag: str) -> str:
+    """What ``cuobjdump <flag>`` prints for the built extension (skips without the tool)."""
+    path = _extension_path()
+    tool = _cuobjdump()
+    if tool is None:
+        pytest.skip("cuobjdump not found (neither on PATH nor in Triton's bundled CUDA tools)")
+    return subprocess.run([tool, flag, path], check=True, capture_output=True, text=True).stdout
+
+
 def kernel_opcodes(sass: str) -> dict:
     """{(arch, function): set of opcodes} from `cuobjdump -sass` output."""
     kernels: dict = defaultdict(set)
@@ -60,13 +69,8 @@ def kernel_opcodes(sass: str) -> dict:
 
 @pytest.fixture(scope="module")
 def kernels() -> dict:
-    path = _extension_path()
-    tool = _cuobjdump()
-    if tool is None:
-        pytest.skip("cuobjdump not found (neither on PATH nor in Triton's bundled CUDA tools)")
-    sass = subprocess.run([tool, "-sass", path], check=True, capture_output=True, text=True).stdout
-    parsed = kernel_opcodes(sass)
-    assert parsed, f"cuobjdump -sass found no kernels in {path}"
+    parsed = kernel_opcodes(_cuobjdump_output("-sass"))
+    assert parsed, f"cuobjdump -sass found no kernels in {_extension_path()}"
     return parsed
 
 
@@ -132,12 +136,7 @@ def resource_usage(text: str) -> dict:
 @pytest.fixture(scope="module")
 def resources() -> dict:
     """resource_usage of every kernel in the built extension."""
-    path = _extension_path()
-    tool = _cuobjdump()
-    if tool is None:
-        pytest.skip("cuobjdump not found (neither on PATH nor in Triton's bundled CUDA tools)")
-    return resource_usage(subprocess.run([tool, "-res-usage", path], check=True, capture_output=True,
-                                         text=True).stdout)
+    return resource_usage(_cuobjdump_output("-res-usage"))
 
 
 def test_resource_parser():
