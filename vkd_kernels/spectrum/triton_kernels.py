@@ -514,7 +514,7 @@ def launch_configs() -> Iterator[tuple]:
                 for layout in layouts:
                     for store_d in (False, True):
                         # the op's d of the group kernels is (N, G, K) with K last: its k stride of 1
-                        # keeps ALIGN at 1 whenever STORE_D (module docstring)
+                        # keeps ALIGN at 1 whenever STORE_D
                         if not (store_d and kernel is _group_forward and layout["ALIGN"] == 4):
                             yield kernel, dict(c, STORE_D=store_d, **layout), options
             for kernel, layouts in ((_pixel_backward, pixel_layouts), (_group_backward, group_layouts)):
