@@ -246,14 +246,15 @@ def _transfer_forward(
     QF = Q // GT
     total = tl.zeros((BLOCK,), dtype)
     for f in range(0, GT):
-        rs, rt = _group_norms(ps_ptr, pt_ptr, bs, bt, f * QF, f * QF + QF, Tis, His, Wis, Tit, Hit, Wit, To, Ho, Wo,
+        ns, nt = _group_norms(ps_ptr, pt_ptr, bs, bt, f * QF, f * QF + QF, Tis, His, Wis, Tit, Hit, Wit, To, Ho, Wo,
                                  KTs, KHs, KWs, KTt, KHt, KWt, BLOCK, IS_FP64)
-        rs, rt = _reciprocal(tl.maximum(rs, NORM_EPS)), _reciprocal(tl.maximum(rt, NORM_EPS))  # 1 / max(||b||, eps)
+        # 1 / max(||b||, eps) of the student's and the teacher's pooled maps
+        inv_s, inv_t = _reciprocal(tl.maximum(ns, NORM_EPS)), _reciprocal(tl.maximum(nt, NORM_EPS))
         for b0 in range(f * QF, f * QF + QF, BLOCK):
             o = b0 + tl.arange(0, BLOCK)
             m = o < f * QF + QF
-            d = (_pooled(ps_ptr, bs, o, m, Tis, His, Wis, To, Ho, Wo, KTs, KHs, KWs, IS_FP64) * rs
-                 - _pooled(pt_ptr, bt, o, m, Tit, Hit, Wit, To, Ho, Wo, KTt, KHt, KWt, IS_FP64) * rt)
+            d = (_pooled(ps_ptr, bs, o, m, Tis, His, Wis, To, Ho, Wo, KTs, KHs, KWs, IS_FP64) * inv_s
+                 - _pooled(pt_ptr, bt, o, m, Tit, Hit, Wit, To, Ho, Wo, KTt, KHt, KWt, IS_FP64) * inv_t)
             d = tl.where(m, d, 0.0)
             if NONE:
                 tl.store(out_ptr + n * Q + o, d * d, mask=m)
@@ -289,29 +290,30 @@ def _transfer_backward(
     if L2:
         total = tl.zeros((BLOCK,), dtype)
         for f in range(0, GT):
-            rs, rt = _group_norms(as_ptr, at_ptr, bs, bt, f * QF, f * QF + QF, Tis, His, Wis, Tit, Hit, Wit, To, Ho, Wo,
+            ns, nt = _group_norms(as_ptr, at_ptr, bs, bt, f * QF, f * QF + QF, Tis, His, Wis, Tit, Hit, Wit, To, Ho, Wo,
                                  KTs, KHs, KWs, KTt, KHt, KWt, BLOCK, IS_FP64)
-            rs, rt = _reciprocal(tl.maximum(rs, NORM_EPS)), _reciprocal(tl.maximum(rt, NORM_EPS))
+            inv_s, inv_t = _reciprocal(tl.maximum(ns, NORM_EPS)), _reciprocal(tl.maximum(nt, NORM_EPS))
             for b0 in range(f * QF, f * QF + QF, BLOCK):
                 o = b0 + tl.arange(0, BLOCK)
                 m = o < f * QF + QF
-                d = (_pooled(as_ptr, bs, o, m, Tis, His, Wis, To, Ho, Wo, KTs, KHs, KWs, IS_FP64) * rs
-                     - _pooled(at_ptr, bt, o, m, Tit, Hit, Wit, To, Ho, Wo, KTt, KHt, KWt, IS_FP64) * rt)
+                d = (_pooled(as_ptr, bs, o, m, Tis, His, Wis, To, Ho, Wo, KTs, KHs, KWs, IS_FP64) * inv_s
+                     - _pooled(at_ptr, bt, o, m, Tit, Hit, Wit, To, Ho, Wo, KTt, KHt, KWt, IS_FP64) * inv_t)
                 total += tl.where(m, d * d, 0.0)
         norm = _sqrt(tl.sum(total, axis=0))
         coef = tl.where(norm > 0, g * _reciprocal(tl.where(norm > 0, norm, 1.0)), 0.0)
     for f in range(0, GT):
         ns, nt = _group_norms(as_ptr, at_ptr, bs, bt, f * QF, f * QF + QF, Tis, His, Wis, Tit, Hit, Wit, To, Ho, Wo,
                                  KTs, KHs, KWs, KTt, KHt, KWt, BLOCK, IS_FP64)
-        rs, rt = _reciprocal(tl.maximum(ns, NORM_EPS)), _reciprocal(tl.maximum(nt, NORM_EPS))  # 1 / max(||b||, eps)
+        # 1 / max(||b||, eps) of the student's and the teacher's pooled maps
+        inv_s, inv_t = _reciprocal(tl.maximum(ns, NORM_EPS)), _reciprocal(tl.maximum(nt, NORM_EPS))
         # pass 2: u . dL/dd and v . dL/dd (u, v the normalised pooled maps)
         us = tl.zeros((BLOCK,), dtype)
         vs = tl.zeros((BLOCK,), dtype)
         for b0 in range(f * QF, f * QF + QF, BLOCK):
             o = b0 + tl.arange(0, BLOCK)
             m = o < f * QF + QF
-            u = _pooled(as_ptr, bs, o, m, Tis, His, Wis, To, Ho, Wo, KTs, KHs, KWs, IS_FP64) * rs
-            v = _pooled(at_ptr, bt, o, m, Tit, Hit, Wit, To, Ho, Wo, KTt, KHt, KWt, IS_FP64) * rt
+            u = _pooled(as_ptr, bs, o, m, Tis, His, Wis, To, Ho, Wo, KTs, KHs, KWs, IS_FP64) * inv_s
+            v = _pooled(at_ptr, bt, o, m, Tit, Hit, Wit, To, Ho, Wo, KTt, KHt, KWt, IS_FP64) * inv_t
             c = coef
             if NONE:
                 c = 2.0 * tl.load(g_ptr + n * g_sn + o * g_so, mask=m, other=0.0).to(dtype)
@@ -324,21 +326,21 @@ def _transfer_backward(
         for b0 in range(f * QF, f * QF + QF, BLOCK):
             o = b0 + tl.arange(0, BLOCK)
             m = o < f * QF + QF
-            u = _pooled(as_ptr, bs, o, m, Tis, His, Wis, To, Ho, Wo, KTs, KHs, KWs, IS_FP64) * rs
-            v = _pooled(at_ptr, bt, o, m, Tit, Hit, Wit, To, Ho, Wo, KTt, KHt, KWt, IS_FP64) * rt
+            u = _pooled(as_ptr, bs, o, m, Tis, His, Wis, To, Ho, Wo, KTs, KHs, KWs, IS_FP64) * inv_s
+            v = _pooled(at_ptr, bt, o, m, Tit, Hit, Wit, To, Ho, Wo, KTt, KHt, KWt, IS_FP64) * inv_t
             c = coef
             if NONE:
                 c = 2.0 * tl.load(g_ptr + n * g_sn + o * g_so, mask=m, other=0.0).to(dtype)
             gd = c * (u - v)
             if POOL_S:
-                tl.store(ss_ptr + n * Q + o, (gd - u * us) * rs, mask=m)
+                tl.store(ss_ptr + n * Q + o, (gd - u * us) * inv_s, mask=m)
             else:
-                tl.store(das_ptr + n * Ps + o, (gd - u * us) * rs, mask=m)
+                tl.store(das_ptr + n * Ps + o, (gd - u * us) * inv_s, mask=m)
             if NEED_T:
                 if POOL_T:
-                    tl.store(st_ptr + n * Q + o, (v * vs - gd) * rt, mask=m)
+                    tl.store(st_ptr + n * Q + o, (v * vs - gd) * inv_t, mask=m)
                 else:
-                    tl.store(dat_ptr + n * Pt + o, (v * vs - gd) * rt, mask=m)
+                    tl.store(dat_ptr + n * Pt + o, (v * vs - gd) * inv_t, mask=m)
     if POOL_S or POOL_T:
         tl.debug_barrier()  # the pooled gradients are read back at other positions than written
     if POOL_S:
