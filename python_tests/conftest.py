@@ -8,7 +8,10 @@ once fitted). Tests marked ``numeric`` (backend-vs-reference comparisons on rand
 inputs) are also parametrised over seeds 0..7 as ``slow`` cases, which run only with
 ``--run-slow`` or ``VKD_SLOW=1``.
 """
+import atexit
 import os
+import shutil
+import tempfile
 
 import pytest
 import torch
@@ -18,6 +21,14 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+# torch.compile keeps compiled graphs in /tmp/torchinductor_<user> across runs, and its
+# AOTAutograd cache key does not hash a custom op's registered backward: a graph cached
+# by an older checkout replays that checkout's op calls (CI once failed on a backward
+# op whose schema had since changed). Each test session compiles into its own folder.
+if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+    _inductor_cache = tempfile.mkdtemp(prefix="vkd-tests-inductor-")
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = _inductor_cache
+    atexit.register(shutil.rmtree, _inductor_cache, ignore_errors=True)
 
 import harness  # noqa: E402
 from harness import assert_close  # noqa: E402,F401  (kept importable from conftest)
