@@ -155,7 +155,9 @@ def make_plan(spec: Spec) -> Plan:
     # gram items, one launch per tile, each group's items contiguous in its launch
     by_tile: dict = collections.defaultdict(list)
     partial_offset, count, offset = [0] * ng, [0] * ng, 0
-    order = sorted(range(len(spec.tensors)), key=lambda t: spec.tensors[t][0])
+    tensors_of: dict = collections.defaultdict(list)  # group -> its tensors, in order
+    for t, (g, _) in enumerate(spec.tensors):
+        tensors_of[g].append(t)
     tile_rows: dict = collections.Counter()
     for g, r in spec.tensors:
         tile_rows[tile_of(spec.backend, P[g])] += r
@@ -164,9 +166,7 @@ def make_plan(spec: Spec) -> Plan:
         blocks = [(i0, j0) for i0 in range(0, P[g], tile) for j0 in range(i0, P[g], tile)]
         chunk = _chunk_rows(spec.backend, tile_rows[tile], P[g])
         partial_offset[g] = offset
-        for t in order:
-            if spec.tensors[t][0] != g:
-                continue
+        for t in tensors_of[g]:
             for begin, end in _chunks(spec.tensors[t][1], chunk):
                 for i0, j0 in blocks:
                     by_tile[tile].append((t, begin, end, P[g], offset, basis_offset[spec.kernels[g]], i0, j0))
