@@ -52,6 +52,12 @@ def device_for(backend: str) -> torch.device:
     raise ValueError(f"no device for backend {backend!r}")
 
 
+def interpreted(backend: str) -> bool:
+    """Whether ``backend`` runs under the Triton interpreter here (a kernel call is then
+    ~1000x slower: gradcheck takes fast_mode, a random projection of the Jacobian)."""
+    return backend == "triton" and not CUDA
+
+
 def unavailable(backend: str) -> str | None:
     """Why ``backend`` cannot run on its device here, or None."""
     device = torch.device("cuda") if backend == "cuda" else (

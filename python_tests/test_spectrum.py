@@ -6,7 +6,7 @@ import sys
 
 import pytest
 import torch
-from harness import ALL, FUSED, assert_close, call, compare, device_for, expect_device
+from harness import ALL, FUSED, assert_close, call, compare, device_for, expect_device, interpreted
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from launch_audit import audit
@@ -193,7 +193,8 @@ def test_zero_lines_give_finite_gradients(backend, device, spectrum, eps):
 def test_gradcheck_float64(backend, device, options):
     student, teacher = inputs((2, 2, 5, 2, 3), device, torch.float64)
     assert call(torch.autograd.gradcheck, device,
-                lambda s, t: temporal_spectrum_loss(s, t, backend=backend, **options), (student, teacher))
+                lambda s, t: temporal_spectrum_loss(s, t, backend=backend, **options), (student, teacher),
+                fast_mode=interpreted(backend))
 
 
 # ---- registration, compile, module ---------------------------------------------------

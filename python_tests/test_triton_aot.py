@@ -1,13 +1,15 @@
 """The Triton launches the ops really make, captured without running them (as a GPU
 launch would bind and specialise them: triton_launches.py), checked and compiled for
-sm_80 and sm_90."""
+sm_80 and sm_90: by default every kernel, element type and tile for sm_90 and every
+kernel and element type for sm_80 (the heaviest launch of each), with --run-slow every
+distinct launch for both."""
 import importlib
 import inspect
 
 import pytest
 
 pytest.importorskip("triton")
-from triton_aot import capture_calls, compile_launches, with_int64  # noqa: E402
+from triton_aot import capture_calls, compile_reports, kernel_key, representatives, tile_key, with_int64  # noqa: E402
 
 from vkd_kernels._triton_specs import GRID_LIMITS  # noqa: E402
 
@@ -68,11 +70,38 @@ def test_grids_fit_cuda_limits(calls):
     assert not bad, f"grids beyond CUDA's limits {GRID_LIMITS}: {bad}"
 
 
+def _failures(reports) -> str:
+    return "\n".join(report["error"] for report in reports.values() if "error" in report)
+
+
+def sm90_launches(calls, module_name) -> list:
+    """What the default sm_90 tests compile: one launch per kernel, element type and tile
+    (triton_aot.tile_key), the heaviest (the most flags set, the widest vectors), which
+    test_triton_spills reads for spills too."""
+    return representatives(_module_launches(calls, module_name), key=tile_key)
+
+
+@pytest.mark.parametrize("module_name", TRITON_MODULES)
+def test_every_tile_compiles_for_sm90(calls, module_name):
+    """... and each kernel once with 64-bit integer arguments (sizes or strides of 2**31
+    or more)."""
+    launches = sm90_launches(calls, module_name)
+    first = {launch.kernel: launch for launch in reversed(launches)}
+    reports = compile_reports(launches + [with_int64(launch) for launch in first.values()], archs=(90,))
+    assert not (failures := _failures(reports)), failures
+
+
+@pytest.mark.parametrize("module_name", TRITON_MODULES)
+def test_every_kernel_compiles_for_sm80(calls, module_name):
+    """Each kernel per element type (triton_aot.kernel_key), its heaviest launch, compiles
+    for sm_80 (mma.sync where sm_90 has wgmma)."""
+    launches = representatives(_module_launches(calls, module_name), key=kernel_key)
+    assert not (failures := _failures(compile_reports(launches, archs=(80,)))), failures
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("module_name", TRITON_MODULES)
 def test_every_launch_compiles_for_sm80_and_sm90(calls, module_name):
-    """Every distinct captured launch, and each kernel once with 64-bit integer arguments
-    (sizes or strides of 2**31 or more), compiles for sm_80 and sm_90."""
-    launches = sorted(_module_launches(calls, module_name), key=repr)
-    first = {launch.kernel: launch for launch in reversed(launches)}
-    failures = compile_launches(launches + [with_int64(launch) for launch in first.values()])
-    assert not failures, "\n".join(failures)
+    """Every distinct captured launch, with every flag and every specialisation of its
+    sizes and strides, for both architectures (~20 min on 2 cores: --run-slow)."""
+    assert not (failures := _failures(compile_reports(_module_launches(calls, module_name)))), failures
