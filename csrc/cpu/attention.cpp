@@ -1,9 +1,11 @@
 // Attention transfer on the CPU, math from common/attention.h. The raw map: OpenMP over
 // tiles of L consecutive positions of one sample, all channels in one split (K = 1: the
-// threads already have a tile each). The finish: OpenMP over samples, one lane each. Each tile reads its C row segments of L
-// positions once (forward) and writes them once (backward). L = 1024 positions: short
-// tiles (64) touch a new page per channel every 256 bytes, which thrashes the TLB when C
-// is large (measured 2-3x slower at C = 1024, P = 1568).
+// threads already have a tile each). The finish: OpenMP over samples, one lane each. Each
+// tile reads its C row segments of L positions once (forward) and writes them once
+// (backward). L = 4096 positions (a 16 KB float accumulator, in L1): a sample of up to
+// 4096 positions (8 x 14 x 14 = 1568) is one tile, so its C x P block streams through in
+// memory order; L = 1024 split such rows in two and ran 1.4x slower, 64 thrashed the TLB
+// (2-3x slower) at C = 1024, P = 1568.
 #include <algorithm>
 #include "../kernels.h"
 
@@ -12,7 +14,7 @@ using namespace attention;
 
 namespace {
 
-constexpr int L = 1024;
+constexpr int L = 4096;
 
 // The finish is map-sized: below ~2^16 map elements a parallel region costs more than
 // the pass (and far more on a loaded machine, where a region waits for a descheduled thread).
