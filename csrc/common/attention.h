@@ -99,9 +99,16 @@ VKD_HD void map_grad_tile(const MapProblem& pr, const scalar_t* x, Strides3 xs, 
   const scalar_t* row = x + n * xs.n + p0 * xs.p + pr.c_begin(k) * xs.c;
   scalar_t* out = dx + n * ds.n + p0 * ds.p + pr.c_begin(k) * ds.c;
   for (int64_t c = pr.c_begin(k); c < pr.c_begin(k + 1); ++c, row += xs.c, out += ds.c) {
-    VKD_LANES
-    for (int i = 0; i < lanes; ++i)
-      Element<scalar_t>::store(out + i * ds.p, power_grad<kPower>(Element<scalar_t>::load(row + i * xs.p), q) * g[i]);
+    if (ds.p == 1) {  // a unit-stride store the host compiler vectorizes (a strided one stays scalar)
+      VKD_LANES
+      for (int i = 0; i < lanes; ++i)
+        Element<scalar_t>::store(out + i, power_grad<kPower>(Element<scalar_t>::load(row + i * xs.p), q) * g[i]);
+    } else {
+      VKD_LANES
+      for (int i = 0; i < lanes; ++i)
+        Element<scalar_t>::store(out + i * ds.p,
+                                 power_grad<kPower>(Element<scalar_t>::load(row + i * xs.p), q) * g[i]);
+    }
   }
 }
 
