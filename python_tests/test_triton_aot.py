@@ -9,7 +9,7 @@ import inspect
 import pytest
 
 pytest.importorskip("triton")
-from triton_aot import capture_calls, compile_reports, kernel_key, representatives, tile_key, with_int64  # noqa: E402
+from triton_aot import capture_calls, compile_reports, kernel_key, plus_int64, representatives, tile_key  # noqa: E402
 
 from vkd_kernels._triton_specs import GRID_LIMITS  # noqa: E402
 
@@ -83,11 +83,9 @@ def sm90_launches(calls, module_name) -> list:
 
 @pytest.mark.parametrize("module_name", TRITON_MODULES)
 def test_every_tile_compiles_for_sm90(calls, module_name):
-    """... and each kernel once with 64-bit integer arguments (sizes or strides of 2**31
-    or more)."""
-    launches = sm90_launches(calls, module_name)
-    first = {launch.kernel: launch for launch in reversed(launches)}
-    reports = compile_reports(launches + [with_int64(launch) for launch in first.values()], archs=(90,))
+    """sm90_launches, and each kernel once with 64-bit integer arguments (sizes or strides
+    of 2**31 or more), compile for sm_90."""
+    reports = compile_reports(plus_int64(sm90_launches(calls, module_name)), archs=(90,))
     assert not (failures := _failures(reports)), failures
 
 
@@ -103,5 +101,7 @@ def test_every_kernel_compiles_for_sm80(calls, module_name):
 @pytest.mark.parametrize("module_name", TRITON_MODULES)
 def test_every_launch_compiles_for_sm80_and_sm90(calls, module_name):
     """Every distinct captured launch, with every flag and every specialisation of its
-    sizes and strides, for both architectures (~20 min on 2 cores: --run-slow)."""
-    assert not (failures := _failures(compile_reports(_module_launches(calls, module_name)))), failures
+    sizes and strides, and each kernel once with 64-bit integer arguments, for both
+    architectures (~20 min on 2 cores: --run-slow)."""
+    reports = compile_reports(plus_int64(_module_launches(calls, module_name)))
+    assert not (failures := _failures(reports)), failures

@@ -6,9 +6,10 @@ The interpreter (TRITON_INTERPRET=1) accepts code no GPU compiles (tl.dot with a
 GPU launch would type and specialise differently (Python floats stay doubles, no
 stride-1 constants). So the launches are captured from the public ops in a spawned
 process without the interpreter (triton_launches.py: the JIT's own binder and
-specialisation for the CUDA backend), deduplicated, and each distinct one is compiled
-for every target architecture, in parallel worker processes. Reusable by every op: add
-its calls to triton_launches.SCENARIOS.
+specialisation for the CUDA backend), deduplicated, and compiled for the target
+architectures in parallel worker processes, each (launch, arch) once per session
+(compile_reports; the tests pick which launches: representatives). Reusable by every
+op: add its calls to triton_launches.SCENARIOS.
 """
 from __future__ import annotations
 
@@ -61,6 +62,13 @@ def with_int64(launch: Launch) -> Launch:
     stride of 2**31 or more (the int type changes nothing else)."""
     return Launch(launch.module, launch.kernel, tuple((n, "i64" if t == "i32" else t) for n, t in launch.signature),
                   launch.constexprs, launch.attrs, launch.options)
+
+
+def plus_int64(launches) -> list:
+    """``launches`` and, for each kernel among them, its first launch ``with_int64``."""
+    launches = sorted(set(launches), key=repr)
+    first = {launch.kernel: launch for launch in reversed(launches)}
+    return launches + [with_int64(launch) for launch in first.values()]
 
 
 def element_type(launch: Launch) -> str:
