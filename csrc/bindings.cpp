@@ -80,14 +80,21 @@ vkd::attention::MapProblem attention_problem(int64_t N, int64_t C, int64_t P, do
 }
 
 // The attention-transfer finish's geometry (common/attention.h TransferGeometry) from
-// vkd_kernels/attention/layout.py Geometry.launch_args.
+// vkd_kernels/attention/layout.py Geometry.launch_args, whose index_limit the caller checked
+// first: sizes in [1, 2^31), (in + 1)(out + 1) < 2^31 per axis of a pooled side.
 vkd::attention::TransferGeometry transfer_geometry(int64_t N, std::array<int64_t, 20> v, bool l2, bool none) {
-  vkd::attention::TransferGeometry g{N, {{v[4], v[5], v[6]}, {v[13], v[14], v[15]}, v[0], v[2]},
-                                     {{v[7], v[8], v[9]}, {v[16], v[17], v[18]}, v[1], v[3]},
-                                     {v[10], v[11], v[12]}, v[19], 0.0, l2, none};
   for (int64_t x : v)
-    if (x < 1) throw std::invalid_argument("vkd: attention transfer sizes must be >= 1");
-  if (g.Q() % g.frames != 0) throw std::invalid_argument("vkd: attention transfer frames must divide the map");
+    if (x < 1 || x > INT32_MAX) throw std::invalid_argument("vkd: attention transfer sizes must be in [1, 2^31)");
+  const auto i32 = [&v](int i) { return int32_t(v[i]); };
+  vkd::attention::TransferGeometry g{N, {{i32(4), i32(5), i32(6)}, {i32(13), i32(14), i32(15)}, i32(0), i32(2)},
+                                     {{i32(7), i32(8), i32(9)}, {i32(16), i32(17), i32(18)}, i32(1), i32(3)},
+                                     {i32(10), i32(11), i32(12)}, i32(19), 0.0, l2, none};
+  if (int64_t(g.out[0]) * g.out[1] * g.out[2] > INT32_MAX || g.Q() % g.frames != 0)
+    throw std::invalid_argument("vkd: attention transfer frames must divide a pooled map of < 2^31 elements");
+  for (const auto* side : {&g.s, &g.t})
+    for (int x = 0; side->pooled() && x < 3; ++x)
+      if ((int64_t(side->in[x]) + 1) * (g.out[x] + 1) > INT32_MAX)
+        throw std::invalid_argument("vkd: attention transfer pooling needs (in + 1)(out + 1) < 2^31 per axis");
   return g;
 }
 
@@ -272,6 +279,8 @@ PYBIND11_MODULE(_C, m) {
           if (N < 1 || J < 1 || C < 1 || G < 1 || TP < 1 || C % G != 0 || !(M > 0) || !(eps > 0) || pass < 0 ||
               pass > 2)
             throw std::invalid_argument("vkd: head_tail needs positive sizes, G dividing C, M > 0, eps > 0, pass 0-2");
+          if ((J + 1) * C > INT32_MAX || TP * C > INT32_MAX)  // common/head.h: 32-bit indices within a group
+            throw std::invalid_argument("vkd: head_tail needs (J + 1) C and T' C < 2^31");
           const Target t = target(device);
           vkd::HeadNormArgs a{{N, J, C, G, M, eps, TP}, vkd::DType(dtype), ptr<const void>(Z), ptr<const void>(w),
                               ptr<const void>(bias), ptr<const void>(gamma), ptr<const void>(beta), ptr<void>(H),

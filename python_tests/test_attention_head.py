@@ -186,6 +186,16 @@ BAD = [
 ]
 
 
+def test_tail_past_the_cpp_index_limit_is_refused_before_any_work():
+    """The C++ head kernels index within a GroupNorm group in 32 bits: a tail with
+    (J + 1) C past 2^31 is refused by the cpu backend with the reason, before any work
+    (conv_weight a zero-stride view of 2^30 channels: nothing is allocated)."""
+    y, _, _, _, _, A, _ = tail_inputs("cpu", 2, 3, 4, 5, 9)
+    conv = torch.zeros((), dtype=y.dtype).expand(2**30, 3, 3)
+    with pytest.raises(ValueError, match=r"backend='cpu' cannot run attention_head_tail: \(J \+ 1\) C = "):
+        attention_head_tail(y, conv, None, None, None, 2, A, None, upsample_length=9, backend="cpu")
+
+
 @pytest.mark.parametrize("case", range(len(BAD)))
 def test_bad_input(case):
     call, error, message = BAD[case]

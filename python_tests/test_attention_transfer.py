@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from tolerances import tolerance
 
 from vkd_kernels import AttentionTransferLoss, attention_map, attention_transfer_loss
+from vkd_kernels.attention.layout import Geometry
 
 numeric = pytest.mark.numeric
 
@@ -254,6 +255,18 @@ def test_mismatched_devices():
     fs, ft = features("cpu", (2, 3, 4, 5, 6))
     with pytest.raises(ValueError, match="ft is on meta but fs is on cpu"):
         attention_transfer_loss(fs, ft.to("meta"))
+
+
+def test_maps_past_the_cpp_index_limit_are_refused_before_any_work():
+    """The C++ finish indexes within a sample in 32 bits: a larger map is refused by the
+    cpu backend with the reason before any kernel runs (a zero-stride view of 2^31
+    elements: nothing is allocated), and so is pooling an axis with (in + 1)(out + 1) past 2^31."""
+    huge = torch.zeros(()).expand(1, 1, 1, 2**31)
+    with pytest.raises(ValueError, match=r"backend='cpu' cannot run .*fs map of 2147483648 elements"):
+        attention_transfer_loss(huge, huge, backend="cpu")
+    long_s = Geometry(1, (1, 1, 50_000), (1, 1, 49_999), "spatiotemporal", "mse", "mean")
+    assert "needs (in + 1) (out + 1) < 2^31" in long_s.index_limit()
+    assert Geometry(1, (8, 14, 14), (4, 7, 7), "per_frame", "l2", "none").index_limit() is None
 
 
 @pytest.mark.parametrize("backend", FUSED)

@@ -79,6 +79,15 @@ def _warn_once(message: str) -> None:
     warnings.warn(message, RuntimeWarning, stacklevel=4)
 
 
+INDEX32_LIMIT = 2**31  # the C++ kernels' within-sample (within-group) indices are 32-bit
+
+
+def native_unsupported(reason: Optional[str]) -> Callable[[str], Optional[str]]:
+    """An ``op_unsupported`` for :func:`resolve` that reports ``reason`` (a size past the
+    C++ kernels' 32-bit indices, or None) for the cpu and cuda backends only."""
+    return lambda backend: reason if backend in ("cpu", "cuda") else None
+
+
 def resolve(op: str, backend: str, device: torch.device,
             op_unsupported: Callable[[str], Optional[str]] = lambda backend: None) -> str:
     """The concrete backend that runs ``op`` on ``device``.

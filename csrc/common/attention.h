@@ -13,6 +13,7 @@
 #pragma once
 #include <cmath>
 #include <cstdint>
+#include "arith.h"
 #include "block.h"
 #include "dtypes.h"
 
@@ -123,61 +124,67 @@ VKD_HD void map_grad_tile(const MapProblem& pr, const scalar_t* x, Strides3 xs, 
 // where ||b|| < eps), pooling backward: each raw element collects from the (at most 2 per
 // axis) bins holding it.
 //
-// The per-sample functions take a Block (common/block.h).
+// Indices within a sample are 32-bit (the host checks P < 2^31 and, on a pooled side,
+// (in + 1)(out + 1) < 2^31 per axis: layout.py Geometry.index_limit), so the GPU divides
+// in 32 bits (inline) instead of calling the 64-bit division routine; offsets of samples
+// and of the K partials are 64-bit products. Divisions and square roots go through
+// common/arith.h. The per-sample functions take a Block (common/block.h).
 
 constexpr double kNormEps = 1e-12;  // as F.normalize
 
 struct PoolSide {
-  int64_t in[3];   // raw sizes (T, H, W)
-  int64_t bin[3];  // the longest pooling bin per axis (1 where sizes are equal)
-  int64_t K, P;    // splits of the partial maps (N, K, P), P = T H W
+  int32_t in[3];   // raw sizes (T, H, W)
+  int32_t bin[3];  // the longest pooling bin per axis (1 where sizes are equal)
+  int32_t K, P;    // splits of the partial maps (N, K, P), P = T H W
+  VKD_HD bool pooled() const { return bin[0] * bin[1] * bin[2] != 1; }
 };
 
 struct TransferGeometry {
   int64_t N;
   PoolSide s, t;   // student, teacher
-  int64_t out[3];  // pooled sizes (To, Ho, Wo)
-  int64_t frames;  // normalisation groups per sample: 1, or To (per_frame)
+  int32_t out[3];  // pooled sizes (To, Ho, Wo)
+  int32_t frames;  // normalisation groups per sample: 1, or To (per_frame)
   double scale;    // factor of the per-sample term
   bool l2, none;   // distance l2; mse with reduction "none"
-  VKD_HD int64_t Q() const { return out[0] * out[1] * out[2]; }
-  VKD_HD int64_t QF() const { return Q() / frames; }
+  VKD_HD int32_t Q() const { return out[0] * out[1] * out[2]; }
+  VKD_HD int32_t QF() const { return Q() / frames; }
 };
 
-VKD_HD int64_t bin_start(int64_t o, int64_t in, int64_t out) { return o * in / out; }
-VKD_HD int64_t bin_end(int64_t o, int64_t in, int64_t out) { return ((o + 1) * in + out - 1) / out; }
+VKD_HD int32_t bin_start(int32_t o, int32_t in, int32_t out) { return o * in / out; }
+VKD_HD int32_t bin_end(int32_t o, int32_t in, int32_t out) { return ((o + 1) * in + out - 1) / out; }
 
 // The pooled raw map a (one sample, P contiguous) at pooled flat index o.
 template <typename acc_t>
-VKD_HD acc_t pooled(const acc_t* a, const PoolSide& side, const int64_t* out, int64_t o) {
-  const int64_t oo[3] = {o / (out[1] * out[2]), o / out[2] % out[1], o % out[2]};
-  int64_t b[3], e[3];
+VKD_HD acc_t pooled(const acc_t* a, const PoolSide& side, const int32_t* out, int32_t o) {
+  if (!side.pooled()) return a[o];
+  const int32_t oo[3] = {o / (out[1] * out[2]), o / out[2] % out[1], o % out[2]};
+  int32_t b[3], e[3];
   for (int x = 0; x < 3; ++x) b[x] = bin_start(oo[x], side.in[x], out[x]), e[x] = bin_end(oo[x], side.in[x], out[x]);
   acc_t sum = 0;
-  for (int64_t t = b[0]; t < e[0]; ++t)
-    for (int64_t h = b[1]; h < e[1]; ++h)
-      for (int64_t w = b[2]; w < e[2]; ++w) sum += a[(t * side.in[1] + h) * side.in[2] + w];
-  return sum / acc_t((e[0] - b[0]) * (e[1] - b[1]) * (e[2] - b[2]));
+  for (int32_t t = b[0]; t < e[0]; ++t)
+    for (int32_t h = b[1]; h < e[1]; ++h)
+      for (int32_t w = b[2]; w < e[2]; ++w) sum += a[(t * side.in[1] + h) * side.in[2] + w];
+  return divide(sum, acc_t((e[0] - b[0]) * (e[1] - b[1]) * (e[2] - b[2])));
 }
 
 // Pooling backward at raw flat index i: sum over the bins o holding i of s[o] / |bin o|.
 template <typename acc_t>
-VKD_HD acc_t unpooled(const acc_t* s, const PoolSide& side, const int64_t* out, int64_t i) {
-  const int64_t* in = side.in;
-  const int64_t ii[3] = {i / (in[1] * in[2]), i / in[2] % in[1], i % in[2]};
-  int64_t o0[3], o1[3];
+VKD_HD acc_t unpooled(const acc_t* s, const PoolSide& side, const int32_t* out, int32_t i) {
+  const int32_t* in = side.in;
+  const int32_t ii[3] = {i / (in[1] * in[2]), i / in[2] % in[1], i % in[2]};
+  int32_t o0[3], o1[3];
   for (int x = 0; x < 3; ++x) {
     o0[x] = ii[x] * out[x] / in[x];
     o1[x] = (o0[x] + 1) * in[x] < (ii[x] + 1) * out[x] ? o0[x] + 2 : o0[x] + 1;  // bin o holds i iff o < (i+1) O / I
   }
   acc_t sum = 0;
-  for (int64_t t = o0[0]; t < o1[0]; ++t)
-    for (int64_t h = o0[1]; h < o1[1]; ++h)
-      for (int64_t w = o0[2]; w < o1[2]; ++w) {
-        const int64_t count = (bin_end(t, in[0], out[0]) - bin_start(t, in[0], out[0])) *
+  for (int32_t t = o0[0]; t < o1[0]; ++t)
+    for (int32_t h = o0[1]; h < o1[1]; ++h)
+      for (int32_t w = o0[2]; w < o1[2]; ++w) {
+        const int32_t count = (bin_end(t, in[0], out[0]) - bin_start(t, in[0], out[0])) *
                               (bin_end(h, in[1], out[1]) - bin_start(h, in[1], out[1])) *
                               (bin_end(w, in[2], out[2]) - bin_start(w, in[2], out[2]));
-        sum += s[(t * out[1] + h) * out[2] + w] / acc_t(count);
+        sum += divide(s[(t * out[1] + h) * out[2] + w], acc_t(count));
       }
   return sum;
 }
@@ -186,40 +193,41 @@ VKD_HD acc_t unpooled(const acc_t* s, const PoolSide& side, const int64_t* out, 
 template <typename acc_t, typename Block>
 VKD_HD void reduce_parts(acc_t* parts, const PoolSide& side, const Block& block) {
   if (side.K == 1) return;
-  for (int64_t p = block.lane; p < side.P; p += block.step) {
+  for (int32_t p = block.lane; p < side.P; p += block.step) {
     acc_t sum = parts[p];
-    for (int64_t k = 1; k < side.K; ++k) sum += parts[k * side.P + p];
+    for (int32_t k = 1; k < side.K; ++k) sum += parts[int64_t(k) * side.P + p];
     parts[p] = sum;
   }
 }
 
 // (||b_s||, ||b_t||) of frame f.
 template <typename acc_t, typename Block>
-VKD_HD void frame_norms(const TransferGeometry& g, const acc_t* as, const acc_t* at, int64_t f, const Block& block,
+VKD_HD void frame_norms(const TransferGeometry& g, const acc_t* as, const acc_t* at, int32_t f, const Block& block,
                         acc_t& ns, acc_t& nt) {
   acc_t s2 = 0, t2 = 0;
-  for (int64_t o = f * g.QF() + block.lane; o < (f + 1) * g.QF(); o += block.step) {
+  for (int32_t o = f * g.QF() + block.lane; o < (f + 1) * g.QF(); o += block.step) {
     const acc_t bs = pooled(as, g.s, g.out, o), bt = pooled(at, g.t, g.out, o);
     s2 += bs * bs;
     t2 += bt * bt;
   }
-  ns = sqrt(block.sum(s2));
-  nt = sqrt(block.sum(t2));
+  ns = root(block.sum(s2));
+  nt = root(block.sum(t2));
 }
 
-VKD_HD double clamp_norm(double n) { return n > kNormEps ? n : kNormEps; }
+template <typename acc_t>
+VKD_HD acc_t clamp_norm(acc_t n) { return n > acc_t(kNormEps) ? n : acc_t(kNormEps); }
 
 // sum over the sample of d^2; with `d2_out`, d^2 per pooled element too.
 template <typename acc_t, typename Block>
 VKD_HD acc_t sample_distance(const TransferGeometry& g, const acc_t* as, const acc_t* at, acc_t* d2_out,
                              const Block& block) {
   acc_t total = 0;
-  for (int64_t f = 0; f < g.frames; ++f) {
+  for (int32_t f = 0; f < g.frames; ++f) {
     acc_t ns, nt;
     frame_norms(g, as, at, f, block, ns, nt);
-    const acc_t rs = acc_t(clamp_norm(ns)), rt = acc_t(clamp_norm(nt));
-    for (int64_t o = f * g.QF() + block.lane; o < (f + 1) * g.QF(); o += block.step) {
-      const acc_t d = pooled(as, g.s, g.out, o) / rs - pooled(at, g.t, g.out, o) / rt;
+    const acc_t rs = reciprocal(clamp_norm(ns)), rt = reciprocal(clamp_norm(nt));
+    for (int32_t o = f * g.QF() + block.lane; o < (f + 1) * g.QF(); o += block.step) {
+      const acc_t d = pooled(as, g.s, g.out, o) * rs - pooled(at, g.t, g.out, o) * rt;
       if (d2_out) d2_out[o] = d * d;
       total += d * d;
     }
@@ -237,7 +245,7 @@ VKD_HD void transfer_forward_sample(const TransferGeometry& g, acc_t* parts_s, a
   reduce_parts(at, g.t, block);
   block.sync();
   const acc_t total = sample_distance(g, as, at, g.none ? out + n * g.Q() : static_cast<acc_t*>(nullptr), block);
-  if (!g.none && block.lane == 0) out[n] = (g.l2 ? acc_t(sqrt(total)) : total) * acc_t(g.scale);
+  if (!g.none && block.lane == 0) out[n] = (g.l2 ? root(total) : total) * acc_t(g.scale);
 }
 
 // Backward of sample n: da_s[n, :] (and da_t[n, :] when da_t) from the raw maps and
@@ -252,20 +260,21 @@ VKD_HD void transfer_backward_sample(const TransferGeometry& g, const acc_t* par
   const bool pool_s = g.s.P != g.Q(), pool_t = da_t && g.t.P != g.Q();
   acc_t* ds = pool_s ? scratch_s + n * g.Q() : da_s + n * g.s.P;
   acc_t* dt = !da_t ? nullptr : pool_t ? scratch_t + n * g.Q() : da_t + n * g.t.P;
-  const acc_t gn = grad[n * g_sn] * acc_t(g.scale);
+  const acc_t* gs = grad + n * g_sn;
+  const acc_t gn = gs[0] * acc_t(g.scale);
   acc_t coef = acc_t(2) * gn;
   if (g.l2) {
-    const acc_t norm = sqrt(sample_distance(g, as, at, static_cast<acc_t*>(nullptr), block));
-    coef = norm > acc_t(0) ? gn / norm : acc_t(0);
+    const acc_t norm = root(sample_distance(g, as, at, static_cast<acc_t*>(nullptr), block));
+    coef = norm > acc_t(0) ? divide(gn, norm) : acc_t(0);
   }
-  for (int64_t f = 0; f < g.frames; ++f) {
+  for (int32_t f = 0; f < g.frames; ++f) {
     acc_t ns, nt;
     frame_norms(g, as, at, f, block, ns, nt);
-    const acc_t rs = acc_t(clamp_norm(ns)), rt = acc_t(clamp_norm(nt));
+    const acc_t rs = reciprocal(clamp_norm(ns)), rt = reciprocal(clamp_norm(nt));
     acc_t us = 0, vs = 0;
-    for (int64_t o = f * g.QF() + block.lane; o < (f + 1) * g.QF(); o += block.step) {
-      const acc_t u = pooled(as, g.s, g.out, o) / rs, v = pooled(at, g.t, g.out, o) / rt;
-      const acc_t gd = (g.none ? acc_t(2) * grad[n * g_sn + o * g_so] : coef) * (u - v);
+    for (int32_t o = f * g.QF() + block.lane; o < (f + 1) * g.QF(); o += block.step) {
+      const acc_t u = pooled(as, g.s, g.out, o) * rs, v = pooled(at, g.t, g.out, o) * rt;
+      const acc_t gd = (g.none ? acc_t(2) * gs[o * g_so] : coef) * (u - v);
       us += u * gd;
       vs += v * gd;
     }
@@ -273,19 +282,19 @@ VKD_HD void transfer_backward_sample(const TransferGeometry& g, const acc_t* par
     vs = block.sum(vs);
     if (!(ns >= acc_t(kNormEps))) us = 0;
     if (!(nt >= acc_t(kNormEps))) vs = 0;
-    for (int64_t o = f * g.QF() + block.lane; o < (f + 1) * g.QF(); o += block.step) {
-      const acc_t u = pooled(as, g.s, g.out, o) / rs, v = pooled(at, g.t, g.out, o) / rt;
-      const acc_t gd = (g.none ? acc_t(2) * grad[n * g_sn + o * g_so] : coef) * (u - v);
-      ds[o] = (gd - u * us) / rs;
-      if (dt) dt[o] = (v * vs - gd) / rt;
+    for (int32_t o = f * g.QF() + block.lane; o < (f + 1) * g.QF(); o += block.step) {
+      const acc_t u = pooled(as, g.s, g.out, o) * rs, v = pooled(at, g.t, g.out, o) * rt;
+      const acc_t gd = (g.none ? acc_t(2) * gs[o * g_so] : coef) * (u - v);
+      ds[o] = (gd - u * us) * rs;
+      if (dt) dt[o] = (v * vs - gd) * rt;
     }
   }
   if (!pool_s && !pool_t) return;
   block.sync();
   if (pool_s)
-    for (int64_t i = block.lane; i < g.s.P; i += block.step) da_s[n * g.s.P + i] = unpooled(ds, g.s, g.out, i);
+    for (int32_t i = block.lane; i < g.s.P; i += block.step) da_s[n * g.s.P + i] = unpooled(ds, g.s, g.out, i);
   if (pool_t)
-    for (int64_t i = block.lane; i < g.t.P; i += block.step) da_t[n * g.t.P + i] = unpooled(dt, g.t, g.out, i);
+    for (int32_t i = block.lane; i < g.t.P; i += block.step) da_t[n * g.t.P + i] = unpooled(dt, g.t, g.out, i);
 }
 
 

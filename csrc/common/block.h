@@ -9,7 +9,7 @@
 namespace vkd {
 
 struct SerialBlock {
-  int64_t lane = 0, step = 1;
+  int32_t lane = 0, step = 1;
   template <typename T>
   VKD_HD T sum(T v) const { return v; }
   VKD_HD void sync() const {}

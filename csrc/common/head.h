@@ -14,6 +14,7 @@
 #pragma once
 #include <cmath>
 #include <cstdint>
+#include "arith.h"
 #include "block.h"
 #include "dtypes.h"
 
@@ -25,8 +26,13 @@ struct GroupNormProblem {
   double M;    // Cg * L, the number of upsampled elements per group
   double eps;
   int64_t TP;  // T', the Linear's outputs
-  VKD_HD int64_t Cg() const { return C / G; }
+  VKD_HD int32_t Cg() const { return int32_t(C) / int32_t(G); }  // C < 2^31 (see below)
 };
+
+// Indices within a group (j < J, c < C, t < T') are 32-bit: the host checks J C and T' C
+// < 2^31 (gkd/head/layout.py), so the GPU divides in 32 bits (inline) instead of calling
+// the 64-bit division routine; offsets into the (N, ., C) tensors are 64-bit products.
+// Divisions, square roots and the sigmoid's reciprocal go through common/arith.h.
 
 // Strides of dL/dlambda (N, C, T').
 struct Strides3 { int64_t n, c, t; };
@@ -43,28 +49,30 @@ VKD_HD void group_norm_relu_forward(const GroupNormProblem& pr, const scalar_t* 
                                     void* stats_out, int64_t n, int64_t g, const Block& block) {
   using acc_t = typename Element<scalar_t>::acc_t;
   using E = Element<scalar_t>;
-  const int64_t Cg = pr.Cg(), c0 = g * Cg, size = pr.J * Cg;
+  const int32_t Cg = pr.Cg(), size = int32_t(pr.J) * Cg;
+  const int64_t c0 = g * Cg;
   const scalar_t* z = Z + n * pr.J * pr.C + c0;
+  const acc_t M = acc_t(pr.M);
   acc_t sum = 0;
-  for (int64_t e = block.lane; e < size; e += block.step) {
-    const int64_t j = e / Cg, c = e % Cg;
-    sum += acc_t(E::load(w + j)) * (acc_t(E::load(z + j * pr.C + c)) + load_or(bias, c0 + c, acc_t(0)));
+  for (int32_t e = block.lane; e < size; e += block.step) {
+    const int32_t j = e / Cg, c = e % Cg;
+    sum += acc_t(E::load(w + j)) * (acc_t(E::load(z + int64_t(j) * pr.C + c)) + load_or(bias, c0 + c, acc_t(0)));
   }
-  const acc_t mean = block.sum(sum) / acc_t(pr.M);
+  const acc_t mean = divide(block.sum(sum), M);
   acc_t var = 0;
-  for (int64_t e = block.lane; e < size; e += block.step) {
-    const int64_t j = e / Cg, c = e % Cg;
-    const acc_t d = acc_t(E::load(z + j * pr.C + c)) + load_or(bias, c0 + c, acc_t(0)) - mean;
+  for (int32_t e = block.lane; e < size; e += block.step) {
+    const int32_t j = e / Cg, c = e % Cg;
+    const acc_t d = acc_t(E::load(z + int64_t(j) * pr.C + c)) + load_or(bias, c0 + c, acc_t(0)) - mean;
     var += acc_t(E::load(w + j)) * d * d;
   }
-  const acc_t rstd = acc_t(1) / sqrt(block.sum(var) / acc_t(pr.M) + acc_t(pr.eps));
-  for (int64_t e = block.lane; e < size; e += block.step) {
-    const int64_t j = e / Cg, c = e % Cg;
-    const acc_t v = (acc_t(E::load(z + j * pr.C + c)) + load_or(bias, c0 + c, acc_t(0)) - mean) * rstd *
+  const acc_t rstd = reciprocal(root(divide(block.sum(var), M) + acc_t(pr.eps)));
+  for (int32_t e = block.lane; e < size; e += block.step) {
+    const int32_t j = e / Cg, c = e % Cg;
+    const acc_t v = (acc_t(E::load(z + int64_t(j) * pr.C + c)) + load_or(bias, c0 + c, acc_t(0)) - mean) * rstd *
                         load_or(gamma, c0 + c, acc_t(1)) + load_or(beta, c0 + c, acc_t(0));
     E::store(H + (j * pr.N + n) * pr.C + c0 + c, v > acc_t(0) ? v : acc_t(0));
   }
-  for (int64_t c = block.lane; c < Cg; c += block.step) E::store(H + (pr.J * pr.N + n) * pr.C + c0 + c, acc_t(1));
+  for (int32_t c = block.lane; c < Cg; c += block.step) E::store(H + (pr.J * pr.N + n) * pr.C + c0 + c, acc_t(1));
   if (block.lane == 0) {
     acc_t* stats = static_cast<acc_t*>(stats_out) + 2 * (n * pr.G + g);
     stats[0] = mean;
@@ -72,20 +80,21 @@ VKD_HD void group_norm_relu_forward(const GroupNormProblem& pr, const scalar_t* 
   }
 }
 
-// lambda[i] (N, C, T' flat) = sigmoid(out[t, n C + c] + bias[t]) for out = A H (T', N C).
+// lambda[nc, t] (N C, T') = sigmoid(out[t, nc] + bias[t]) for out = A H (T', N C), the
+// sigmoid as e / (1 + e) or 1 / (1 + e), e = exp(-|v|) <= 1 (no overflow for any v).
 template <typename scalar_t>
 VKD_HD void head_output(const GroupNormProblem& pr, const scalar_t* out, const scalar_t* bias, scalar_t* lam,
-                        int64_t i) {
+                        int64_t nc, int32_t t) {
   using acc_t = typename Element<scalar_t>::acc_t;
-  const int64_t t = i % pr.TP, nc = i / pr.TP;
   const acc_t v = acc_t(Element<scalar_t>::load(out + t * pr.N * pr.C + nc)) + load_or(bias, t, acc_t(0));
-  Element<scalar_t>::store(lam + i, acc_t(1) / (acc_t(1) + exp(-v)));
+  const acc_t e = exp(v < acc_t(0) ? v : -v), r = reciprocal(acc_t(1) + e);
+  Element<scalar_t>::store(lam + nc * pr.TP + t, v < acc_t(0) ? e * r : r);
 }
 
 // dL/d(A H)[n, t, c] = dlambda lambda (1 - lambda).
 template <typename scalar_t, typename acc_t = typename Element<scalar_t>::acc_t>
 VKD_HD acc_t dout(const GroupNormProblem& pr, const scalar_t* lam, const scalar_t* dlam, Strides3 ds, int64_t n,
-                  int64_t c, int64_t t) {
+                  int64_t c, int32_t t) {
   const acc_t l = Element<scalar_t>::load(lam + (n * pr.C + c) * pr.TP + t);
   return acc_t(Element<scalar_t>::load(dlam + n * ds.n + c * ds.c + t * ds.t)) * l * (acc_t(1) - l);
 }
@@ -94,12 +103,12 @@ VKD_HD acc_t dout(const GroupNormProblem& pr, const scalar_t* lam, const scalar_
 template <typename scalar_t, typename acc_t = typename Element<scalar_t>::acc_t>
 VKD_HD void element_grad(const GroupNormProblem& pr, const scalar_t* Z, const scalar_t* bias, const scalar_t* gamma,
                          const scalar_t* beta, const scalar_t* lam, const scalar_t* dlam, Strides3 ds,
-                         const scalar_t* A, acc_t mean, acc_t rstd, int64_t n, int64_t j, int64_t c, acc_t& xhat,
+                         const scalar_t* A, acc_t mean, acc_t rstd, int64_t n, int32_t j, int64_t c, acc_t& xhat,
                          acc_t& dh) {
   xhat = (acc_t(Element<scalar_t>::load(Z + (n * pr.J + j) * pr.C + c)) + load_or(bias, c, acc_t(0)) - mean) * rstd;
   dh = 0;
   if (xhat * load_or(gamma, c, acc_t(1)) + load_or(beta, c, acc_t(0)) > acc_t(0))
-    for (int64_t t = 0; t < pr.TP; ++t)
+    for (int32_t t = 0; t < pr.TP; ++t)
       dh += acc_t(Element<scalar_t>::load(A + t * pr.J + j)) * dout(pr, lam, dlam, ds, n, c, t);
 }
 
@@ -112,17 +121,21 @@ VKD_HD void group_norm_relu_backward(const GroupNormProblem& pr, const scalar_t*
                                      scalar_t* dbeta, scalar_t* dbias, int64_t g, const Block& block) {
   using acc_t = typename Element<scalar_t>::acc_t;
   using E = Element<scalar_t>;
-  const int64_t Cg = pr.Cg(), c0 = g * Cg, size = pr.J * Cg;
+  const int32_t Cg = pr.Cg(), size = int32_t(pr.J) * Cg, TP = int32_t(pr.TP);
+  const int64_t c0 = g * Cg;
+  const acc_t M = acc_t(pr.M);
   const acc_t* stats = static_cast<const acc_t*>(stats_in);
   for (int64_t n = 0; n < pr.N; ++n) {
     const acc_t mean = stats[2 * (n * pr.G + g)], rstd = stats[2 * (n * pr.G + g) + 1];
-    for (int64_t e = block.lane; e < pr.TP * Cg; e += block.step) {
-      const int64_t t = e / Cg, c = c0 + e % Cg;
+    for (int32_t e = block.lane; e < TP * Cg; e += block.step) {
+      const int32_t t = e / Cg;
+      const int64_t c = c0 + e % Cg;
       E::store(dout_out + (t * pr.N + n) * pr.C + c, dout(pr, lam, dlam, ds, n, c, t));
     }
     acc_t s1 = 0, s2 = 0;
-    for (int64_t e = block.lane; e < size; e += block.step) {
-      const int64_t j = e / Cg, c = c0 + e % Cg;
+    for (int32_t e = block.lane; e < size; e += block.step) {
+      const int32_t j = e / Cg;
+      const int64_t c = c0 + e % Cg;
       acc_t xhat, dh;
       element_grad(pr, Z, bias, gamma, beta, lam, dlam, ds, A, mean, rstd, n, j, c, xhat, dh);
       const acc_t dxhat = dh * load_or(gamma, c, acc_t(1));
@@ -130,11 +143,12 @@ VKD_HD void group_norm_relu_backward(const GroupNormProblem& pr, const scalar_t*
       s2 += dxhat * xhat;
     }
     const acc_t sum_dxhat = block.sum(s1), sum_dxhat_xhat = block.sum(s2);
-    for (int64_t e = block.lane; e < size; e += block.step) {
-      const int64_t j = e / Cg, c = c0 + e % Cg;
+    for (int32_t e = block.lane; e < size; e += block.step) {
+      const int32_t j = e / Cg;
+      const int64_t c = c0 + e % Cg;
       acc_t xhat, dh;
       element_grad(pr, Z, bias, gamma, beta, lam, dlam, ds, A, mean, rstd, n, j, c, xhat, dh);
-      const acc_t wm = acc_t(E::load(w + j)) / acc_t(pr.M);
+      const acc_t wm = divide(acc_t(E::load(w + j)), M);
       E::store(dZ + (n * pr.J + j) * pr.C + c,
                rstd * (dh * load_or(gamma, c, acc_t(1)) - wm * (sum_dxhat + xhat * sum_dxhat_xhat)));
     }
@@ -145,7 +159,7 @@ VKD_HD void group_norm_relu_backward(const GroupNormProblem& pr, const scalar_t*
     acc_t dg = 0, db = 0, dc = 0;
     for (int64_t n = 0; n < pr.N; ++n) {
       const acc_t mean = stats[2 * (n * pr.G + g)], rstd = stats[2 * (n * pr.G + g) + 1];
-      for (int64_t j = 0; j < pr.J; ++j) {
+      for (int32_t j = 0; j < pr.J; ++j) {
         acc_t xhat, dh;
         if (dgamma || dbeta) {
           element_grad(pr, Z, bias, gamma, beta, lam, dlam, ds, A, mean, rstd, n, j, c, xhat, dh);

@@ -1,5 +1,5 @@
 // The GKD head's tail around its GEMMs on the CPU, math from common/head.h: OpenMP over
-// the N G groups (forward), the output elements, and the G groups (backward).
+// the N G groups (forward), the output rows (sample, channel), and the G groups (backward).
 #include "../kernels.h"
 
 namespace vkd {
@@ -24,8 +24,9 @@ template <typename scalar_t>
 void output(const HeadNormArgs& a) {
   const auto& pr = a.problem;
 #pragma omp parallel for schedule(static)
-  for (int64_t i = 0; i < pr.N * pr.C * pr.TP; ++i)
-    head::head_output(pr, in<scalar_t>(a.out), in<scalar_t>(a.lin_bias), out<scalar_t>(a.lam), i);
+  for (int64_t nc = 0; nc < pr.N * pr.C; ++nc)
+    for (int32_t t = 0; t < pr.TP; ++t)
+      head::head_output(pr, in<scalar_t>(a.out), in<scalar_t>(a.lin_bias), out<scalar_t>(a.lam), nc, t);
 }
 
 template <typename scalar_t>

@@ -1,6 +1,6 @@
 // The GKD head's tail around its GEMMs on CUDA, math from common/head.h: forward one
-// block per (sample, GroupNorm group) with a cooperative reduction over its J x Cg
-// elements; the output one thread per element; backward one block per group over every
+// block per (GroupNorm group, sample), grid (G, N), with a cooperative reduction over its J x Cg
+// elements; the output one thread per (sample, channel); backward one block per group over every
 // sample (so dgamma, dbeta and the conv bias's gradient need no second stage).
 #include <algorithm>
 #include "launch.h"
@@ -19,27 +19,28 @@ template <typename scalar_t>
 __global__ void __launch_bounds__(kThreads) head_forward_kernel(HeadNormArgs a) {
   using acc_t = typename Element<scalar_t>::acc_t;
   __shared__ acc_t shared[kThreads];
-  const cuda::ThreadBlock<acc_t, kThreads> block{threadIdx.x, shared};
+  const cuda::ThreadBlock<acc_t, kThreads> block{int32_t(threadIdx.x), shared};
   const auto& pr = a.problem;
-  for (int64_t i = blockIdx.x; i < pr.N * pr.G; i += gridDim.x)
+  for (int64_t n = blockIdx.y; n < pr.N; n += gridDim.y)
     head::group_norm_relu_forward(pr, in<scalar_t>(a.Z), in<scalar_t>(a.w), in<scalar_t>(a.bias),
-                                  in<scalar_t>(a.gamma), in<scalar_t>(a.beta), out<scalar_t>(a.H), a.stats, i / pr.G,
-                                  i % pr.G, block);
+                                  in<scalar_t>(a.gamma), in<scalar_t>(a.beta), out<scalar_t>(a.H), a.stats, n,
+                                  blockIdx.x, block);
 }
 
 template <typename scalar_t>
 __global__ void head_output_kernel(HeadNormArgs a) {
   const auto& pr = a.problem;
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < pr.N * pr.C * pr.TP;
-       i += int64_t(gridDim.x) * blockDim.x)
-    head::head_output(pr, in<scalar_t>(a.out), in<scalar_t>(a.lin_bias), out<scalar_t>(a.lam), i);
+  for (int64_t nc = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; nc < pr.N * pr.C;
+       nc += int64_t(gridDim.x) * blockDim.x)
+    for (int32_t t = 0; t < pr.TP; ++t)  // reads coalesced across threads; lam[nc, :] per thread
+      head::head_output(pr, in<scalar_t>(a.out), in<scalar_t>(a.lin_bias), out<scalar_t>(a.lam), nc, t);
 }
 
 template <typename scalar_t>
 __global__ void __launch_bounds__(kThreads) head_backward_kernel(HeadNormArgs a) {
   using acc_t = typename Element<scalar_t>::acc_t;
   __shared__ acc_t shared[kThreads];
-  const cuda::ThreadBlock<acc_t, kThreads> block{threadIdx.x, shared};
+  const cuda::ThreadBlock<acc_t, kThreads> block{int32_t(threadIdx.x), shared};
   const auto& pr = a.problem;
   for (int64_t g = blockIdx.x; g < pr.G; g += gridDim.x)
     head::group_norm_relu_backward(pr, in<scalar_t>(a.Z), in<scalar_t>(a.w), in<scalar_t>(a.bias),
@@ -57,7 +58,8 @@ template <>
 void head_norm_forward<Device::CUDA>(const HeadNormArgs& args) {
   cuda::on_device(args.stream, "vkd head norm", [&](cudaStream_t stream) {
     VKD_DISPATCH_DTYPE(args.dtype, [&] {
-      head_forward_kernel<scalar_t><<<capped(args.problem.N * args.problem.G), kThreads, 0, stream>>>(args);
+      const dim3 grid(unsigned(args.problem.G), capped(args.problem.N));  // groups x samples
+      head_forward_kernel<scalar_t><<<grid, kThreads, 0, stream>>>(args);
     });
   });
 }
@@ -68,7 +70,7 @@ void head_output<Device::CUDA>(const HeadNormArgs& args) {
     const auto& pr = args.problem;
     VKD_DISPATCH_DTYPE(args.dtype, [&] {
       head_output_kernel<scalar_t>
-          <<<capped((pr.N * pr.C * pr.TP + kThreads - 1) / kThreads), kThreads, 0, stream>>>(args);
+          <<<capped((pr.N * pr.C + kThreads - 1) / kThreads), kThreads, 0, stream>>>(args);
     });
   });
 }

@@ -48,9 +48,9 @@ void on_device(const Stream& stream, const char* what, Launch&& launch) {
 // (kThreads values) in a fixed tree order.
 template <typename acc_t, int kThreads>
 struct ThreadBlock {
-  int64_t lane;
+  int32_t lane;
   acc_t* shared;
-  static constexpr int64_t step = kThreads;
+  static constexpr int32_t step = kThreads;
   __device__ acc_t sum(acc_t v) const {
     __syncthreads();  // the previous sum's readers are done with shared
     shared[lane] = v;

@@ -10,9 +10,11 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
+from .._backend import INDEX32_LIMIT
 from .._checks import check_choice, check_float_tensor, check_positive_number
 
 MODES = ("spatiotemporal", "per_frame")
@@ -142,6 +144,19 @@ class Geometry:
     def out_shape(self) -> tuple:
         """Shape of the kernels' per-sample terms: (N, *size) for mse "none", else (N,)."""
         return (self.N,) + self.size if self.none else (self.N,)
+
+    def index_limit(self) -> Optional[str]:
+        """Why the C++ finish (32-bit indices within a sample, csrc/common/attention.h)
+        cannot take these maps, or None: each map must have < 2^31 elements and, on a
+        pooled side, every axis (in + 1) (out + 1) < 2^31."""
+        for name, shape in (("fs", self.map_s), ("ft", self.map_t)):
+            if count(shape) >= INDEX32_LIMIT:
+                return f"the {name} map of {count(shape)} elements per sample reaches 2^31"
+            sizes = _three_axes(shape, self.mode == "per_frame")
+            pooled = _three_axes(self.size, self.mode == "per_frame")
+            if tuple(shape) != self.size and any((i + 1) * (o + 1) >= INDEX32_LIMIT for i, o in zip(sizes, pooled)):
+                return f"pooling the {name} map {tuple(shape)} to {self.size} needs (in + 1) (out + 1) < 2^31 per axis"
+        return None
 
     def launch_args(self, parts_s, parts_t) -> tuple:
         """(Ks, Kt, Ps, Pt, raw sizes (3 + 3), pooled sizes (3), longest bins (3 + 3), frames, scale)."""

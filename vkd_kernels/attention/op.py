@@ -199,7 +199,8 @@ def attention_transfer_loss(fs: torch.Tensor, ft: torch.Tensor, *, p: float = 2,
     """
     cs, ct = check_transfer(fs, ft, channel_dim, mode, distance, reduction)
     p = check_exponent(p)
-    chosen = _backend.resolve("attention_map", backend, fs.device)
+    limit = _geometry(fs, ft, cs, ct, mode, distance, reduction).index_limit()
+    chosen = _backend.resolve("attention_map", backend, fs.device, _backend.native_unsupported(limit))
     if chosen == "reference":
         loss = transfer_distance(raw_map_reference(fs, p, cs), raw_map_reference(ft, p, ct), mode, distance, reduction)
     else:

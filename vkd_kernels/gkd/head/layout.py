@@ -10,11 +10,12 @@ the L columns fall into J <= 3T classes with counts w_j (op.py uses them).
 from __future__ import annotations
 
 import functools
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 
+from ..._backend import INDEX32_LIMIT
 from ..._checks import check_float_tensor, check_positive_number
 
 
@@ -53,6 +54,16 @@ def selection(T: int, L: int, device: torch.device, dtype: torch.dtype) -> Tuple
         S[real.nonzero()[:, 0], triples[real, k] - 1, k] = 1.0
     E = F.one_hot(inverse, triples.shape[0])
     return S.view(-1, 3 * T).to(device, dtype), E.to(device, dtype), counts.to(device, dtype)
+
+
+def index_limit(y: torch.Tensor, conv_weight: torch.Tensor, linear_weight: torch.Tensor,
+                upsample_length: int) -> Optional[str]:
+    """Why the C++ kernels (32-bit indices within a GroupNorm group, csrc/common/head.h)
+    cannot take this tail, or None: (J + 1) C and T' C must be < 2^31."""
+    J, C, TP = num_classes(y.shape[2], upsample_length), conv_weight.shape[0], linear_weight.shape[0]
+    if max((J + 1) * C, TP * C) >= INDEX32_LIMIT:
+        return f"(J + 1) C = {(J + 1) * C} or T' C = {TP * C} reaches 2^31 (J = {J} column classes, C = {C})"
+    return None
 
 
 def check_tail(y, conv_weight, conv_bias, gn_weight, gn_bias, gn_groups, linear_weight, linear_bias,

@@ -45,7 +45,7 @@ from ... import _backend
 from ..._backend import BACKENDS
 from ..._checks import check_choice, new_output
 from ..._math import accumulation_dtype
-from .layout import check_tail, num_classes, selection
+from .layout import check_tail, index_limit, num_classes, selection
 from .reference import tail_reference
 
 
@@ -205,5 +205,6 @@ def attention_head_tail(y: torch.Tensor, conv_weight: torch.Tensor, conv_bias, g
     args = (y, conv_weight, conv_bias, gn_weight, gn_bias, gn_groups, linear_weight, linear_bias, upsample_length,
             float(eps) if isinstance(eps, (int, float)) and not isinstance(eps, bool) else eps)
     check_tail(*args)
-    chosen = _backend.resolve("attention_head_tail", backend, y.device)
+    limit = index_limit(y, conv_weight, linear_weight, upsample_length)
+    chosen = _backend.resolve("attention_head_tail", backend, y.device, _backend.native_unsupported(limit))
     return tail_reference(*args) if chosen == "reference" else tail_compact(*args, chosen)
