@@ -167,7 +167,17 @@ VKD_HD acc_t pooled(const acc_t* a, const PoolSide& side, const int32_t* out, in
   return divide(sum, acc_t((e[0] - b[0]) * (e[1] - b[1]) * (e[2] - b[2])));
 }
 
-// Pooling backward at raw flat index i: sum over the bins o holding i of s[o] / |bin o|.
+// 1 / |bin o| of a pooled side: what dL/d pool(a)[o] spreads to each raw element of bin o.
+template <typename acc_t>
+VKD_HD acc_t bin_share(const PoolSide& side, const int32_t* out, int32_t o) {
+  const int32_t oo[3] = {o / (out[1] * out[2]), o / out[2] % out[1], o % out[2]};
+  int32_t count = 1;
+  for (int x = 0; x < 3; ++x) count *= bin_end(oo[x], side.in[x], out[x]) - bin_start(oo[x], side.in[x], out[x]);
+  return reciprocal(acc_t(count));
+}
+
+// Pooling backward at raw flat index i: sum over the bins o holding i of s[o], where s
+// holds dL/d pool(a) already times bin_share.
 template <typename acc_t>
 VKD_HD acc_t unpooled(const acc_t* s, const PoolSide& side, const int32_t* out, int32_t i) {
   const int32_t* in = side.in;
@@ -180,12 +190,7 @@ VKD_HD acc_t unpooled(const acc_t* s, const PoolSide& side, const int32_t* out, 
   acc_t sum = 0;
   for (int32_t t = o0[0]; t < o1[0]; ++t)
     for (int32_t h = o0[1]; h < o1[1]; ++h)
-      for (int32_t w = o0[2]; w < o1[2]; ++w) {
-        const int32_t count = (bin_end(t, in[0], out[0]) - bin_start(t, in[0], out[0])) *
-                              (bin_end(h, in[1], out[1]) - bin_start(h, in[1], out[1])) *
-                              (bin_end(w, in[2], out[2]) - bin_start(w, in[2], out[2]));
-        sum += divide(s[(t * out[1] + h) * out[2] + w], acc_t(count));
-      }
+      for (int32_t w = o0[2]; w < o1[2]; ++w) sum += s[(t * out[1] + h) * out[2] + w];
   return sum;
 }
 
@@ -285,8 +290,8 @@ VKD_HD void transfer_backward_sample(const TransferGeometry& g, const acc_t* par
     for (int32_t o = f * g.QF() + block.lane; o < (f + 1) * g.QF(); o += block.step) {
       const acc_t u = pooled(as, g.s, g.out, o) * rs, v = pooled(at, g.t, g.out, o) * rt;
       const acc_t gd = (g.none ? acc_t(2) * gs[o * g_so] : coef) * (u - v);
-      ds[o] = (gd - u * us) * rs;
-      if (dt) dt[o] = (v * vs - gd) * rt;
+      ds[o] = (gd - u * us) * rs * (pool_s ? bin_share<acc_t>(g.s, g.out, o) : acc_t(1));
+      if (dt) dt[o] = (v * vs - gd) * rt * (pool_t ? bin_share<acc_t>(g.t, g.out, o) : acc_t(1));
     }
   }
   if (!pool_s && !pool_t) return;
