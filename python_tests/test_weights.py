@@ -2,6 +2,9 @@
 an independent float64 transform, gradients, teacher caching, groups, registration,
 errors (docs/engineering.md recipe)."""
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -406,6 +409,29 @@ def test_nan_weights_are_named(backend, device, monkeypatch):
     teacher = [torch.randn(2, 2, 3, 3, device=device)] * 2
     with pytest.raises(ValueError, match=r"student\[1\] contains NaN"):
         call(weight_spectrum_distance, device, [torch.randn(2, 2, 3, 3, device=device), w], teacher, backend=backend)
+
+
+@pytest.mark.skipif(unavailable("cpu") is not None, reason=f"the cpu backend cannot run: {unavailable('cpu')}")
+@pytest.mark.parametrize("isa", ["x86-64-v4", "x86-64-v3", "base"])
+def test_cpu_gram_variants(isa):
+    """Each instruction-set variant of the CPU Gram kernel (csrc/cpu/weights.cpp picks the
+    CPU's best; VKD_WEIGHT_GRAM_ISA forces one) passes this file's comparisons of every
+    dtype, kernel size, chunking and gradient, in a pytest subprocess."""
+    tests = "cpu and (dtypes_and_kernels or many_splits or fuzz_shapes or gradcheck)"
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k", tests],
+                          env={**os.environ, "VKD_WEIGHT_GRAM_ISA": isa}, capture_output=True, text=True)
+    if "this CPU lacks it" in done.stdout + done.stderr:
+        pytest.skip(f"this CPU lacks {isa}")
+    assert done.returncode == 0 and " passed" in done.stdout, done.stdout[-3000:] + done.stderr[-2000:]
+    assert " skipped" not in done.stdout.splitlines()[-1], done.stdout[-2000:]
+
+
+@pytest.mark.skipif(unavailable("cpu") is not None, reason=f"the cpu backend cannot run: {unavailable('cpu')}")
+def test_cpu_gram_variant_must_exist():
+    done = subprocess.run([sys.executable, "-c", "import torch, vkd_kernels; vkd_kernels.weight_spectrum("
+                           "torch.randn(2, 2, 3, 3), backend='cpu')"],
+                          env={**os.environ, "VKD_WEIGHT_GRAM_ISA": "avx9"}, capture_output=True, text=True)
+    assert done.returncode != 0 and "VKD_WEIGHT_GRAM_ISA must be x86-64-v4, x86-64-v3 or base" in done.stderr
 
 
 @pytest.mark.skipif(unavailable("cpu") is not None, reason=f"the cpu backend cannot run: {unavailable('cpu')}")

@@ -1,13 +1,16 @@
 // Weight-spectrum distance on the CPU (math and tables: common/weights.h). gram: OpenMP
 // over the items (row chunks; a CPU item covers its group's whole P x P Gram matrix): a
-// tile of kRows rows is converted once to the accumulation type and transposed
-// (P x kRows), so the Gram entries are dot products over rows that vectorize; then the
-// item's energy partial diag(B G B^T). finish / finish_backward: OpenMP over the pairs,
+// tile of kRows rows is converted once to the accumulation type (rows padded to a vector
+// multiple) and G += tile^T tile runs as rank-1 updates of register-blocked vectors of G,
+// the widest the CPU has; then the item's energy partial diag(B G B^T). finish / finish_backward: OpenMP over the pairs,
 // each a team of one. The backward's dW = W M is a GEMM: vkd_kernels/weights/native.py
 // hands it to the BLAS.
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <stdexcept>
+#include <string>
+#include <type_traits>
 #include <vector>
 #include "../kernels.h"
 
@@ -16,68 +19,123 @@ using namespace weights;
 
 namespace {
 
-constexpr int64_t kRows = 64;   // rows per tile
-
-// x86-64 GCC: an x86-64-v3 (AVX2+FMA) clone of each tile loop, picked by CPU features at
-// load time (ifunc), so the portable build still runs 8 floats wide where it can.
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define VKD_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
-#define VKD_INLINE inline __attribute__((always_inline))  // compiled inside each clone
+#if defined(__GNUC__)
+#define VKD_INLINE inline __attribute__((always_inline))  // compiled inside each variant
 #else
-#define VKD_CLONES
 #define VKD_INLINE inline
 #endif
 
-// out[i*P + j] += sum_l tile[i][l] tile[j][l] for j >= i (the lower triangle is scratch;
-// the caller mirrors the upper one). tile: P x kRows (transposed rows). Blocks of two
-// i by four j share their loads.
+constexpr int64_t kRows = 64;      // rows per step of the rank updates (64 x P values: in L1)
+constexpr int64_t kOverRead = 32;  // elements a rank update may read past a row's end (below)
+
+// Row stride of the item's Gram matrix: P rounded up to two 64-byte vectors (every
+// variant's column blocks, <= 32 floats / 16 doubles, tile it exactly).
 template <typename acc_t>
-VKD_INLINE void tile_gram_upper(const acc_t* tile, int64_t P, acc_t* out) {
-  int64_t i = 0;
-  for (; i + 2 <= P; i += 2) {
-    const acc_t *a0 = tile + i * kRows, *a1 = a0 + kRows;
-    int64_t j = i;
-    for (; j + 4 <= P; j += 4) {
-      const acc_t *b0 = tile + j * kRows, *b1 = b0 + kRows, *b2 = b1 + kRows, *b3 = b2 + kRows;
-      acc_t s00 = 0, s01 = 0, s02 = 0, s03 = 0, s10 = 0, s11 = 0, s12 = 0, s13 = 0;
-#pragma omp simd reduction(+ : s00, s01, s02, s03, s10, s11, s12, s13)
-      for (int64_t l = 0; l < kRows; ++l) {
-        s00 += a0[l] * b0[l]; s01 += a0[l] * b1[l]; s02 += a0[l] * b2[l]; s03 += a0[l] * b3[l];
-        s10 += a1[l] * b0[l]; s11 += a1[l] * b1[l]; s12 += a1[l] * b2[l]; s13 += a1[l] * b3[l];
-      }
-      acc_t* o0 = out + i * P + j;
-      acc_t* o1 = o0 + P;
-      o0[0] += s00; o0[1] += s01; o0[2] += s02; o0[3] += s03;
-      o1[0] += s10; o1[1] += s11; o1[2] += s12; o1[3] += s13;
-    }
-    for (; j < P; ++j) {
-      const acc_t* b = tile + j * kRows;
-      acc_t s0 = 0, s1 = 0;
-#pragma omp simd reduction(+ : s0, s1)
-      for (int64_t l = 0; l < kRows; ++l) { s0 += a0[l] * b[l]; s1 += a1[l] * b[l]; }
-      out[i * P + j] += s0;
-      out[(i + 1) * P + j] += s1;
-    }
-  }
-  for (; i < P; ++i)  // the last row of an odd P: one entry, (i, i)
-    for (int64_t j = i; j < P; ++j) {
-      const acc_t *a = tile + i * kRows, *b = tile + j * kRows;
-      acc_t s = 0;
-#pragma omp simd reduction(+ : s)
-      for (int64_t l = 0; l < kRows; ++l) s += a[l] * b[l];
-      out[i * P + j] += s;
-    }
+int64_t padded(int64_t P) {
+  constexpr int64_t w = 128 / sizeof(acc_t);
+  return (P + w - 1) / w * w;
 }
 
-VKD_CLONES void tile_gram(const float* tile, int64_t P, float* out) { tile_gram_upper(tile, P, out); }
-VKD_CLONES void tile_gram(const double* tile, int64_t P, double* out) { tile_gram_upper(tile, P, out); }
+// G[i0 .. i0 + kI, j0 .. j0 + kJ L] += sum over n rows x (row stride P) of x[i] x[j]:
+// kI x kJ accumulator vectors (L lanes of kBytes) stay in registers over the rows; each
+// row loads its kJ column vectors once and broadcasts its kI row entries (GCC / Clang
+// vector extensions, so each instruction set below gets its own register blocking).
+// Columns j >= P and rows i >= P read the next row's first values (at most kOverRead
+// past the row): those entries of G are junk, never read; every entry i, j < P is exact.
+template <int kBytes, int kI, int kJ, typename acc_t>
+VKD_INLINE void rank_block(const acc_t* x, int64_t n, int64_t P, int64_t i0, int64_t j0, acc_t* G, int64_t ld) {
+  typedef acc_t V __attribute__((vector_size(kBytes)));
+  constexpr int L = kBytes / sizeof(acc_t);
+  static_assert(kJ * L <= kOverRead && kI <= kOverRead, "a block may read past its row by kOverRead at most");
+  V acc[kI][kJ];
+  for (int ii = 0; ii < kI; ++ii)
+    for (int jj = 0; jj < kJ; ++jj) std::memcpy(&acc[ii][jj], G + (i0 + ii) * ld + j0 + jj * L, sizeof(V));
+  for (int64_t r = 0; r < n; ++r, x += P) {
+    V cols[kJ];
+    for (int jj = 0; jj < kJ; ++jj) std::memcpy(&cols[jj], x + j0 + jj * L, sizeof(V));
+    for (int ii = 0; ii < kI; ++ii)
+      for (int jj = 0; jj < kJ; ++jj) acc[ii][jj] += x[i0 + ii] * cols[jj];
+  }
+  for (int ii = 0; ii < kI; ++ii)
+    for (int jj = 0; jj < kJ; ++jj) std::memcpy(G + (i0 + ii) * ld + j0 + jj * L, &acc[ii][jj], sizeof(V));
+}
 
-// tile[i][l] = w[(r0 + l) * P + i] in the accumulation type, zero for l >= n.
+// G += x^T x for n rows x of P values over the blocks that hold the upper triangle
+// (j >= i; the caller mirrors it): row blocks of kI, column blocks of kJ vectors from the
+// one holding i0; kernels of at most one vector take single-vector blocks of 8 rows.
+template <int kBytes, int kI, int kJ, typename acc_t>
+VKD_INLINE void gram_rows(const acc_t* x, int64_t n, int64_t P, acc_t* G, int64_t ld) {
+  constexpr int64_t W = kJ * (kBytes / sizeof(acc_t));
+  if (kJ > 1 && P <= W / kJ) return gram_rows<kBytes, 8, 1>(x, n, P, G, ld);
+  for (int64_t i0 = 0; i0 < P; i0 += kI)
+    for (int64_t j0 = i0 / W * W; j0 < P; j0 += W) rank_block<kBytes, kI, kJ>(x, n, P, i0, j0, G, ld);
+}
+
+template <typename acc_t>
+using GramRows = void (*)(const acc_t* x, int64_t n, int64_t P, acc_t* G, int64_t ld);
+
+// One variant per x86-64 level, picked once by the CPU's features (other CPUs: the
+// portable 16-byte one). Blocks (accumulators + column vectors + a broadcast <= the
+// registers): AVX-512 14 x 2 of 32 zmm (a 3x3x3 kernel in two row blocks), AVX2 6 x 2 of
+// 16 ymm, SSE 6 x 2 of 16 xmm.
+#if defined(__GNUC__) && defined(__x86_64__)
+template <typename acc_t>
+__attribute__((target("arch=x86-64-v4"))) void gram_rows_v4(const acc_t* x, int64_t n, int64_t P, acc_t* G,
+                                                              int64_t ld) {
+  gram_rows<64, 14, 2>(x, n, P, G, ld);
+}
+template <typename acc_t>
+__attribute__((target("arch=x86-64-v3"))) void gram_rows_v3(const acc_t* x, int64_t n, int64_t P, acc_t* G,
+                                                              int64_t ld) {
+  gram_rows<32, 6, 2>(x, n, P, G, ld);
+}
+#endif
+template <typename acc_t>
+void gram_rows_base(const acc_t* x, int64_t n, int64_t P, acc_t* G, int64_t ld) {
+  gram_rows<16, 6, 2>(x, n, P, G, ld);
+}
+
+// The variant of this CPU, or the one VKD_WEIGHT_GRAM_ISA names ("x86-64-v4",
+// "x86-64-v3", "base"; the tests run each), read once.
+template <typename acc_t>
+GramRows<acc_t> pick_gram_rows() {
+  const char* forced = std::getenv("VKD_WEIGHT_GRAM_ISA");
+  const std::string isa = forced ? forced : "";
+  if (!isa.empty() && isa != "x86-64-v4" && isa != "x86-64-v3" && isa != "base")
+    throw std::invalid_argument("vkd: VKD_WEIGHT_GRAM_ISA must be x86-64-v4, x86-64-v3 or base, got '" + isa + "'");
+#if defined(__GNUC__) && defined(__x86_64__)
+  const bool v4 = __builtin_cpu_supports("x86-64-v4"), v3 = __builtin_cpu_supports("x86-64-v3");
+  if ((isa == "x86-64-v4" && !v4) || (isa == "x86-64-v3" && !v3))
+    throw std::invalid_argument("vkd: VKD_WEIGHT_GRAM_ISA=" + isa + " but this CPU lacks it");
+  if (isa == "x86-64-v4" || (isa.empty() && v4)) return gram_rows_v4<acc_t>;
+  if (isa == "x86-64-v3" || (isa.empty() && v3)) return gram_rows_v3<acc_t>;
+#else
+  if (isa == "x86-64-v4" || isa == "x86-64-v3")
+    throw std::invalid_argument("vkd: VKD_WEIGHT_GRAM_ISA=" + isa + " but this build is not x86-64");
+#endif
+  return gram_rows_base<acc_t>;
+}
+
+// G (row stride ld) += W^T W over rows [begin, end) of w (P values each). Rows in the
+// accumulation type are read in place, except the last few, whose over-read would leave
+// the rows: those, and every row of a narrower type, are converted into `copy` first
+// (kRows rows and kOverRead zeros after them).
 template <typename scalar_t, typename acc_t>
-void load_tile(const scalar_t* w, int64_t P, int64_t r0, int64_t n, acc_t* tile) {
-  for (int64_t l = 0; l < n; ++l)
-    for (int64_t i = 0; i < P; ++i) tile[i * kRows + l] = Element<scalar_t>::load(w + (r0 + l) * P + i);
-  for (int64_t i = 0; n < kRows && i < P; ++i) std::fill(tile + i * kRows + n, tile + (i + 1) * kRows, acc_t(0));
+void item_gram(GramRows<acc_t> rank, const scalar_t* w, int64_t P, int64_t begin, int64_t end, acc_t* copy,
+               acc_t* G, int64_t ld) {
+  int64_t r0 = begin;
+  if (std::is_same<scalar_t, acc_t>::value) {
+    const int64_t in_place_end = std::max(begin, end - (kOverRead + P - 1) / P);
+    for (; r0 < in_place_end; r0 += kRows)
+      rank(reinterpret_cast<const acc_t*>(w) + r0 * P, std::min(kRows, in_place_end - r0), P, G, ld);
+    r0 = in_place_end;
+  }
+  for (; r0 < end; r0 += kRows) {
+    const int64_t n = std::min(kRows, end - r0);
+    for (int64_t k = 0; k < n * P; ++k) copy[k] = Element<scalar_t>::load(w + r0 * P + k);
+    std::fill(copy + n * P, copy + n * P + kOverRead, acc_t(0));
+    rank(copy, n, P, G, ld);
+  }
 }
 
 template <typename scalar_t>
@@ -88,26 +146,26 @@ void gram(const WeightArgs& a) {
   for (int64_t i = 0; i < tb.num_items; ++i)  // before any work: a table this driver cannot serve
     if (tb.items[i * kGramFields + kColI] != 0 || tb.items[i * kGramFields + kColJ] != 0)
       throw std::invalid_argument("vkd: a CPU gram item covers its whole P x P block (i0 = j0 = 0)");
+  static const GramRows<acc_t> rank = pick_gram_rows<acc_t>();
+  const int64_t ld_max = padded<acc_t>(kMaxP);
 #pragma omp parallel
   {
-    std::vector<acc_t> tile(kMaxP * kRows), G(kMaxP * kMaxP);
+    // G: ld_max columns, and rows past P for the last row block
+    std::vector<acc_t> copy(kRows * kMaxP + kOverRead), G((ld_max + kOverRead) * ld_max);
 #pragma omp for schedule(dynamic)
     for (int64_t i = 0; i < tb.num_items; ++i) {
       const int64_t* item = tb.items + i * kGramFields;
-      const int64_t P = item[kItemP], end = item[kRowEnd];
-      const scalar_t* w = address<const scalar_t>(item[kWeight]);
-      std::fill(G.begin(), G.begin() + P * P, acc_t(0));
-      for (int64_t r0 = item[kRowBegin]; r0 < end; r0 += kRows) {
-        load_tile(w, P, r0, std::min(kRows, end - r0), tile.data());
-        tile_gram(tile.data(), P, G.data());
-      }
+      const int64_t P = item[kItemP], ld = padded<acc_t>(P);
+      std::fill(G.begin(), G.begin() + (P + kOverRead) * ld, acc_t(0));
+      item_gram(rank, address<const scalar_t>(item[kWeight]), P, item[kRowBegin], item[kRowEnd], copy.data(),
+                G.data(), ld);
       for (int64_t r = 0; r < P; ++r)
-        for (int64_t c = 0; c < r; ++c) G[r * P + c] = G[c * P + r];
+        for (int64_t c = 0; c < r; ++c) G[r * ld + c] = G[c * ld + r];
       acc_t* out = static_cast<acc_t*>(a.partials) + item[kOut];
       const acc_t* B = basis + item[kItemBasis];
       for (int64_t b = 0; b < P; ++b) {
         acc_t e = acc_t(0);
-        for (int part = 0; part < a.parts; ++part) e += block_energy(B + (part * P + b) * P, G.data(), P, 0, P, 0, P);
+        for (int part = 0; part < a.parts; ++part) e += block_energy(B + (part * P + b) * P, G.data(), ld, 0, P, 0, P);
         out[b] = e;
       }
     }
