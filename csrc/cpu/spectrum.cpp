@@ -56,7 +56,7 @@ void prefetch_item(const Items<L>& items, int64_t i, const Problem& pr, const sc
 // 4-wide SSE would run a 16-lane tile in 4 steps; torch.compile's code is built for the
 // host). Everything they call is inline, so it is compiled with them.
 #if defined(__x86_64__) && defined(__linux__) && (defined(__GNUC__) || defined(__clang__))
-#define VKD_CPU_CLONES __attribute__((target_clones("avx2,fma", "default")))
+#define VKD_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define VKD_CPU_CLONES
 #endif
