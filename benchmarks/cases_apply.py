@@ -1,9 +1,18 @@
 """Cases for ``vkd_kernels.attention_apply`` (op name ``apply``): F * lam * sum(F) / sum(F * lam).
 
-Providers: ``vkd`` (backend="auto": the fused C++ row kernels on CPU, Triton on CUDA),
-``eager`` (the formula in torch, backend="reference") and ``compile`` (``torch.compile``
-of that formula). The scalar loss is out.square().sum() for every provider, so the
-backward reads a dense gradient as in training. F and lam both require grad.
+The scalar loss is ``out.square().sum()`` for every provider (a consumer of the output, so
+the backward reads a dense gradient as in training); F and lam both require grad.
+Providers:
+
+- ``vkd``: backend="auto" (the fused C++ row kernels on CPU, Triton on CUDA), the
+  consumer in eager torch;
+- ``eager``: the formula in torch (backend="reference"), the consumer eager;
+- ``compile``: ``torch.compile`` of formula and consumer together (it fuses the square-sum
+  into the formula and never writes ``out``);
+- ``compile-op``: ``torch.compile`` of the formula alone, the consumer eager as for
+  ``vkd``: the op against the op;
+- ``vkd-in-compile``: ``torch.compile`` of ``vkd`` (the custom op stays one opaque call,
+  the consumer is compiled around it): what a compiled model that calls the op gets.
 """
 from __future__ import annotations
 
@@ -25,6 +34,14 @@ def _provider(backend):
     return run
 
 
+def _compiled_op():
+    op = torch.compile(lambda F, lam: attention_apply(F, lam, backend="reference"), dynamic=False)
+
+    def run(F, lam):
+        return op(F, lam).square().sum()
+    return run
+
+
 def make_case(shape, device: str, dtype: torch.dtype = torch.float32) -> Case:
     def make_inputs():
         gen = torch.Generator().manual_seed(0)
@@ -39,7 +56,8 @@ def make_case(shape, device: str, dtype: torch.dtype = torch.float32) -> Case:
         label="F " + "x".join(map(str, shape)),
         make_inputs=make_inputs,
         providers={"vkd": lambda: _provider("auto"), "eager": lambda: eager,
-                   "compile": lambda: torch.compile(eager, dynamic=False)},
+                   "compile": lambda: torch.compile(eager, dynamic=False), "compile-op": _compiled_op,
+                   "vkd-in-compile": lambda: torch.compile(_provider("auto"), dynamic=False)},
         # forward reads F and writes out; backward reads F and g, writes dF
         min_bytes={"forward": 2 * size, "backward": 3 * size, "full": 5 * size},
     )

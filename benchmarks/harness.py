@@ -12,10 +12,17 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
+import torch._functorch.config
 from torch.profiler import ProfilerActivity, profile
 
 MODES = ("forward", "backward", "full")
 MB = 2.0 ** 20
+
+# The backward mode reruns one graph's backward (retain_graph=True, see ``step``), which a
+# compiled graph with donated buffers (saved activations whose memory its backward
+# reuses) refuses; a graph that saves only its inputs has none, so this changes nothing
+# for those, and lets the benchmark time compiled graphs that save activations too.
+torch._functorch.config.donated_buffer = False
 
 
 @dataclass
@@ -129,6 +136,27 @@ def graphed(fn: Callable, inputs: Sequence[torch.Tensor]) -> Callable:
 # ---- the machine's limits, measured in the run ----------------------------------------
 
 CPU_COPY_BYTES = 256 * 2 ** 20  # each side; beyond any last-level cache
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc malloc.h
+
+
+def keep_freed_memory() -> bool:
+    """Make glibc malloc keep freed memory in the process: no block of its own mmap
+    (``mallopt(M_MMAP_MAX, 0)``) and no return of the heap's top to the system
+    (``M_TRIM_THRESHOLD`` 2 GiB), as ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=...`` would.
+    With the defaults every buffer above 32 MB (and smaller ones, whenever the heap
+    shrinks) is fresh mapped memory that the first write page-faults, which costs a
+    pass over the buffer or more here and comes and goes with the allocation history: a
+    benchmark of the kernels measures them without it, as a process with a caching
+    allocator (jemalloc, tcmalloc) runs. False where the C library is not glibc."""
+    import ctypes
+    import ctypes.util
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"))
+        mallopt = libc.mallopt
+    except (OSError, AttributeError, TypeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2 ** 31 - 1))
 
 
 def copy_bandwidth(device: torch.device, nbytes: Optional[int] = None, budget_s: float = 0.5) -> float:

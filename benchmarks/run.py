@@ -131,7 +131,8 @@ def markdown(rows: List[dict], header: str) -> str:
     lines = [header, "",
              f"Measured in this run: copy bandwidth {limits['copy_gbps']:.4g} GB/s (dst.copy_(src), read + write), "
              f"launch cost {limits['launch_us']:.3g} us ({'CUDA-graph replay of ' if limits['cuda_graph'] else ''}"
-             f"x.add_(1) on one element, back to back, on {device}).", "",
+             f"x.add_(1) on one element, back to back, on {device})"
+             + (f"; host malloc: {limits['malloc']}." if "malloc" in limits else "."), "",
              "Median time in ms (p20-p80 in the CSV) [roofline ms = min bytes / copy bandwidth + launches x launch "
              "cost, and roofline / median]; speedup = other / " + base + ".", "",
              "| shape | mode | " + " | ".join(f"{p} ms [roofline, of]" for p in providers) + " | "
@@ -207,6 +208,9 @@ def main(argv=None) -> None:
     parser.add_argument("--cuda-graph", action="store_true",
                         help="time the replay of captured CUDA graphs (torch.cuda.make_graphed_callables; CUDA only)")
     parser.add_argument("--provider", action="append", help="provider to run (repeatable; default: all)")
+    parser.add_argument("--system-malloc", action="store_true",
+                        help="CPU: keep glibc malloc's defaults (large buffers fresh mapped memory, page-faulted "
+                             "on every allocation); default: freed memory kept (harness.keep_freed_memory)")
     parser.add_argument("--out", type=Path, default=HERE / "results")
     args = parser.parse_args(argv)
     if args.cuda_graph and args.device != "cuda":
@@ -222,7 +226,9 @@ def main(argv=None) -> None:
     out_dir = args.out / slug
     out_dir.mkdir(parents=True, exist_ok=True)
     meta = dict(device=device_name, torch=torch.__version__, date=datetime.date.today().isoformat())
+    kept = args.device == "cpu" and not args.system_malloc and harness.keep_freed_memory()
     limits = machine_limits(args.device, args.cuda_graph)
+    limits["malloc"] = "freed memory kept (mallopt)" if kept else "the C library's defaults"
     suffix = "-graph" if args.cuda_graph else ""
 
     for op in args.op or sorted(registry):
