@@ -19,10 +19,12 @@
 //   arrays have fixed extents and fully unrolled loops keep them in registers on CUDA;
 //   N = TM/16 (TM/8 for float64) members bound those arrays to 16 (8) values each.
 // - Bins are visited one at a time (k outermost): each bin's Re, Im, A and dL/dA are
-//   scalars per lane, and the backward adds each bin's share of dx[t] at once, so no
-//   per-bin array is ever kept.
+//   scalars per lane; the GPU's backward adds each bin's share of dx[t] at once (no
+//   per-bin array in its registers), the CPU's keeps the bins' dL/dRe, dL/dIm and sums
+//   each dx[t] over them at the end (tile_backward).
 #pragma once
 #include <cmath>
+#include <cstring>
 #include "dtypes.h"
 
 #if defined(__CUDA_ARCH__)
@@ -142,19 +144,19 @@ VKD_HD void load_slice(const scalar_t* x, Strides3 st, int64_t T, int64_t b, int
   }
 }
 
-// Stores the member's slice of dx to lines dx[b, :, s0 + l], l < n (t < T).
+// Stores the member's slice of dx, times scale, to lines dx[b, :, s0 + l], l < n (t < T).
 template <int TM, int N, int L, typename scalar_t, typename acc_t>
 VKD_HD void store_slice(scalar_t* x, Strides3 st, int64_t T, int64_t b, int64_t s0, int n, int rank,
-                        const Slice<TM, N, L, acc_t>& in) {
+                        const Slice<TM, N, L, acc_t>& in, acc_t scale) {
   scalar_t* base = x + b * st.b + s0 * st.s;
   VKD_UNROLL for (int j = 0; j < TM / N; ++j) {
     const int64_t t = int64_t(j) * N + rank;
     if (t >= T) continue;
     scalar_t* row = base + t * st.t;
     if (n == L && st.s == 1) {
-      VKD_LANES for (int l = 0; l < L; ++l) Element<scalar_t>::store(row + l, in.v[j][l]);
+      VKD_LANES for (int l = 0; l < L; ++l) Element<scalar_t>::store(row + l, in.v[j][l] * scale);
     } else {
-      for (int l = 0; l < n; ++l) Element<scalar_t>::store(row + l * st.s, in.v[j][l]);
+      for (int l = 0; l < n; ++l) Element<scalar_t>::store(row + l * st.s, in.v[j][l] * scale);
     }
   }
 }
@@ -190,6 +192,29 @@ VKD_HD void add_bin_grad(Slice<TM, N, L, acc_t>& dx, const Twiddle<acc_t>* colum
     VKD_LANES for (int l = 0; l < L; ++l) dx.v[j][l] += g_re[l] * w.c - g_im[l] * w.s;
   }
 }
+
+#if !defined(__CUDA_ARCH__)
+// dx[t] = sum_k gRe_k c[t,k] - gIm_k s[t,k] over the K bins, for the CPU's one-member
+// team (tile_backward): each t's sum is one 64-byte vector of L lanes in a register
+// (GCC / Clang vector extensions), stored once.
+template <int TM, int L, typename acc_t>
+inline void sum_bins_grad(Slice<TM, 1, L, acc_t>& dx, const Twiddle<acc_t>* table, const acc_t (*g_re)[L],
+                          const acc_t (*g_im)[L], int64_t K) {
+  typedef acc_t V __attribute__((vector_size(L * sizeof(acc_t))));
+  constexpr int KM = TM / 2 + 1;
+  for (int j = 0; j < TM; ++j) {
+    V acc = {};
+    for (int64_t k = 0; k < K; ++k) {
+      const Twiddle<acc_t> w = table[j * KM + k];
+      V re, im;
+      std::memcpy(&re, g_re[k], sizeof(V));
+      std::memcpy(&im, g_im[k], sizeof(V));
+      acc += re * w.c - im * w.s;
+    }
+    std::memcpy(dx.v[j], &acc, sizeof(V));
+  }
+}
+#endif
 
 // The student's and teacher's slices of one tile (lines x[b, :, s0 + l], l < n).
 template <int TM, int N, int L, typename acc_t>
@@ -305,13 +330,14 @@ VKD_HD acc_t group_loss(const Problem& pr, const acc_t* sum_s, const acc_t* sum_
   return total;
 }
 
-// dL/dA_k of group (b, g) from the sums of A over its lines: 2 w_k (mean_s - mean_t)
-// * grad_d[b, k, g] * grad_scale / P (the mean's 1/P included), written to grad_a[k].
+// dL/dA_k of group (b, g) from the sums of A over its lines, before the reduction's
+// grad_scale (tile_backward applies it): 2 w_k (mean_s - mean_t) * grad_d[b, k, g] / P
+// (the mean's 1/P included), written to grad_a[k].
 template <typename scalar_t, typename acc_t>
 VKD_HD void group_grad(const Problem& pr, const acc_t* sum_s, const acc_t* sum_t, const scalar_t* grad_d,
-                       Strides3 sg, acc_t grad_scale, int64_t b, int64_t g, acc_t* grad_a) {
+                       Strides3 sg, int64_t b, int64_t g, acc_t* grad_a) {
   for (int64_t k = 0; k < pr.K(); ++k) {
-    const acc_t go = Element<scalar_t>::load(grad_d + b * sg.b + k * sg.t + g * sg.s) * grad_scale;
+    const acc_t go = Element<scalar_t>::load(grad_d + b * sg.b + k * sg.t + g * sg.s);
     const acc_t mean_diff = (sum_s[k] - sum_t[k]) / acc_t(pr.P);
     grad_a[k] = acc_t(2) * bin_weight<acc_t>(pr, k) * mean_diff * go / acc_t(pr.P);
   }
@@ -321,7 +347,11 @@ VKD_HD void group_grad(const Problem& pr, const acc_t* sum_s, const acc_t* sum_t
 
 // Writes ds, dt (where not null) for the tile's lines. dL/dA_k is grad_a[k] for every
 // line when grad_a is not null (spatial="mean": the group's), else (pixel) each line's
-// own 2 w_k (A_s - A_t) grad_d[b, k, s0 + l] grad_scale (grad strides: b, k, g).
+// own 2 w_k (A_s - A_t) grad_d[b, k, s0 + l] (grad strides: b, k, g); the reduction's
+// grad_scale (1 / count for "mean") multiplies dx once, at the store: applied to every
+// bin's factors it made them ~1e-5 of the values they scale, and their products
+// subnormal often enough (padded lanes and small bins) that the CPU backward ran 2.8x
+// slower than for reduction="sum".
 template <int TM, class Team, int L, typename scalar_t, typename acc_t>
 VKD_HD void tile_backward(const Problem& pr, const Team& team, const Twiddle<acc_t>* table, const scalar_t* xs,
                           Strides3 ss, const scalar_t* xt, Strides3 st, const acc_t* grad_a,
@@ -329,41 +359,70 @@ VKD_HD void tile_backward(const Problem& pr, const Team& team, const Twiddle<acc
                           scalar_t* dt, Strides3 sdt, int64_t b, int64_t s0, int n) {
   constexpr int KM = TM / 2 + 1;
   constexpr int N = Team::N;
+  // The GPU adds each bin's share to dx as it goes (add_bin_grad: a member's TM / N values
+  // stay in registers, and no per-bin array is kept). The CPU keeps every bin's dL/dRe,
+  // dL/dIm (KM x L values per side, in L1) and sums each dx[t] over the bins at the end
+  // (sum_bins_grad): adding bin by bin left its dx tile on the stack, a load, add and
+  // store per t and bin, and made the backward 5x the forward.
+#if defined(__CUDA_ARCH__)
+  constexpr int kKept = 1;
+#else
+  constexpr int kKept = KM;
+  static_assert(N == 1, "the CPU's team has one member");
+#endif
   TilePair<TM, N, L, acc_t> x;
   load_pair<TM>(pr, team, xs, ss, xt, st, b, s0, n, x);
   TilePair<TM, N, L, acc_t> dx;
+#if defined(__CUDA_ARCH__)
   VKD_UNROLL for (int j = 0; j < TM / N; ++j)
     VKD_LANES for (int l = 0; l < L; ++l) dx.s.v[j][l] = dx.t.v[j][l] = acc_t(0);
+#endif
+  acc_t g_re_s[kKept][L], g_im_s[kKept][L], g_re_t[kKept][L], g_im_t[kKept][L];
   for (int64_t k = 0; k < pr.K(); ++k) {
     const Twiddle<acc_t>* column = table + team.rank() * KM + k;
-    acc_t re_s[L], im_s[L], a_s[L], r_s[L], re_t[L], im_t[L], a_t[L], r_t[L], g[L], g_re[L], g_im[L];
+    const int64_t kept = kKept == 1 ? 0 : k;
+    acc_t re_s[L], im_s[L], a_s[L], r_s[L], re_t[L], im_t[L], a_t[L], r_t[L], g[L];
     bin_spectra<TM>(pr, team, x, column, re_s, im_s, a_s, r_s, re_t, im_t, a_t, r_t);
     if (grad_a) {
       VKD_LANES for (int l = 0; l < L; ++l) g[l] = grad_a[k];
     } else {
-      const acc_t w2 = acc_t(2) * bin_weight<acc_t>(pr, k) * grad_scale;
-      VKD_LANES for (int l = 0; l < L; ++l) {
-        const acc_t go = l < n ? Element<scalar_t>::load(grad_d + b * sg.b + k * sg.t + (s0 + l) * sg.s) : acc_t(0);
-        g[l] = w2 * (a_s[l] - a_t[l]) * go;
+      const acc_t w2 = acc_t(2) * bin_weight<acc_t>(pr, k);
+      const scalar_t* grad_row = grad_d + b * sg.b + k * sg.t + s0 * sg.s;
+      if (sg.s == 0) {  // a reduced loss's scalar gradient, read through zero strides: one load
+        const acc_t go = w2 * acc_t(Element<scalar_t>::load(grad_row));
+        VKD_LANES for (int l = 0; l < L; ++l) g[l] = l < n ? go * (a_s[l] - a_t[l]) : acc_t(0);
+      } else {
+        VKD_LANES for (int l = 0; l < L; ++l) {
+          const acc_t go = l < n ? Element<scalar_t>::load(grad_row + l * sg.s) : acc_t(0);
+          g[l] = w2 * (a_s[l] - a_t[l]) * go;
+        }
       }
     }
     if (ds) {
       VKD_LANES for (int l = 0; l < L; ++l) {
-        g_re[l] = g[l] * r_s[l] * re_s[l];
-        g_im[l] = g[l] * r_s[l] * im_s[l];
+        g_re_s[kept][l] = g[l] * r_s[l] * re_s[l];
+        g_im_s[kept][l] = g[l] * r_s[l] * im_s[l];
       }
-      add_bin_grad<TM>(dx.s, column, g_re, g_im);
+#if defined(__CUDA_ARCH__)
+      add_bin_grad<TM>(dx.s, column, g_re_s[0], g_im_s[0]);
+#endif
     }
     if (dt) {  // the teacher's loss gradient is the negative
       VKD_LANES for (int l = 0; l < L; ++l) {
-        g_re[l] = -g[l] * r_t[l] * re_t[l];
-        g_im[l] = -g[l] * r_t[l] * im_t[l];
+        g_re_t[kept][l] = -g[l] * r_t[l] * re_t[l];
+        g_im_t[kept][l] = -g[l] * r_t[l] * im_t[l];
       }
-      add_bin_grad<TM>(dx.t, column, g_re, g_im);
+#if defined(__CUDA_ARCH__)
+      add_bin_grad<TM>(dx.t, column, g_re_t[0], g_im_t[0]);
+#endif
     }
   }
-  if (ds) store_slice<TM, N, L>(ds, sds, pr.T, b, s0, n, team.rank(), dx.s);
-  if (dt) store_slice<TM, N, L>(dt, sdt, pr.T, b, s0, n, team.rank(), dx.t);
+#if !defined(__CUDA_ARCH__)
+  if (ds) sum_bins_grad<TM>(dx.s, table, g_re_s, g_im_s, pr.K());
+  if (dt) sum_bins_grad<TM>(dx.t, table, g_re_t, g_im_t, pr.K());
+#endif
+  if (ds) store_slice<TM, N, L>(ds, sds, pr.T, b, s0, n, team.rank(), dx.s, grad_scale);
+  if (dt) store_slice<TM, N, L>(dt, sdt, pr.T, b, s0, n, team.rank(), dx.t, grad_scale);
 }
 
 }  // namespace spectrum

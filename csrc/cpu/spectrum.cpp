@@ -122,7 +122,7 @@ VKD_CPU_CLONES void backward_items(const SpectrumBackwardArgs& a,
     for (int64_t p0 = 0; p0 < pr.P; p0 += L)
       add_tile_spectra<TM, Solo, L>(pr, team, table, xs, a.student_strides, xt, a.teacher_strides, b,
                                     g * pr.P + p0, int(std::min<int64_t>(L, pr.P - p0)), sum_s, sum_t);
-    group_grad<scalar_t>(pr, sum_s, sum_t, grad, a.grad_strides, grad_scale, b, g, grad_a);
+    group_grad<scalar_t>(pr, sum_s, sum_t, grad, a.grad_strides, b, g, grad_a);
     for (int64_t p0 = 0; p0 < pr.P; p0 += L)
       tile_backward<TM, Solo, L>(pr, team, table, xs, a.student_strides, xt, a.teacher_strides, grad_a, grad,
                                  a.grad_strides, grad_scale, ds, a.grad_student_strides, dt, a.grad_teacher_strides,

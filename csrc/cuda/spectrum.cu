@@ -205,7 +205,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) group_backward_kernel(Sp
   for (int64_t group = blockIdx.x; group < pr.groups(); group += gridDim.x) {
     const int64_t b = group / pr.G(), g = group % pr.G();
     group_sums<TM>(pr, table, xs, a.student_strides, xt, a.teacher_strides, b, g, slots, sums);
-    if (threadIdx.x == 0) group_grad<scalar_t>(pr, sums, sums + kMaxK, grad, a.grad_strides, grad_scale, b, g, grad_a);
+    if (threadIdx.x == 0) group_grad<scalar_t>(pr, sums, sums + kMaxK, grad, a.grad_strides, b, g, grad_a);
     __syncthreads();
     for (int64_t p = index, w = warp_first; w < pr.P; p += kTeams, w += kTeams)
       tile_backward<TM, WarpTeam<N>, 1>(pr, team, table, xs, a.student_strides, xt, a.teacher_strides, grad_a, grad,
