@@ -1,10 +1,10 @@
 // Weight-spectrum distance on the CPU (math and tables: common/weights.h). gram: OpenMP
-// over the items (row chunks; a CPU item covers its group's whole P x P Gram matrix): a
-// tile of kRows rows is converted once to the accumulation type (rows padded to a vector
-// multiple) and G += tile^T tile runs as rank-1 updates of register-blocked vectors of G,
-// the widest the CPU has; then the item's energy partial diag(B G B^T). finish / finish_backward: OpenMP over the pairs,
-// each a team of one. The backward's dW = W M is a GEMM: vkd_kernels/weights/native.py
-// hands it to the BLAS.
+// over the items (row chunks; a CPU item covers its group's whole P x P Gram matrix):
+// G += W^T W as rank-1 updates of register-blocked vectors of G (item_gram: float32 and
+// float64 rows read in place, narrower types converted kRows rows at a time), in the
+// widest vectors the CPU has; then the item's energy partial diag(B G B^T). finish /
+// finish_backward: OpenMP over the pairs, each a team of one. The backward's dW = W M
+// is a GEMM: vkd_kernels/weights/native.py hands it to the BLAS.
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
