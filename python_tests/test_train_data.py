@@ -59,6 +59,43 @@ def test_fresh_clips_each_epoch_are_deterministic():
     assert torch.equal(a.clips, b.clips) and not torch.equal(a.clips, first)
 
 
+def test_augmentation_is_the_same_transform_on_every_frame():
+    """augment_clip redraws appearance only: it commutes with any reordering of the frames
+    (so it cannot change direction or frequency), and a static clip stays static; without
+    the shift it is a channel permutation with gains of magnitude in [0.6, 1.4]."""
+    x = torch.randn(3, 8, 20, 20, dtype=torch.float64)
+    order = torch.randperm(8)
+    for seed in range(8):
+        a = synthetic.augment_clip(x, np.random.default_rng(seed))
+        b = synthetic.augment_clip(x[:, order], np.random.default_rng(seed))
+        assert a.shape == x.shape and a.dtype == x.dtype
+        torch.testing.assert_close(b, a[:, order], rtol=0, atol=0)
+        still = synthetic.augment_clip(x[:, :1].expand(3, 8, 20, 20), np.random.default_rng(seed))
+        assert torch.equal(still, still[:, :1].expand_as(still))
+    rng = np.random.default_rng(0)
+    shifted = synthetic.augment_clip(x, rng, shift=0)
+    gains = shifted.flatten(1).unsqueeze(1) / x.flatten(1).unsqueeze(0)           # (3 out, 3 in, n): a permutation of gains
+    constant = (gains - gains[..., :1]).abs().amax(-1) < 1e-12
+    assert constant.sum().item() == 3 and (constant.sum(0) == 1).all()
+    picked = gains[..., 0][constant].abs()
+    assert ((picked >= 0.6) & (picked <= 1.4)).all()
+
+
+def test_augmented_dataset_is_deterministic_per_epoch_and_index():
+    a = synthetic.SyntheticMotion(12, augment=True)
+    b = synthetic.SyntheticMotion(12, augment=True)
+    plain = synthetic.SyntheticMotion(12)
+    assert torch.equal(a[5][0], b[5][0]) and a[5][1] == plain[5][1]
+    assert not torch.equal(a[5][0], plain[5][0]) and not torch.equal(a[5][0], a[6][0])
+    first = a[5][0]
+    a.set_epoch(2)
+    assert not torch.equal(a[5][0], first) and torch.equal(a.clips, plain.clips)   # same clips, new views
+    b.set_epoch(2)
+    assert torch.equal(a[5][0], b[5][0])
+    with pytest.raises(ValueError, match="augment"):
+        synthetic.SyntheticMotion(4, augment="yes")
+
+
 def test_sampling_indices():
     rng = np.random.default_rng(0)
     idx = segment_indices(80, 8, True, rng)

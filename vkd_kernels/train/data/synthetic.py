@@ -123,6 +123,25 @@ def render(p: Dict) -> np.ndarray:
     return np.clip(clip + p["noise"], 0.0, 1.0).astype(np.float32)
 
 
+def augment_clip(x: torch.Tensor, rng: np.random.Generator, shift: int = 4) -> torch.Tensor:
+    """A label-preserving appearance augmentation of a centred clip ``x`` (3, T, H, W).
+
+    Every frame gets the same transform, so motion and the opacity oscillation (the
+    label) are unchanged while colour and position (the distractors) are redrawn:
+    the channels permuted, each multiplied by a gain ``g ~ U(0.6, 1.4)`` and a random
+    sign (a centred channel's sign flip inverts its contrast), and the clip shifted by
+    up to ``shift`` px in x and y, the uncovered border filled with 0 (the clip's mean).
+    """
+    gain = rng.uniform(0.6, 1.4, 3) * rng.choice([-1.0, 1.0], 3)
+    x = x[torch.from_numpy(rng.permutation(3))] * torch.from_numpy(gain).to(x.dtype)[:, None, None, None]
+    dy, dx = (int(d) for d in rng.integers(-shift, shift + 1, 2))
+    out = torch.zeros_like(x)
+    H, W = x.shape[-2:]
+    out[..., max(dy, 0):H + min(dy, 0), max(dx, 0):W + min(dx, 0)] = \
+        x[..., max(-dy, 0):H + min(-dy, 0), max(-dx, 0):W + min(-dx, 0)]
+    return out
+
+
 def generate(num_clips: int, *, seed: int = 0, split: str = "train", frames: int = 8, size: int = 32,
              frequencies=(1, 2, 3), epoch: int = 0, **options) -> tuple:
     """(clips uint8 (N, 3, T, H, W), labels int64 (N,)), balanced classes in a random order;
@@ -154,28 +173,39 @@ class SyntheticMotion(Dataset):
     ``stream: pretrain`` with fresh clips for the teacher's pre-training).
     ``stream``: draw from that split's RNG stream instead of ``split``'s own (e.g. the
     validation of a weight sweep reads ``tune``, never the reported ``val``).
+    ``augment=True``: every read of a clip passes through :func:`augment_clip`, drawn
+    from ``default_rng([seed, stream, epoch, index, 1])`` (deterministic, so a resumed
+    run sees the same clips); a fixed small set then no longer offers colour and position
+    to memorise (the headroom benchmark's labelled set).
     """
 
     def __init__(self, num_clips: int = 2400, *, seed: int = 0, split: str = "train", frames: int = 8,
                  size: int = 32, frequencies=(1, 2, 3), fresh_each_epoch: bool = False,
-                 stream: Optional[Literal["train", "val", "test", "tune", "pretrain"]] = None, **options):
+                 stream: Optional[Literal["train", "val", "test", "tune", "pretrain"]] = None,
+                 augment: bool = False, **options):
         if stream is not None and stream not in SPLITS:
             raise ValueError(f"stream must be one of {sorted(SPLITS)} or null, got {stream!r}")
         self.options = dict(num_clips=num_clips, seed=seed, split=stream or split, frames=frames, size=size,
                             frequencies=tuple(frequencies), **options)
-        self.fresh_each_epoch, self.epoch = fresh_each_epoch, 0
+        if not isinstance(augment, bool):
+            raise ValueError(f"augment must be true or false, got {augment!r}")
+        self.fresh_each_epoch, self.augment, self.epoch = fresh_each_epoch, augment, 0
         self.clips, self.labels = generate(**self.options)
         self.num_classes = 4 * len(frequencies)
         self.classes = class_names(tuple(frequencies))
 
     def set_epoch(self, epoch: int) -> None:
         if self.fresh_each_epoch and epoch != self.epoch:
-            self.epoch = epoch
             self.clips, self.labels = generate(epoch=epoch, **self.options)
+        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, index: int):
         x = self.clips[index].float() / 255.0
-        return (x - x.mean((1, 2, 3), keepdim=True)) / 0.25, self.labels[index]
+        x = (x - x.mean((1, 2, 3), keepdim=True)) / 0.25
+        if self.augment:
+            o = self.options
+            x = augment_clip(x, np.random.default_rng([o["seed"], SPLITS[o["split"]], self.epoch, int(index), 1]))
+        return x, self.labels[index]
