@@ -145,3 +145,16 @@ def test_lr_per_iteration_with_warmup_and_gradient_clipping(tmp_path, monkeypatc
     last = torch.load(tmp_path / "last.pt", weights_only=True)
     assert last["phases"][0]["scheduler"]["last_epoch"] == 8        # stepped every iteration
     assert lrs[0] == pytest.approx(0.1 / 3)                         # warm-up: 2 iterations, (0 + 1) / 3
+
+
+def test_eval_interval_validates_every_kth_epoch_and_the_last(tmp_path, caplog):
+    cfg = run_config(load_recipe("synthetic-full", TINY + ["train.epochs=5", "train.eval_interval=2"]), "student")
+    with caplog.at_level("INFO", logger="vkd_kernels.train"):
+        summary = fit(cfg, tmp_path, progress=False)
+    assert summary["epochs"] == 5 and summary["curve_epochs"] == [2, 4, 5]
+    assert len(summary["curve_top1"]) == 3 and summary["best_epoch"] in (2, 4, 5)
+    assert sum("val top-1" in r.getMessage() for r in caplog.records) == 3
+    rows = (tmp_path / "log.csv").read_text().splitlines()
+    assert len(rows) == 6 and rows[1].split(",")[rows[0].split(",").index("val_top1")] == ""
+    with pytest.raises(ConfigError, match=r"train.eval_interval: must be >= 1"):
+        run_config(load_recipe("synthetic-full", TINY + ["train.eval_interval=0"]), "student")

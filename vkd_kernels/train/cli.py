@@ -195,6 +195,7 @@ def reproduce(recipe, out: Path, seeds, methods, resume: bool, progress: bool, e
     teacher_dir = teachers.dir("ce")
     teacher = json.loads((teacher_dir / "summary.json").read_text())
     runs, curves = {}, {"teacher": [teacher["curve_top1"]]}
+    curve_epochs = {"teacher": teacher.get("curve_epochs")}
     for method in methods:
         for seed in seeds:
             run_dir = out / method / f"seed{seed}"
@@ -207,6 +208,7 @@ def reproduce(recipe, out: Path, seeds, methods, resume: bool, progress: bool, e
             summary = json.loads((run_dir / "summary.json").read_text())
             runs.setdefault(method, []).append(summary)
             curves.setdefault(method, []).append(summary["curve_top1"])
+            curve_epochs[method] = summary.get("curve_epochs")
     if _rank() != 0:        # the runs needed every rank; the report is rank 0's work and files
         return ""
     rows = report.table(runs, teachers.summaries(methods))
@@ -224,9 +226,9 @@ def reproduce(recipe, out: Path, seeds, methods, resume: bool, progress: bool, e
               f"Runs on {', '.join(map(str, threads)) or '?'} CPU thread(s) each (train.threads; CPU numbers "
               f"depend on the count); this invocation took {minutes:.1f} min.\n")
     text = report.write(out, rows, header, {"recipe": recipe, "seeds": list(seeds), "threads": threads,
-                                           "curves": curves,
+                                           "curves": curves, "curve_epochs": curve_epochs,
                                            "spectra": {k: v.tolist() for k, v in spectra.items()}})
-    report.plots(out, curves, spectra)
+    report.plots(out, curves, spectra, curve_epochs)
     return text
 
 

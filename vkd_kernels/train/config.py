@@ -218,6 +218,8 @@ class TrainConfig:
     lr_step: "iteration" (the learning rate follows the schedule every step) or "epoch"
     (constant within an epoch; what the synthetic recipes were measured with).
     warmup_epochs: linear warm-up before the cosine decay (fractions allowed).
+    eval_interval: validate every that many epochs and after the last (the learning
+    curve, best.pt and the log's val columns then hold those epochs only).
     grad_clip: max global gradient norm (None: no clipping). log_interval: a log line
     every that many iterations (0: epoch lines only). time_losses: measure the forward
     time of the loss terms (on CUDA it costs two synchronisations per step).
@@ -236,6 +238,7 @@ class TrainConfig:
     amp: bool = True
     workers: int = 0
     eval_batch_size: Optional[int] = None
+    eval_interval: int = 1
     warmup_epochs: float = 0
     lr_step: Literal["iteration", "epoch"] = "iteration"
     grad_clip: Optional[float] = None
@@ -246,7 +249,7 @@ class TrainConfig:
     threads: Optional[int] = None
 
     def check(self, where: str = "train") -> "TrainConfig":
-        for name in ("epochs", "batch_size"):
+        for name in ("epochs", "batch_size", "eval_interval"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{where}.{name}: must be >= 1, got {getattr(self, name)!r}")
         for name in ("lr", "momentum", "weight_decay", "warmup_epochs", "workers", "log_interval"):

@@ -238,12 +238,14 @@ def method_phases(method) -> list:
 
 
 def make_phases(method, t: Union[TrainConfig, Dict], epochs: int, steps_per_epoch: int = 1) -> list:
-    """[(name, optimizer, scheduler)]. SGD (momentum, weight decay except the method's
-    ``no_decay_parameters``) with the cosine schedule (stepped ``steps_per_epoch`` times
-    an epoch), or for options {"optimizer": "adam", "lr", "betas"} Adam at a constant rate."""
+    """[(name, optimizer, scheduler)]. SGD (momentum, weight decay; the method's
+    ``optimizer_groups`` with their own weight decay and learning-rate scale) with the
+    cosine schedule (stepped ``steps_per_epoch`` times an epoch), or for options
+    {"optimizer": "adam", "lr", "betas"} Adam at a constant rate."""
     if not isinstance(t, TrainConfig):
         t = TrainConfig(**{"epochs": epochs, "batch_size": 1, **t})
-    no_decay = {id(p) for p in method.no_decay_parameters()}
+    special = method.optimizer_groups()
+    grouped = {id(p) for g in special for p in g["params"]}
     out = []
     for name, params, options in method_phases(method):
         if options and options.get("optimizer") == "adam":
@@ -251,8 +253,10 @@ def make_phases(method, t: Union[TrainConfig, Dict], epochs: int, steps_per_epoc
             optimizer = torch.optim.Adam(params, lr=float(options["lr"]), betas=betas)
             scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
         else:
-            groups = [{"params": [p for p in params if id(p) not in no_decay]},
-                      {"params": [p for p in params if id(p) in no_decay], "weight_decay": 0.0}]
+            mine = {id(p) for p in params}
+            groups = [{"params": [p for p in params if id(p) not in grouped]}] + [
+                {"params": [p for p in g["params"] if id(p) in mine], "lr": t.lr * g.get("lr_scale", 1.0),
+                 "weight_decay": g.get("weight_decay", t.weight_decay)} for g in special]
             optimizer = torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay,
                                         nesterov=t.nesterov)
             warmup = int(round(t.warmup_epochs * steps_per_epoch))
@@ -407,18 +411,22 @@ def _fit(cfg, t: TrainConfig, out: Path, ckpt, rank, world, device, stop_after, 
         if world > 1:        # the BatchNorm statistics of rank 0 (what model.pt holds) on every rank
             for buffer in method.buffers():
                 dist.broadcast(buffer, 0)
-        val = evaluate_counts(method.student, val_loader, device, amp)
-        attempted = val["samples"] + val["unreadable"]
-        if val["unreadable"] > t.max_unreadable * attempted:
-            raise _unreadable_error("validation", val["unreadable"], attempted, t.max_unreadable, val["examples"])
-        n = max(val["samples"], 1)
-        row.update(val_top1=100.0 * val["correct1"] / n, val_top5=100.0 * val["correct5"] / n)
+        validated = (epoch + 1) % t.eval_interval == 0 or epoch + 1 == epochs
+        if validated:
+            val = evaluate_counts(method.student, val_loader, device, amp)
+            attempted = val["samples"] + val["unreadable"]
+            if val["unreadable"] > t.max_unreadable * attempted:
+                raise _unreadable_error("validation", val["unreadable"], attempted, t.max_unreadable,
+                                        val["examples"])
+            n = max(val["samples"], 1)
+            row.update(val_top1=100.0 * val["correct1"] / n, val_top5=100.0 * val["correct5"] / n,
+                       val_skipped=val["unreadable"])
         row.update(epoch_seconds=epoch_seconds, loss_seconds=method.loss_seconds if t.time_losses else None,
-                   skipped=unreadable, val_skipped=val["unreadable"])
+                   skipped=unreadable)
         if getattr(method, "uncertainty", False):
             row.update({f"s_{term}": float(v) for term, v in zip(method.term_names, method.log_variances)})
         history.append(row)
-        improved = row["val_top1"] > best["top1"]
+        improved = validated and row["val_top1"] > best["top1"]
         if improved:
             best = {"top1": row["val_top1"], "epoch": epoch + 1}
         if rank == 0:
@@ -434,9 +442,13 @@ def _fit(cfg, t: TrainConfig, out: Path, ckpt, rank, world, device, stop_after, 
                 for k, v in row.items():
                     if v is not None:
                         writer.add_scalar(k, v, epoch + 1)
-            log.info("%s epoch %d/%d: loss %.4f, val top-1 %.2f top-5 %.2f (best %.2f, epoch %d), %.1f s",
-                     name, epoch + 1, epochs, row.get("train_loss", float("nan")), row["val_top1"], row["val_top5"],
-                     best["top1"], best["epoch"], epoch_seconds)
+            if validated:
+                log.info("%s epoch %d/%d: loss %.4f, val top-1 %.2f top-5 %.2f (best %.2f, epoch %d), %.1f s",
+                         name, epoch + 1, epochs, row.get("train_loss", float("nan")), row["val_top1"],
+                         row["val_top5"], best["top1"], best["epoch"], epoch_seconds)
+            else:                   # not validated (train.eval_interval): a debug line only
+                log.debug("%s epoch %d/%d: loss %.4f, %.1f s", name, epoch + 1, epochs,
+                          row.get("train_loss", float("nan")), epoch_seconds)
         if callback is not None:
             callback(epoch, method, row)
     if writer is not None:
@@ -451,7 +463,9 @@ def _fit(cfg, t: TrainConfig, out: Path, ckpt, rank, world, device, stop_after, 
             "name": cfg.get("name"), "method": cfg.get("method", "ce"), "seed": seed,
             "top1": history[-1]["val_top1"], "top5": history[-1]["val_top5"],
             "best_top1": best["top1"], "best_epoch": best["epoch"],
-            "curve_top1": [h["val_top1"] for h in history],
+            "epochs": len(history),
+            "curve_top1": [h["val_top1"] for h in history if "val_top1" in h],
+            "curve_epochs": [h["epoch"] for h in history if "val_top1" in h],
             "epoch_seconds": float(np.mean([h["epoch_seconds"] for h in history])),
             "loss_seconds": float(np.mean(losses)) if losses else None,
             "skipped": int(sum(h.get("skipped", 0) for h in history)),

@@ -115,7 +115,7 @@ def table(runs: Dict[str, List[Dict]], teachers: Optional[Dict[str, Dict]] = Non
 
 def _minutes(summaries: List[Dict]) -> float:
     """Training minutes of the runs together (epochs x seconds per epoch; evaluation included)."""
-    return float(sum(len(s["curve_top1"]) * s["epoch_seconds"] for s in summaries) / 60)
+    return float(sum(s.get("epochs", len(s["curve_top1"])) * s["epoch_seconds"] for s in summaries) / 60)
 
 
 def markdown(rows: Dict, baseline: str = "ce") -> str:
@@ -178,8 +178,10 @@ def _save(fig, ax, path: Path) -> str:
     return path.name
 
 
-def plots(out: Path, curves: Dict[str, List[List[float]]], spectra: Dict[str, np.ndarray]) -> List[str]:
-    """accuracy.png (val top-1 per epoch, mean over seeds) and spectra.png; [] without matplotlib."""
+def plots(out: Path, curves: Dict[str, List[List[float]]], spectra: Dict[str, np.ndarray],
+          epochs: Optional[Dict[str, List[int]]] = None) -> List[str]:
+    """accuracy.png (val top-1 per validated epoch, mean over seeds; ``epochs[name]``: those
+    epochs, default 1, 2, ...) and spectra.png; [] without matplotlib."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -191,7 +193,8 @@ def plots(out: Path, curves: Dict[str, List[List[float]]], spectra: Dict[str, np
     style = _styles(list(dict.fromkeys([*curves, *spectra])))
     fig, ax = plt.subplots(figsize=(8.5, 4.5))
     for name, runs in curves.items():
-        ax.plot(np.arange(1, len(runs[0]) + 1), np.mean(runs, axis=0), label=name, **style[name])
+        x = (epochs or {}).get(name) or np.arange(1, len(runs[0]) + 1)
+        ax.plot(x, np.mean(runs, axis=0), label=name, **style[name])
     ax.set(xlabel="epoch", ylabel="val top-1 (%)", title="accuracy (mean over seeds)")
     written.append(_save(fig, ax, out / "accuracy.png"))
     if spectra:
