@@ -70,7 +70,24 @@ def test_collab_spectrum_uses_the_public_op_and_uncertainty_weights():
     direct = vkd_kernels.temporal_spectrum_loss(method.adapters[0](fs["layer4"]), ft["layer4"], norm="ortho")
     torch.testing.assert_close(terms["spectrum"], direct.detach())
     loss.backward()
-    assert method.log_vars.grad is not None and method.no_decay_parameters() == [method.log_vars]
+    assert method.log_vars.grad is not None and method.optimizer_groups() == [
+        {"params": [method.log_vars], "weight_decay": 0.0, "lr_scale": 0.01}]
+
+
+def test_collab_log_variances_get_their_own_learning_rate_and_no_weight_decay():
+    from vkd_kernels.train.engine import make_phases
+    student, teacher = build_model(STUDENT, 3), build_model(TEACHER, 3)
+    method = build_method("collab_spectrum", student, teacher, probe=_batch()[0][:2], log_var_lr_scale=0.01)
+    (_, optimizer, scheduler), = make_phases(method, {"lr": 0.1, "weight_decay": 5e-4}, epochs=2, steps_per_epoch=2)
+    rest, log_vars = optimizer.param_groups
+    assert log_vars["params"] == [method.log_vars] and all(p is not method.log_vars for p in rest["params"])
+    assert (rest["lr"], rest["weight_decay"]) == (0.1, 5e-4)
+    assert log_vars["lr"] == pytest.approx(1e-3) and log_vars["weight_decay"] == 0.0
+    optimizer.step(), scheduler.step(), scheduler.step()
+    assert log_vars["lr"] == pytest.approx(0.01 * rest["lr"]) and rest["lr"] < 0.1      # the same cosine
+    for bad in (0.0, -1.0):
+        with pytest.raises(ValueError, match="log_var_lr_scale"):
+            build_method("collab_spectrum", student, teacher, probe=_batch()[0][:2], log_var_lr_scale=bad)
 
 
 def test_collab_log_variances_are_projected_into_log_var_range():

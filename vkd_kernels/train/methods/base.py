@@ -139,6 +139,8 @@ class Method(nn.Module):
     def combine(self, terms: Dict[str, torch.Tensor]) -> torch.Tensor:
         return sum(self.weights.get(name, 1.0) * value for name, value in terms.items())
 
-    def no_decay_parameters(self) -> List[nn.Parameter]:
-        """Parameters to keep out of weight decay."""
+    def optimizer_groups(self) -> List[Dict]:
+        """Parameters with their own SGD settings, ``[{"params": [...], "weight_decay": wd,
+        "lr_scale": k}]`` (each key optional: the run's weight decay, k = 1: the run's
+        learning rate and schedule times k); every other parameter gets the run's settings."""
         return []

@@ -49,7 +49,8 @@ class Collab(Adapted):
                  uncertainty: bool = True, spectrum_options: Optional[Dict] = None,
                  student_groups: Optional[Sequence[str]] = None, teacher_groups: Optional[Sequence[str]] = None,
                  param_options: Optional[Dict] = None,
-                 log_var_range: Optional[Sequence[Optional[float]]] = (0.0, None), **kwargs):
+                 log_var_range: Optional[Sequence[Optional[float]]] = (0.0, None), log_var_lr_scale: float = 0.01,
+                 **kwargs):
         super().__init__(student, teacher, **kwargs)
         if not (spectrum or param):
             raise ValueError("collab needs spectrum=True or param=True")
@@ -67,6 +68,9 @@ class Collab(Adapted):
             raise ValueError(f"log_var_range must be None or (min, max) with min <= max (either may be None), "
                              f"got {log_var_range!r}")
         self.log_var_range = bounds
+        if not log_var_lr_scale > 0:
+            raise ValueError(f"log_var_lr_scale must be > 0, got {log_var_lr_scale!r}")
+        self.log_var_lr_scale = float(log_var_lr_scale)
 
     def terms(self, logits, t_logits, fs, ft, labels) -> Dict:
         out = {"kd": kd_loss(logits, t_logits.detach(), self.temperature)}
@@ -99,5 +103,5 @@ class Collab(Adapted):
             with torch.no_grad():
                 self.log_vars.copy_(self.log_variances)
 
-    def no_decay_parameters(self):
-        return [self.log_vars]
+    def optimizer_groups(self):
+        return [{"params": [self.log_vars], "weight_decay": 0.0, "lr_scale": self.log_var_lr_scale}]
