@@ -74,7 +74,7 @@ def test_augmentation_is_the_same_transform_on_every_frame():
         assert torch.equal(still, still[:, :1].expand_as(still))
     rng = np.random.default_rng(0)
     shifted = synthetic.augment_clip(x, rng, shift=0)
-    gains = shifted.flatten(1).unsqueeze(1) / x.flatten(1).unsqueeze(0)           # (3 out, 3 in, n): a permutation of gains
+    gains = shifted.flatten(1).unsqueeze(1) / x.flatten(1).unsqueeze(0)     # (3 out, 3 in, n)
     constant = (gains - gains[..., :1]).abs().amax(-1) < 1e-12
     assert constant.sum().item() == 3 and (constant.sum(0) == 1).all()
     picked = gains[..., 0][constant].abs()
