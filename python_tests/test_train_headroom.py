@@ -37,12 +37,13 @@ def test_streams_are_deterministic_and_disjoint():
     b, lb = generate(12, seed=0, split="tune")
     assert torch.equal(a, b) and torch.equal(la, lb)
     train, val = build_dataset(recipe["data"], "train"), build_dataset(recipe["data"], "val")
-    assert len(train) == 360 and not train.fresh_each_epoch         # the fixed labelled set, 30 per class
-    assert torch.bincount(train.labels).tolist() == [30] * 12
+    assert len(train) == 60 and not train.fresh_each_epoch          # the fixed labelled set, 5 per class,
+    assert torch.bincount(train.labels).tolist() == [5] * 12        # read through the augmentation
+    assert train.augment and not val.augment
     tune = SyntheticMotion(480, split="val", stream="tune")         # what vkd sweep validates on
     small = load_recipe("synthetic-headroom", ["teacher.pretrain.data.train.num_clips=240"])
     pre = build_dataset(pretrain_config(small)["data"], "train")
-    assert pre.fresh_each_epoch and pre.options["split"] == "pretrain"
+    assert pre.fresh_each_epoch and pre.options["split"] == "pretrain" and not pre.augment
     sets = {"train": _hashes(train.clips), "val": _hashes(val.clips), "tune": _hashes(tune.clips),
             "pretrain": _hashes(pre.clips)}
     pre.set_epoch(1)
@@ -59,7 +60,7 @@ def test_streams_are_deterministic_and_disjoint():
 def test_headroom_recipes_load_and_validate():
     full, quick = load_recipe("synthetic-headroom"), load_recipe("synthetic-quick")
     for recipe in (full, quick):
-        assert recipe["data"]["train"] == {"num_clips": 360} and recipe["train"]["threads"] == 1
+        assert recipe["data"]["train"] == {"num_clips": 60, "augment": True} and recipe["train"]["threads"] == 1
         assert run_config(recipe, "teacher", pretrained=None)["train"]["lr"] == 0.01        # fine-tuning
         assert pretrain_config(recipe)["train"]["epochs"] == 12
         for method in recipe["reproduce"]["methods"]:
@@ -146,6 +147,15 @@ def test_committed_results_have_five_seeds_per_method_and_consistent_statistics(
             again = report.paired(row["top1"], [ce[s] for s in row["seeds"]])
             assert row["vs_ce"]["wins"] == again["wins"] and row["vs_ce"]["t_p"] == pytest.approx(again["t_p"])
             assert row["vs_ce"]["wilcoxon_p"] == pytest.approx(again["wilcoxon_p"])
+
+
+def test_committed_ce_at_twice_the_schedule_is_the_same_ce_trained_longer():
+    longer = json.loads((REPRODUCTION / "ce-1152" / "results.json").read_text())
+    table = json.loads((REPRODUCTION / "results.json").read_text())
+    assert longer["recipe"]["train"]["epochs"] == 2 * table["recipe"]["train"]["epochs"]
+    for section in ("student", "data", "methods"):
+        assert longer["recipe"][section] == table["recipe"][section], section
+    assert longer["rows"]["ce"]["seeds"] == table["rows"]["ce"]["seeds"] and longer["threads"] == [1]
 
 
 def test_committed_sweep_table_matches_the_recipe():

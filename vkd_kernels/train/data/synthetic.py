@@ -27,6 +27,11 @@ Design (fixed before any method was run; not tuned for any method):
   only a shape at some opacity. Telling 1, 2 or 3 oscillations per clip apart needs
   the whole clip's temporal pattern: its temporal spectrum.
 
+* Optional training-time augmentation (``augment=True``, :func:`augment_clip`): the same
+  colour and position transform on every frame of a clip, drawn afresh at every read, so
+  a small fixed labelled set cannot be memorised through its colours and positions
+  (the headroom benchmark's 5 clips per class).
+
 Everything is drawn from ``numpy.random.default_rng([seed, stream])``, so a split is
 a pure function of (seed, stream, sizes); a split draws from its own stream unless
 ``stream`` names another. The streams: ``train``, ``val``, ``test``, ``tune`` (the
