@@ -11,7 +11,8 @@ on the first ``--clips`` validation clips, one CPU thread:
   input-independent guess (lambda_t's own mean pattern);
 * the gradient share: ||grad beta L_AD|| / ||grad CE|| over the student's parameters (head
   and the rest separately) and the cosine between the two, at initialisation and after
-  training, at the recipe's beta and at the literature's 0.1;
+  training, at the recipe's beta and at the literature's 0.1; the same for L_rec (the
+  only path from L_GD, a CVAE-pass term, to the network);
 * the channel match: how far the student's channel order is from the teacher's (a student
   channel c has no reason to carry the teacher's channel c).
 
@@ -45,27 +46,35 @@ def stats(lam: torch.Tensor) -> dict:
 
 
 def grad_share(method, clips, labels, beta: float) -> dict:
-    """||grad beta L_AD|| / ||grad CE|| (head, rest) and their cosine, one batch, training mode."""
+    """||grad w L|| / ||grad CE|| (head, rest) and the cosine with CE's gradient, for beta L_AD
+    and for the L_rec term at its full weight (the path by which L_GD, which trains only the
+    student's CVAE, reaches the network); one batch, training mode."""
     method.train()
-    method.set_phase("net", 0)
+    method.set_phase("net", method.rec_ramp)                  # L_rec at its full weight
     student = method.student
     fs, lam_s = student.features(clips)
     logits = student.classify(fs, lam_s)
     with torch.no_grad():
         lam_t = method.teacher_model.features(clips)[1]
     terms = method.net_terms(logits, labels, fs, lam_s, lam_t)
+    weights = method.coefficients()
     named = [(n, p) for n, p in student.named_parameters() if p.requires_grad and not n.startswith("cvae.")]
     params = [p for _, p in named]
-    g_ce = torch.autograd.grad(terms["ce"], params, retain_graph=True, allow_unused=True)
-    g_ad = torch.autograd.grad(beta * terms["ad"], params, allow_unused=True)
+
+    def grads(loss):
+        g = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+        return [x if x is not None else torch.zeros_like(p) for x, p in zip(g, params)]
+
+    g_ce, g_ad, g_rec = grads(terms["ce"]), grads(beta * terms["ad"]), grads(weights["rec"] * terms["rec"])
     out = {}
     for part, keep in (("head", lambda n: n.startswith("head.")), ("rest", lambda n: not n.startswith("head."))):
-        a = torch.cat([(g if g is not None else torch.zeros_like(p)).flatten()
-                       for (n, p), g in zip(named, g_ce) if keep(n)])
-        b = torch.cat([(g if g is not None else torch.zeros_like(p)).flatten()
-                       for (n, p), g in zip(named, g_ad) if keep(n)])
-        out[part] = {"ratio": float(b.norm() / a.norm()), "cosine": float(a @ b / (a.norm() * b.norm() + 1e-30))}
-    out["ce"], out["ad"] = float(terms["ce"]), float(terms["ad"])
+        a = torch.cat([g.flatten() for (n, _), g in zip(named, g_ce) if keep(n)])
+        out[part] = {}
+        for name, other in (("ad", g_ad), ("rec", g_rec)):
+            b = torch.cat([g.flatten() for (n, _), g in zip(named, other) if keep(n)])
+            out[part][name] = {"ratio": float(b.norm() / a.norm()),
+                               "cosine": float(a @ b / (a.norm() * b.norm() + 1e-30))}
+    out["ce"], out["ad"], out["rec"] = float(terms["ce"]), float(terms["ad"]), float(terms["rec"])
     return out
 
 
