@@ -257,6 +257,7 @@ def make_phases(method, t: Union[TrainConfig, Dict], epochs: int, steps_per_epoc
             groups = [{"params": [p for p in params if id(p) not in grouped]}] + [
                 {"params": [p for p in g["params"] if id(p) in mine], "lr": t.lr * g.get("lr_scale", 1.0),
                  "weight_decay": g.get("weight_decay", t.weight_decay)} for g in special]
+            groups = [g for g in groups if g["params"]]          # a group of another phase's parameters
             optimizer = torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay,
                                         nesterov=t.nesterov)
             warmup = int(round(t.warmup_epochs * steps_per_epoch))
