@@ -114,7 +114,8 @@ def table(runs: Dict[str, List[Dict]], teachers: Optional[Dict[str, Dict]] = Non
 
 
 def _minutes(summaries: List[Dict]) -> float:
-    """Training minutes of the runs together (epochs x seconds per epoch; evaluation included)."""
+    """Training minutes of the runs together (epochs x seconds per epoch: the training
+    passes, without the validation)."""
     return float(sum(s.get("epochs", len(s["curve_top1"])) * s["epoch_seconds"] for s in summaries) / 60)
 
 

@@ -12,7 +12,9 @@ Only the paper's abstract is public; this is our reading (docs/methods.md, metho
 * standard logit KD at temperature 4, and CE;
 * "collaborative learning from a probabilistic view": learned homoscedastic
   uncertainty weighting ``L = sum_i exp(-s_i) L_i + s_i`` over the terms, ``s_i``
-  learnable (initialised 0) and excluded from weight decay, and kept inside
+  learnable (initialised 0), excluded from weight decay, learnt at ``log_var_lr_scale``
+  (default 0.01) times the networks' learning rate (at the full rate SGD + momentum
+  swung s_kd to 36 within the first epoch of synthetic-headroom), and kept inside
   ``log_var_range`` (default ``s_i >= 0``: a weight ``exp(-s_i)`` never exceeds 1) by
   projection after each optimiser step (``after_step``; ``forward`` only reads
   the clamped value, it never writes a parameter). Unbounded (``log_var_range=None``), each ``s_i`` runs
