@@ -13,7 +13,8 @@ the batch sum forward, 1 + 1 per gradient backward, whatever the options):
                                                       pooling backward on the maps
               dx = p |x|^(p-1) sign(x) da / C         one read of x, one write of dx
 
-Only the inputs and the (N, K, P) partial maps (K <= C / 64) are kept for backward.
+Only the inputs that need a gradient and the (N, K, P) partial maps (K <= C / 64) are kept
+for backward.
 ``vkd::attention_raw_map`` is the channel reduction alone, for :func:`attention_map`.
 Every backend module (triton_kernels, native) offers ``splits``, ``forward``,
 ``backward``, ``finish_forward`` and ``finish_backward``; the math of the finish is
@@ -142,9 +143,17 @@ def _(grad, fs, ft, parts_s, parts_t, p, cs, ct, mode, distance, reduction, back
     return (torch.empty_like(fs) if need_s else fs.new_empty(0)), (torch.empty_like(ft) if need_t else ft.new_empty(0))
 
 
+def _shape_only(x: torch.Tensor) -> torch.Tensor:
+    """A stand-in with x's shape and no storage (one element, stride 0)."""
+    return x.new_zeros(()).expand(x.shape)
+
+
 def _transfer_setup_context(ctx, inputs, output):
     fs, ft, *options = inputs
-    ctx.save_for_backward(fs, ft, output[1], output[2])
+    # A feature is re-read only for its own gradient; otherwise only its shape is kept, so
+    # a teacher's feature under no_grad is freed with the forward, as in torch.compile's graph.
+    kept = [x if need else _shape_only(x) for x, need in zip((fs, ft), ctx.needs_input_grad[:2])]
+    ctx.save_for_backward(*kept, output[1], output[2])
     ctx.set_materialize_grads(False)  # no zeros for the gradients of the saved-only outputs
     ctx.options = options
 
