@@ -96,6 +96,26 @@ def test_augmented_dataset_is_deterministic_per_epoch_and_index():
         synthetic.SyntheticMotion(4, augment="yes")
 
 
+def test_a_pool_of_views_repeats_every_v_epochs():
+    """views=V: epoch e reads the views of epoch e mod V (those of the unbounded pool's first
+    V epochs), so the labelled set is V x num_clips fixed examples."""
+    pool = synthetic.SyntheticMotion(12, augment=True, views=3)
+    fresh = synthetic.SyntheticMotion(12, augment=True)
+    seen = []
+    for epoch in range(7):
+        pool.set_epoch(epoch)
+        fresh.set_epoch(epoch % 3)
+        seen.append(pool[4][0])
+        assert torch.equal(seen[-1], fresh[4][0])
+    assert torch.equal(seen[0], seen[3]) and torch.equal(seen[1], seen[4]) and torch.equal(seen[0], seen[6])
+    assert not torch.equal(seen[0], seen[1]) and not torch.equal(seen[1], seen[2])
+    for bad in (0, -2, 2.5, True, "8"):
+        with pytest.raises(ValueError, match="views"):
+            synthetic.SyntheticMotion(4, augment=True, views=bad)
+    with pytest.raises(ValueError, match="views"):
+        synthetic.SyntheticMotion(4, views=4)   # views without augment
+
+
 def test_sampling_indices():
     rng = np.random.default_rng(0)
     idx = segment_indices(80, 8, True, rng)

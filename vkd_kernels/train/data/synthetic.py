@@ -29,8 +29,10 @@ Design (fixed before any method was run; not tuned for any method):
 
 * Optional training-time augmentation (``augment=True``, :func:`augment_clip`): the same
   colour and position transform on every frame of a clip, drawn afresh at every read, so
-  a small fixed labelled set cannot be memorised through its colours and positions
-  (the headroom benchmark's 5 clips per class).
+  a small fixed labelled set cannot be memorised through its colours and positions;
+  ``views=V`` draws from a fixed pool of V views per clip instead (view = epoch mod V),
+  so the labelled set stays finite and a long enough schedule converges (the headroom
+  benchmark's 5 clips per class, 8 views each).
 
 Everything is drawn from ``numpy.random.default_rng([seed, stream])``, so a split is
 a pure function of (seed, stream, sizes); a split draws from its own stream unless
@@ -179,22 +181,26 @@ class SyntheticMotion(Dataset):
     ``stream``: draw from that split's RNG stream instead of ``split``'s own (e.g. the
     validation of a weight sweep reads ``tune``, never the reported ``val``).
     ``augment=True``: every read of a clip passes through :func:`augment_clip`, drawn
-    from ``default_rng([seed, stream, epoch, index, 1])`` (deterministic, so a resumed
-    run sees the same clips); a fixed small set then no longer offers colour and position
-    to memorise (the headroom benchmark's labelled set).
+    from ``default_rng([seed, stream, view, index, 1])`` with view = epoch (a fresh view
+    every epoch) or, with ``views=V``, epoch mod V (a fixed pool of V views per clip:
+    V x num_clips distinct training examples); deterministic, so a resumed run sees the
+    same clips. A fixed small set then no longer offers colour and position to memorise.
     """
 
     def __init__(self, num_clips: int = 2400, *, seed: int = 0, split: str = "train", frames: int = 8,
                  size: int = 32, frequencies=(1, 2, 3), fresh_each_epoch: bool = False,
                  stream: Optional[Literal["train", "val", "test", "tune", "pretrain"]] = None,
-                 augment: bool = False, **options):
+                 augment: bool = False, views: Optional[int] = None, **options):
         if stream is not None and stream not in SPLITS:
             raise ValueError(f"stream must be one of {sorted(SPLITS)} or null, got {stream!r}")
         self.options = dict(num_clips=num_clips, seed=seed, split=stream or split, frames=frames, size=size,
                             frequencies=tuple(frequencies), **options)
         if not isinstance(augment, bool):
             raise ValueError(f"augment must be true or false, got {augment!r}")
-        self.fresh_each_epoch, self.augment, self.epoch = fresh_each_epoch, augment, 0
+        if views is not None and (isinstance(views, bool) or not isinstance(views, int) or views < 1
+                                  or not augment):
+            raise ValueError(f"views must be a positive integer (with augment: true) or null, got {views!r}")
+        self.fresh_each_epoch, self.augment, self.views, self.epoch = fresh_each_epoch, augment, views, 0
         self.clips, self.labels = generate(**self.options)
         self.num_classes = 4 * len(frequencies)
         self.classes = class_names(tuple(frequencies))
@@ -212,5 +218,6 @@ class SyntheticMotion(Dataset):
         x = (x - x.mean((1, 2, 3), keepdim=True)) / 0.25
         if self.augment:
             o = self.options
-            x = augment_clip(x, np.random.default_rng([o["seed"], SPLITS[o["split"]], self.epoch, int(index), 1]))
+            view = self.epoch if self.views is None else self.epoch % self.views
+            x = augment_clip(x, np.random.default_rng([o["seed"], SPLITS[o["split"]], view, int(index), 1]))
         return x, self.labels[index]
