@@ -151,6 +151,19 @@ def test_dtypes_and_kernels(backend, device, dtype, pair):
 
 @numeric
 @pytest.mark.parametrize("backend", FUSED)
+@pytest.mark.parametrize("dtype", (torch.float32, torch.float64))
+def test_kernels_across_vector_widths(backend, device, dtype):
+    """Kernel sizes P on both sides of the CPU Gram's vector and block edges (4-16 lanes,
+    8-row blocks): 8, 15, 16, 17, 24, 25, 31, 32, 33, 48, 49, 64, 65, rows past a 64-row step."""
+    kernels = [(2, 4), (3, 5), (4, 4), (1, 17), (2, 3, 4), (5, 5), (1, 31), (2, 4, 4), (3, 11), (3, 4, 4),
+               (7, 7), (4, 4, 4), (5, 13)]
+    student = make(device, [(9, 11) + k for k in kernels], dtype)
+    teacher = make(device, [(4, 3) + k for k in kernels], dtype, shaped=True)
+    check_backend(backend, device, student, teacher, dtype, distance="js")
+
+
+@numeric
+@pytest.mark.parametrize("backend", FUSED)
 def test_many_splits_and_pooled_groups(backend, device):
     """Tensors longer than a chunk are split across programs (their energy partials
     summed by finish); one group pools three tensors of several chunks each."""
@@ -417,7 +430,7 @@ def test_cpu_gram_variants(isa):
     """Each instruction-set variant of the CPU Gram kernel (csrc/cpu/weights.cpp picks the
     CPU's best; VKD_WEIGHT_GRAM_ISA forces one) passes this file's comparisons of every
     dtype, kernel size, chunking and gradient, in a pytest subprocess."""
-    tests = "cpu and (dtypes_and_kernels or many_splits or fuzz_shapes or gradcheck)"
+    tests = "cpu and (dtypes_and_kernels or vector_widths or many_splits or fuzz_shapes or gradcheck)"
     done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k", tests],
                           env={**os.environ, "VKD_WEIGHT_GRAM_ISA": isa}, capture_output=True, text=True)
     if "this CPU lacks it" in done.stdout + done.stderr:

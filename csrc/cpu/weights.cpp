@@ -61,14 +61,25 @@ VKD_INLINE void rank_block(const acc_t* x, int64_t n, int64_t P, int64_t i0, int
 }
 
 // G += x^T x for n rows x of P values over the blocks that hold the upper triangle
-// (j >= i; the caller mirrors it): row blocks of kI, column blocks of kJ vectors from the
-// one holding i0; kernels of at most one vector take single-vector blocks of 8 rows.
+// (j >= i; the caller mirrors it): row blocks of kI rows (kI / 2 for the last few), each
+// from the column vector that holds its first row to the end, kJ vectors at a time and a
+// single-vector tail. Starting at that vector rather than at a kJ-vector boundary skips
+// the lower blocks: a 3x3x3 kernel (P = 27) in 16-lane vectors takes 16 + 16 + 8 + 4 = 44
+// FMAs per row (rows 0-7, 8-15: both vectors; 16-23: the second; 24-26: 4 of it) where
+// 14 x 2 blocks from vector 0 took 56 (the triangle itself is 24 vectors' worth).
 template <int kBytes, int kI, int kJ, typename acc_t>
 VKD_INLINE void gram_rows(const acc_t* x, int64_t n, int64_t P, acc_t* G, int64_t ld) {
-  constexpr int64_t W = kJ * (kBytes / sizeof(acc_t));
-  if (kJ > 1 && P <= W / kJ) return gram_rows<kBytes, 8, 1>(x, n, P, G, ld);
-  for (int64_t i0 = 0; i0 < P; i0 += kI)
-    for (int64_t j0 = i0 / W * W; j0 < P; j0 += W) rank_block<kBytes, kI, kJ>(x, n, P, i0, j0, G, ld);
+  constexpr int64_t L = kBytes / sizeof(acc_t);
+  for (int64_t i0 = 0; i0 < P; i0 += P - i0 > kI / 2 ? kI : kI / 2) {
+    int64_t j0 = i0 / L * L;
+    if (P - i0 > kI / 2) {
+      for (; j0 + kJ * L <= P + L - 1; j0 += kJ * L) rank_block<kBytes, kI, kJ>(x, n, P, i0, j0, G, ld);
+      for (; j0 < P; j0 += L) rank_block<kBytes, kI, 1>(x, n, P, i0, j0, G, ld);
+    } else {
+      for (; j0 + kJ * L <= P + L - 1; j0 += kJ * L) rank_block<kBytes, kI / 2, kJ>(x, n, P, i0, j0, G, ld);
+      for (; j0 < P; j0 += L) rank_block<kBytes, kI / 2, 1>(x, n, P, i0, j0, G, ld);
+    }
+  }
 }
 
 template <typename acc_t>
@@ -76,13 +87,13 @@ using GramRows = void (*)(const acc_t* x, int64_t n, int64_t P, acc_t* G, int64_
 
 // One variant per x86-64 level, picked once by the CPU's features (other CPUs: the
 // portable 16-byte one). Blocks (accumulators + column vectors + a broadcast <= the
-// registers): AVX-512 14 x 2 of 32 zmm (a 3x3x3 kernel in two row blocks), AVX2 6 x 2 of
-// 16 ymm, SSE 6 x 2 of 16 xmm.
+// registers): AVX-512 8 x 2 of 32 zmm (8 rows divide a 16- or 8-lane vector, so no block
+// straddles one), AVX2 6 x 2 of 16 ymm, SSE 6 x 2 of 16 xmm.
 #if defined(__GNUC__) && defined(__x86_64__)
 template <typename acc_t>
 __attribute__((target("arch=x86-64-v4"))) void gram_rows_v4(const acc_t* x, int64_t n, int64_t P, acc_t* G,
                                                               int64_t ld) {
-  gram_rows<64, 14, 2>(x, n, P, G, ld);
+  gram_rows<64, 8, 2>(x, n, P, G, ld);
 }
 template <typename acc_t>
 __attribute__((target("arch=x86-64-v3"))) void gram_rows_v3(const acc_t* x, int64_t n, int64_t P, acc_t* G,
