@@ -144,8 +144,9 @@ def _(grad, fs, ft, parts_s, parts_t, p, cs, ct, mode, distance, reduction, back
 
 
 def _shape_only(x: torch.Tensor) -> torch.Tensor:
-    """A stand-in with x's shape and no storage (one element, stride 0)."""
-    return x.new_zeros(()).expand(x.shape)
+    """A stand-in with x's shape and no storage (one element, stride 0, never read: empty,
+    so no fill is launched)."""
+    return x.new_empty(()).expand(x.shape)
 
 
 def _transfer_setup_context(ctx, inputs, output):
