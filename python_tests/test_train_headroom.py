@@ -155,8 +155,8 @@ def test_committed_longer_schedules_change_nothing_but_the_epochs(factor):
     table = json.loads((REPRODUCTION / "results.json").read_text())
     epochs = table["recipe"]["train"]["epochs"]
     longer = json.loads((REPRODUCTION / "longer" / str(factor * epochs) / "results.json").read_text())
-    interval = longer["recipe"]["train"]["eval_interval"]
-    assert longer["recipe"]["train"] == {**table["recipe"]["train"], "epochs": factor * epochs, "eval_interval": interval}
+    changed = {"epochs": factor * epochs, "eval_interval": longer["recipe"]["train"]["eval_interval"]}
+    assert longer["recipe"]["train"] == {**table["recipe"]["train"], **changed}
     for section in ("student", "teacher", "data", "methods"):
         assert longer["recipe"][section] == table["recipe"][section], section
     assert longer["threads"] == [1] and "ce" in longer["rows"]
