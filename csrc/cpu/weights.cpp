@@ -61,25 +61,25 @@ VKD_INLINE void rank_block(const acc_t* x, int64_t n, int64_t P, int64_t i0, int
 }
 
 // G += x^T x for n rows x of P values over the blocks that hold the upper triangle
-// (j >= i; the caller mirrors it): row blocks of kI rows (kI / 2 for the last few), each
-// from the column vector that holds its first row to the end, kJ vectors at a time and a
-// single-vector tail. Starting at that vector rather than at a kJ-vector boundary skips
-// the lower blocks: a 3x3x3 kernel (P = 27) in 16-lane vectors takes 16 + 16 + 8 + 4 = 44
+// (j >= i; the caller mirrors it): row blocks of kI rows (one of kI / 2 for the last few),
+// each (row_block) from the column vector that holds its first row to the end, kJ vectors
+// at a time and a single-vector tail. Starting at that vector rather than at a kJ-vector
+// boundary skips the lower blocks: a 3x3x3 kernel (P = 27) in 16-lane vectors takes 16 + 16 + 8 + 4 = 44
 // FMAs per row (rows 0-7, 8-15: both vectors; 16-23: the second; 24-26: 4 of it) where
 // 14 x 2 blocks from vector 0 took 56 (the triangle itself is 24 vectors' worth).
 template <int kBytes, int kI, int kJ, typename acc_t>
-VKD_INLINE void gram_rows(const acc_t* x, int64_t n, int64_t P, acc_t* G, int64_t ld) {
+VKD_INLINE void row_block(const acc_t* x, int64_t n, int64_t P, int64_t i0, acc_t* G, int64_t ld) {
   constexpr int64_t L = kBytes / sizeof(acc_t);
-  for (int64_t i0 = 0; i0 < P; i0 += P - i0 > kI / 2 ? kI : kI / 2) {
-    int64_t j0 = i0 / L * L;
-    if (P - i0 > kI / 2) {
-      for (; j0 + kJ * L <= P + L - 1; j0 += kJ * L) rank_block<kBytes, kI, kJ>(x, n, P, i0, j0, G, ld);
-      for (; j0 < P; j0 += L) rank_block<kBytes, kI, 1>(x, n, P, i0, j0, G, ld);
-    } else {
-      for (; j0 + kJ * L <= P + L - 1; j0 += kJ * L) rank_block<kBytes, kI / 2, kJ>(x, n, P, i0, j0, G, ld);
-      for (; j0 < P; j0 += L) rank_block<kBytes, kI / 2, 1>(x, n, P, i0, j0, G, ld);
-    }
-  }
+  int64_t j0 = i0 / L * L;
+  for (; j0 + kJ * L <= P + L - 1; j0 += kJ * L) rank_block<kBytes, kI, kJ>(x, n, P, i0, j0, G, ld);
+  for (; j0 < P; j0 += L) rank_block<kBytes, kI, 1>(x, n, P, i0, j0, G, ld);
+}
+
+template <int kBytes, int kI, int kJ, typename acc_t>
+VKD_INLINE void gram_rows(const acc_t* x, int64_t n, int64_t P, acc_t* G, int64_t ld) {
+  int64_t i0 = 0;
+  for (; P - i0 > kI / 2; i0 += kI) row_block<kBytes, kI, kJ>(x, n, P, i0, G, ld);
+  if (i0 < P) row_block<kBytes, kI / 2, kJ>(x, n, P, i0, G, ld);
 }
 
 template <typename acc_t>
