@@ -156,13 +156,19 @@ def test_gradcheck_float64(backend, device, options):
                 fast_mode=backend != "reference")
 
 
+def saved_for_backward(fn, *args, **kwargs):
+    """(fn(*args, **kwargs), the tensors autograd saved for backward while it ran)."""
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        out = fn(*args, **kwargs)
+    return out, saved
+
+
 @pytest.mark.parametrize("backend", FUSED)
 def test_only_the_inputs_are_kept_for_backward(backend, device):
     """Nothing of feature size beyond the inputs is saved: the backward re-reads them."""
     fs, ft = features(device, (2, 8, 3, 4, 5))
-    saved = []
-    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
-        call(attention_transfer_loss, device, fs, ft, backend=backend)
+    _, saved = saved_for_backward(call, attention_transfer_loss, device, fs, ft, backend=backend)
     big = [t for t in saved if t.numel() >= fs.numel() and t.data_ptr() not in (fs.data_ptr(), ft.data_ptr())]
     assert saved and not big
 
@@ -174,9 +180,7 @@ def test_a_feature_without_grad_is_not_kept(backend, device, side):
     freed with the forward; the other one's gradient is unchanged."""
     fs, ft = features(device, (2, 8, 3, 4, 5), (2, 6, 3, 4, 5))
     needed, dropped = (fs, ft.requires_grad_(False)) if side == "student" else (ft, fs.requires_grad_(False))
-    saved = []
-    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
-        out, (grad,) = call(run, device, backend, fs, ft)
+    (out, (grad,)), saved = saved_for_backward(call, run, device, backend, fs, ft)
     storages = {t.untyped_storage().data_ptr() for t in saved}
     assert needed.untyped_storage().data_ptr() in storages and dropped.untyped_storage().data_ptr() not in storages
     assert max(t.untyped_storage().nbytes() for t in saved if t.shape == dropped.shape) < dropped.element_size() * 2
