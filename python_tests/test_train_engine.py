@@ -1,4 +1,5 @@
 """Trainer engine and CLI: exact resume after a kill, 2-process gloo DDP, end to end."""
+import csv
 import json
 import os
 import socket
@@ -95,6 +96,30 @@ def test_cli_reproduce_end_to_end(tmp_path, capsys):
     assert cli.main(["evaluate", "--recipe", "synthetic-full", "--checkpoint", str(out / "kd" / "seed0" / "model.pt")]
                     + sum((["--set", i] for i in TINY), [])) == 0
     assert "top1" in json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def test_cli_reproduce_jobs_trains_side_by_side_to_the_same_weights(tmp_path, capsys, monkeypatch):
+    """--jobs 2: the students two at a time, each in a fresh process, end with the weights
+    and figures of one process training them in turn; a failed run stops the invocation."""
+    def invoke(out, *extra):
+        return cli.main(["reproduce", "--recipe", "synthetic-full", "--out", str(out), "--no-progress",
+                         "--methods", "ce", "kd", "--seeds", "0", "1", *extra]
+                        + sum((["--set", i] for i in TINY + ["train.threads=1"]), []))
+    assert invoke(tmp_path / "one") == 0 and invoke(tmp_path / "two", "--jobs", "2") == 0
+    for run in ("ce/seed0", "ce/seed1", "kd/seed0", "kd/seed1"):
+        one, two = (torch.load(tmp_path / d / run / "model.pt", weights_only=True) for d in ("one", "two"))
+        assert all(torch.equal(one["state_dict"][k], v) for k, v in two["state_dict"].items()), run
+        rows = [[_figures(r) for r in csv.DictReader(open(tmp_path / d / run / "log.csv"))] for d in ("one", "two")]
+        assert rows[0] == rows[1], run
+    capsys.readouterr()
+    recipe = tiny_recipe("train.threads=1")
+    missing = run_config(recipe, "student", method="kd", teacher=str(tmp_path / "no-teacher.pt"))
+    with pytest.raises(Exception, match="no-teacher.pt"):
+        cli._run_all([(missing, tmp_path / "bad" / f"seed{s}") for s in (0, 1)], False, False, 2)
+    assert invoke(tmp_path / "three", "--jobs", "0") == 2
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert invoke(tmp_path / "three", "--jobs", "2") == 2
+    assert "--jobs" in capsys.readouterr().err and not (tmp_path / "three").exists()
 
 
 def test_cli_reproduce_reports_on_rank_0_only(tmp_path, capsys, monkeypatch):

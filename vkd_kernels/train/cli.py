@@ -4,6 +4,7 @@
     vkd distill --recipe synthetic-quick --method kd --teacher runs/teacher/model.pt --out runs/kd
     vkd evaluate --recipe synthetic-quick --checkpoint runs/kd/model.pt
     vkd reproduce --recipe synthetic-quick --out runs/quick          # teacher once, then every method
+    vkd reproduce --recipe synthetic-headroom --jobs 2 --out runs/h  # two runs at a time, one process each
     vkd sweep --recipe synthetic-headroom --out runs/headroom         # the weight sweep on the tuning split
     torchrun --nproc_per_node 4 -m vkd_kernels.train.cli distill ...  # multi-GPU (DDP)
 
@@ -17,11 +18,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import multiprocessing
 import os
 import sys
 import time
+from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 
@@ -54,6 +57,13 @@ def _common(p: argparse.ArgumentParser, out: bool = True) -> None:
         p.add_argument("--resume", action="store_true",
                        help="continue from <out>/last.pt (an error if it is missing or from another configuration)")
         p.add_argument("--no-progress", action="store_true", help="no progress bars (they appear on a terminal only)")
+
+
+def _add_jobs(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--jobs", type=int, default=1,
+                   help="students trained side by side, each in its own process with the run's train.threads "
+                        "(e.g. 2 on 2 cores with train.threads 1); the teachers train first, results do not "
+                        "depend on it (default 1)")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -90,10 +100,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-train", action="store_true",
                    help="train no student: the table and plots of the runs that have finished (a method x seed "
                         "without summary.json is left out)")
+    _add_jobs(p)
     p = sub.add_parser("sweep", help="the recipe's weight sweep (sweep.grid) validated on the tuning split; "
                        "writes sweep.md / sweep.json")
     _common(p)
     p.add_argument("--methods", nargs="+", help="default: every method of sweep.grid")
+    _add_jobs(p)
     from .data.formats import add_data_parser
     add_data_parser(sub)               # vkd data: official annotation files -> our lists
     return ap
@@ -135,6 +147,34 @@ def _run(cfg, run_dir: Path, resume: bool, progress: bool) -> None:
     if (run_dir / "last.pt").exists() and not resume:
         raise ConfigError(f"reproduce: {run_dir} holds an interrupted run (last.pt): pass --resume to continue it")
     fit(cfg, run_dir, resume=resume and (run_dir / "last.pt").exists(), progress=progress)
+
+
+def _run_all(runs: List[Tuple[Dict, Path]], resume: bool, progress: bool, jobs: int) -> None:
+    """Train every (configuration, folder) of ``runs`` that has no summary.json: in this
+    process with ``jobs`` 1, else ``jobs`` at a time in fresh (spawned) processes, each
+    run alone in its process as in a sequential invocation, so its result is the same.
+    The first failure stops the runs not yet started and is raised here."""
+    runs = [(cfg, d) for cfg, d in runs if not (d / "summary.json").exists()]
+    if jobs == 1 or len(runs) <= 1:
+        for cfg, run_dir in runs:
+            _run(cfg, run_dir, resume, progress)
+        return
+    context = multiprocessing.get_context("spawn")      # no fork of a process that holds torch's threads
+    with ProcessPoolExecutor(min(jobs, len(runs)), mp_context=context, max_tasks_per_child=1,
+                             initializer=setup_logging, initargs=(logging.getLevelName(log.level),)) as pool:
+        futures = [pool.submit(_run, cfg, run_dir, resume, False) for cfg, run_dir in runs]
+        done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+        failed = [f for f in futures if f in done and f.exception() is not None]
+        if failed:
+            pool.shutdown(cancel_futures=True)
+            raise failed[0].exception()
+
+
+def check_jobs(jobs: int) -> None:
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ConfigError(f"--jobs: the runs trained side by side, an integer >= 1, got {jobs!r}")
+    if jobs > 1 and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError("--jobs: under torchrun every run uses all ranks; pass --jobs 1")
 
 
 def _rank() -> int:
@@ -183,10 +223,12 @@ class Teachers:
 
 
 def reproduce(recipe, out: Path, seeds, methods, resume: bool, progress: bool, explicit: bool = True,
-              train: bool = True) -> str:
-    """Train the teacher(s) and every method x seed (each run on all ranks under torchrun),
-    then, on rank 0 only, the spectra, results.md / results.json and the plots; returns the
-    markdown on rank 0, "" on the others. ``train=False``: report the finished runs only."""
+              train: bool = True, jobs: int = 1) -> str:
+    """Train the teacher(s) and every method x seed (each run on all ranks under torchrun;
+    ``jobs`` runs side by side, :func:`_run_all`), then, on rank 0 only, the spectra,
+    results.md / results.json and the plots; returns the markdown on rank 0, "" on the
+    others. ``train=False``: report the finished runs only."""
+    check_jobs(jobs)
     methods = reproduce_plan(recipe, seeds, methods, explicit)
     if resume and not out.is_dir():
         raise ConfigError(f"resume: no folder {out} to continue (was --out mistyped?); run without --resume")
@@ -194,17 +236,17 @@ def reproduce(recipe, out: Path, seeds, methods, resume: bool, progress: bool, e
     teachers = Teachers(recipe, out, resume, progress)
     teacher_dir = teachers.dir("ce")
     teacher = json.loads((teacher_dir / "summary.json").read_text())
+    if train:
+        _run_all([(run_config(recipe, "student", method=method, seed=seed,
+                              teacher=str(teachers.dir(method) / "model.pt")), out / method / f"seed{seed}")
+                  for method in methods for seed in seeds], resume, progress, jobs)
     runs, curves = {}, {"teacher": [teacher["curve_top1"]]}
     curve_epochs = {"teacher": teacher.get("curve_epochs")}
     for method in methods:
         for seed in seeds:
             run_dir = out / method / f"seed{seed}"
             if not (run_dir / "summary.json").exists():
-                if not train:
-                    continue
-                cfg = run_config(recipe, "student", method=method, seed=seed,
-                                 teacher=str(teachers.dir(method) / "model.pt"))
-                _run(cfg, run_dir, resume, progress)
+                continue
             summary = json.loads((run_dir / "summary.json").read_text())
             runs.setdefault(method, []).append(summary)
             curves.setdefault(method, []).append(summary["curve_top1"])
@@ -232,11 +274,13 @@ def reproduce(recipe, out: Path, seeds, methods, resume: bool, progress: bool, e
     return text
 
 
-def sweep(recipe, out: Path, methods, resume: bool, progress: bool) -> str:
+def sweep(recipe, out: Path, methods, resume: bool, progress: bool, jobs: int = 1) -> str:
     """Every point of ``sweep.grid`` (each value on each seed of ``sweep.seeds``), validated on
     the clips of ``sweep.stream`` (the tuning split, never the reported ``val``), with the
     teachers of ``reproduce`` in the same ``out``; writes ``sweep.md`` / ``sweep.json`` with
-    the mean tuning top-1 of each value and the chosen one (the highest; the first on a tie)."""
+    the mean tuning top-1 of each value and the chosen one (the highest; the first on a tie).
+    ``jobs``: runs side by side (:func:`_run_all`)."""
+    check_jobs(jobs)
     spec = recipe.get("sweep")
     if not spec:
         raise ConfigError("sweep: the recipe has no sweep section (sweep.grid, sweep.seeds)")
@@ -248,26 +292,32 @@ def sweep(recipe, out: Path, methods, resume: bool, progress: bool) -> str:
     tuned = {**recipe, "data": merge_data(recipe["data"], {"val": val}),
              "train": {**recipe["train"], **(spec.get("train") or {})}}
     teachers = Teachers(recipe, out, resume, progress)       # trained on the recipe's own data
+    methods = methods or list(grid)
+    plan = [("ce", "ce", None, None)] + [          # (method, folder name, swept value, method options)
+        (method, f"{'+'.join(grid[method]['keys'])}={value}", value,
+         sweep_options(recipe, method, grid[method]["keys"], value))
+        for method in methods for value in grid[method]["values"]]
 
-    def point(method: str, folder: str, options=None) -> dict:
-        summaries = []
-        for seed in spec["seeds"]:
-            run_dir = out / "sweep" / method / folder / f"seed{seed}"
-            if not (run_dir / "summary.json").exists():
-                cfg = run_config(tuned, "student", method=method, seed=seed,
-                                 teacher=None if method == "ce" else str(teachers.dir(method) / "model.pt"))
-                if options is not None:
-                    cfg["method_options"] = options
-                _run(cfg, run_dir, resume, progress)
-            summaries.append(json.loads((run_dir / "summary.json").read_text()))
+    def config(method: str, seed: int, options) -> dict:
+        cfg = run_config(tuned, "student", method=method, seed=seed,
+                         teacher=None if method == "ce" else str(teachers.dir(method) / "model.pt"))
+        return cfg if options is None else {**cfg, "method_options": options}
+
+    def folder(method: str, name: str, seed: int) -> Path:
+        return out / "sweep" / method / name / f"seed{seed}"
+
+    _run_all([(config(method, seed, options), folder(method, name, seed))
+              for method, name, _, options in plan for seed in spec["seeds"]], resume, progress, jobs)
+
+    def point(method: str, name: str) -> dict:
+        summaries = [json.loads((folder(method, name, seed) / "summary.json").read_text()) for seed in spec["seeds"]]
         tops = [s["top1"] for s in summaries]
         return {"top1": tops, "top1_mean": float(sum(tops) / len(tops)), "minutes": report._minutes(summaries)}
 
     result = {"stream": val["stream"], "seeds": list(spec["seeds"]), "ce": point("ce", "ce"), "methods": {}}
-    for method in methods or list(grid):
-        keys, values = grid[method]["keys"], grid[method]["values"]
-        points = [{"value": value, **point(method, f"{'+'.join(keys)}={value}",
-                                           sweep_options(recipe, method, keys, value))} for value in values]
+    for method in methods:
+        keys = grid[method]["keys"]
+        points = [{"value": value, **point(method, name)} for m, name, value, _ in plan if m == method]
         best = max(points, key=lambda p: p["top1_mean"])
         result["methods"][method] = {"keys": keys, "points": points, "chosen": best["value"]}
     if _rank() != 0:
@@ -355,7 +405,7 @@ def _main(args) -> int:
         if int(os.environ.get("RANK", "0")) == 0:
             print(json.dumps(result))
     elif args.command == "sweep":
-        text = sweep(recipe, Path(args.out), args.methods, args.resume, progress)
+        text = sweep(recipe, Path(args.out), args.methods, args.resume, progress, jobs=args.jobs)
         if text:
             print(text)
     else:
@@ -363,7 +413,7 @@ def _main(args) -> int:
         seeds = args.seeds or reproduce_cfg.get("seeds")
         methods = args.methods or reproduce_cfg.get("methods")
         text = reproduce(recipe, Path(args.out), seeds, methods, args.resume, progress, explicit=bool(args.methods),
-                         train=not args.no_train)
+                         train=not args.no_train, jobs=args.jobs)
         if text:
             print(text)
     return 0
