@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
 import math
 import sys
 from pathlib import Path
@@ -139,3 +140,15 @@ def test_kept_memory_serves_a_large_buffer_without_page_faults():
             pytest.skip("not glibc: mallopt is unavailable")
         faults[keep] = int(out[1])
     assert faults[True] < 32 <= faults[False], faults
+
+
+def test_weight_gram_microbenchmark(capsys):
+    """benchmarks/weight_gram.py: the figures of one weight on a tiny shape, and its refusals."""
+    gram = _load("weight_gram")
+    gram.main(["--shape", "6", "5", "3", "3", "--repeats", "2", "--warmup", "0"])
+    out = json.loads(capsys.readouterr().out)
+    assert (out["rows"], out["P"], out["threads"], out["dtype"]) == (30, 9, 1, "float32")
+    assert out["ns_per_row"] == pytest.approx(out["median_ms"] * 1e6 / 30)
+    for bad in (["--shape", "4", "4"], ["--shape", "4", "0", "3"], ["--repeats", "0"]):
+        with pytest.raises(SystemExit):
+            gram.main(bad)
