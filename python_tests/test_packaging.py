@@ -37,7 +37,7 @@ def test_readme_main_job_installs_the_trainer_extra():
     command = _readme_command("main job")
     assert command.startswith("python3 -m venv .venv && . .venv/bin/activate && ")
     assert re.search(r'pip install "\.\[[^"]*train[^"]*\]"', command), command
-    assert command.endswith("vkd reproduce --recipe synthetic-quick --out runs/synthetic-quick")
+    assert command.endswith("vkd reproduce --recipe synthetic-quick --jobs 2 --out runs/synthetic-quick")
 
 
 def test_version_is_defined_once():

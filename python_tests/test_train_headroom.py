@@ -39,11 +39,11 @@ def test_streams_are_deterministic_and_disjoint():
     train, val = build_dataset(recipe["data"], "train"), build_dataset(recipe["data"], "val")
     assert len(train) == 60 and not train.fresh_each_epoch          # the fixed labelled set, 5 per class,
     assert torch.bincount(train.labels).tolist() == [5] * 12        # read through the augmentation
-    assert train.augment and not val.augment
+    assert train.augment and train.views == 8 and not val.augment   # 8 fixed views of each clip
     tune = SyntheticMotion(480, split="val", stream="tune")         # what vkd sweep validates on
     small = load_recipe("synthetic-headroom", ["teacher.pretrain.data.train.num_clips=240"])
     pre = build_dataset(pretrain_config(small)["data"], "train")
-    assert pre.fresh_each_epoch and pre.options["split"] == "pretrain" and not pre.augment
+    assert pre.fresh_each_epoch and pre.options["split"] == "pretrain" and not pre.augment and pre.views is None
     sets = {"train": _hashes(train.clips), "val": _hashes(val.clips), "tune": _hashes(tune.clips),
             "pretrain": _hashes(pre.clips)}
     pre.set_epoch(1)
@@ -60,7 +60,8 @@ def test_streams_are_deterministic_and_disjoint():
 def test_headroom_recipes_load_and_validate():
     full, quick = load_recipe("synthetic-headroom"), load_recipe("synthetic-quick")
     for recipe in (full, quick):
-        assert recipe["data"]["train"] == {"num_clips": 60, "augment": True} and recipe["train"]["threads"] == 1
+        assert recipe["data"]["train"] == {"num_clips": 60, "augment": True, "views": 8}
+        assert recipe["train"]["threads"] == 1
         assert run_config(recipe, "teacher", pretrained=None)["train"]["lr"] == 0.01        # fine-tuning
         assert pretrain_config(recipe)["train"]["epochs"] == 12
         for method in recipe["reproduce"]["methods"]:
@@ -149,9 +150,9 @@ def test_committed_results_have_five_seeds_per_method_and_consistent_statistics(
             assert row["vs_ce"]["wilcoxon_p"] == pytest.approx(again["wilcoxon_p"])
 
 
-@pytest.mark.parametrize("factor", [2, 4, 8, 16])
+@pytest.mark.parametrize("factor", [2, 4])
 def test_committed_longer_schedules_change_nothing_but_the_epochs(factor):
-    """... and how often they validate (4608 epochs: every 64; 9216: every 128)."""
+    """... and how often they validate (1152 epochs: every 32)."""
     table = json.loads((REPRODUCTION / "results.json").read_text())
     epochs = table["recipe"]["train"]["epochs"]
     longer = json.loads((REPRODUCTION / "longer" / str(factor * epochs) / "results.json").read_text())

@@ -1,4 +1,4 @@
-"""Why L_AD (GKD's attention distillation) costs accuracy on the headroom benchmark.
+"""What L_AD and L_GD (GKD's two distillation terms) do on the headroom benchmark.
 
 Reads the runs of ``vkd reproduce --recipe synthetic-headroom --out OUT`` (the GKD teacher
 ``teacher-gkd_repr`` and the students ``gkd_repr``, ``gkd_ad`` of every seed) and measures,

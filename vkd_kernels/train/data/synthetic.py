@@ -31,8 +31,8 @@ Design (fixed before any method was run; not tuned for any method):
   colour and position transform on every frame of a clip, drawn afresh at every read, so
   a small fixed labelled set cannot be memorised through its colours and positions;
   ``views=V`` draws from a fixed pool of V views per clip instead (view = epoch mod V),
-  so the labelled set stays finite (the headroom benchmark's 5 clips per class use a
-  fresh view every epoch: the pool was probed, reproduction/RESULTS.md).
+  so the labelled set stays finite: the headroom benchmark's 5 clips per class x 8 views
+  (with a fresh view every epoch CE never converged: reproduction/RESULTS.md).
 
 Everything is drawn from ``numpy.random.default_rng([seed, stream])``, so a split is
 a pure function of (seed, stream, sizes); a split draws from its own stream unless
