@@ -150,11 +150,9 @@ def _run(cfg, run_dir: Path, resume: bool, progress: bool) -> None:
 
 
 def _run_all(runs: List[Tuple[Dict, Path]], resume: bool, progress: bool, jobs: int) -> None:
-    """Train every (configuration, folder) of ``runs`` that has no summary.json: in this
-    process with ``jobs`` 1, else ``jobs`` at a time in fresh (spawned) processes, each
-    run alone in its process as in a sequential invocation, so its result is the same.
-    The first failure stops the runs not yet started and is raised here."""
-    runs = [(cfg, d) for cfg, d in runs if not (d / "summary.json").exists()]
+    """Train every (configuration, folder) of ``runs``: in this process with ``jobs`` 1,
+    else ``jobs`` at a time, each in a fresh (spawned) process; a run's result is the same
+    either way. The first failure stops the runs not yet started and is raised here."""
     if jobs == 1 or len(runs) <= 1:
         for cfg, run_dir in runs:
             _run(cfg, run_dir, resume, progress)
@@ -236,10 +234,11 @@ def reproduce(recipe, out: Path, seeds, methods, resume: bool, progress: bool, e
     teachers = Teachers(recipe, out, resume, progress)
     teacher_dir = teachers.dir("ce")
     teacher = json.loads((teacher_dir / "summary.json").read_text())
-    if train:
+    if train:                    # the runs not finished yet (their teachers trained first, once)
         _run_all([(run_config(recipe, "student", method=method, seed=seed,
                               teacher=str(teachers.dir(method) / "model.pt")), out / method / f"seed{seed}")
-                  for method in methods for seed in seeds], resume, progress, jobs)
+                  for method in methods for seed in seeds
+                  if not (out / method / f"seed{seed}" / "summary.json").exists()], resume, progress, jobs)
     runs, curves = {}, {"teacher": [teacher["curve_top1"]]}
     curve_epochs = {"teacher": teacher.get("curve_epochs")}
     for method in methods:
@@ -307,7 +306,8 @@ def sweep(recipe, out: Path, methods, resume: bool, progress: bool, jobs: int = 
         return out / "sweep" / method / name / f"seed{seed}"
 
     _run_all([(config(method, seed, options), folder(method, name, seed))
-              for method, name, _, options in plan for seed in spec["seeds"]], resume, progress, jobs)
+              for method, name, _, options in plan for seed in spec["seeds"]
+              if not (folder(method, name, seed) / "summary.json").exists()], resume, progress, jobs)
 
     def point(method: str, name: str) -> dict:
         summaries = [json.loads((folder(method, name, seed) / "summary.json").read_text()) for seed in spec["seeds"]]
