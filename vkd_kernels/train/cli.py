@@ -149,6 +149,11 @@ def _run(cfg, run_dir: Path, resume: bool, progress: bool) -> None:
     fit(cfg, run_dir, resume=resume and (run_dir / "last.pt").exists(), progress=progress)
 
 
+def _finished(run_dir: Path) -> bool:
+    """A run is finished once fit has written its summary.json (the last file it writes)."""
+    return (run_dir / "summary.json").exists()
+
+
 def _run_all(runs: List[Tuple[Dict, Path]], resume: bool, progress: bool, jobs: int) -> None:
     """Train every (configuration, folder) of ``runs``: in this process with ``jobs`` 1,
     else ``jobs`` at a time, each in a fresh (spawned) process; a run's result is the same
@@ -193,7 +198,7 @@ class Teachers:
         self.seed = int(recipe.get("teacher_seed", 0))
 
     def _train(self, cfg, path: Path) -> Path:
-        if not (path / "summary.json").exists():
+        if not _finished(path):
             _run(cfg, path, self.resume, self.progress)
         return path
 
@@ -217,7 +222,7 @@ class Teachers:
         names = ["teacher", "teacher-pretrain"] + sorted(p.name for p in self.out.glob("teacher-*")
                                                          if p.name != "teacher-pretrain")
         return {n: json.loads((self.out / n / "summary.json").read_text()) for n in names
-                if (self.out / n / "summary.json").exists()}
+                if _finished(self.out / n)}
 
 
 def reproduce(recipe, out: Path, seeds, methods, resume: bool, progress: bool, explicit: bool = True,
@@ -234,18 +239,15 @@ def reproduce(recipe, out: Path, seeds, methods, resume: bool, progress: bool, e
     teachers = Teachers(recipe, out, resume, progress)
     teacher_dir = teachers.dir("ce")
     teacher = json.loads((teacher_dir / "summary.json").read_text())
+    run_dirs = {(method, seed): out / method / f"seed{seed}" for method in methods for seed in seeds}
     if train:                    # the runs not finished yet (their teachers trained first, once)
         _run_all([(run_config(recipe, "student", method=method, seed=seed,
-                              teacher=str(teachers.dir(method) / "model.pt")), out / method / f"seed{seed}")
-                  for method in methods for seed in seeds
-                  if not (out / method / f"seed{seed}" / "summary.json").exists()], resume, progress, jobs)
+                              teacher=str(teachers.dir(method) / "model.pt")), run_dir)
+                  for (method, seed), run_dir in run_dirs.items() if not _finished(run_dir)], resume, progress, jobs)
     runs, curves = {}, {"teacher": [teacher["curve_top1"]]}
     curve_epochs = {"teacher": teacher.get("curve_epochs")}
-    for method in methods:
-        for seed in seeds:
-            run_dir = out / method / f"seed{seed}"
-            if not (run_dir / "summary.json").exists():
-                continue
+    for (method, seed), run_dir in run_dirs.items():
+        if _finished(run_dir):
             summary = json.loads((run_dir / "summary.json").read_text())
             runs.setdefault(method, []).append(summary)
             curves.setdefault(method, []).append(summary["curve_top1"])
@@ -307,7 +309,7 @@ def sweep(recipe, out: Path, methods, resume: bool, progress: bool, jobs: int = 
 
     _run_all([(config(method, seed, options), folder(method, name, seed))
               for method, name, _, options in plan for seed in spec["seeds"]
-              if not (folder(method, name, seed) / "summary.json").exists()], resume, progress, jobs)
+              if not _finished(folder(method, name, seed))], resume, progress, jobs)
 
     def point(method: str, name: str) -> dict:
         summaries = [json.loads((folder(method, name, seed) / "summary.json").read_text()) for seed in spec["seeds"]]
