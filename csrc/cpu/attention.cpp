@@ -8,6 +8,12 @@
 // (2-3x slower) at C = 1024, P = 1568.
 #include <algorithm>
 #include "../kernels.h"
+#include "clones.h"
+
+// No fused multiply-adds in the AVX2 / AVX-512 clones: each lane then computes what the
+// baseline build computes, in the same order, so the maps and gradients are bitwise the
+// same on every x86-64 CPU (and the trainer's at / gkd runs with them).
+#pragma GCC optimize("fp-contract=off")
 
 namespace vkd {
 using namespace attention;
@@ -22,30 +28,36 @@ constexpr int L = 4096;
 // 2 threads; 2^16 had kept it serial.
 bool parallel_finish(const TransferGeometry& g) { return g.N > 1 && g.N * (g.s.P + g.t.P) > (int64_t(1) << 13); }
 
+int64_t tiles_per_sample(const MapProblem& pr) { return (pr.P + L - 1) / L; }
+
+// Tile i of the N tiles_per_sample: sample i / tiles_per_sample, positions from (i % tiles_per_sample) L.
+template <Power kPower, typename scalar_t>
+VKD_CPU_CLONES void forward_tile(const AttentionMapArgs& a, int64_t i) {
+  const MapProblem& pr = a.problem;
+  const int64_t per = tiles_per_sample(pr), p0 = (i % per) * L;
+  map_tile<L, kPower>(pr, static_cast<const scalar_t*>(a.x), a.x_strides, a.map, a.map_strides, i / per, p0,
+                      int(std::min<int64_t>(L, pr.P - p0)));
+}
+
+template <Power kPower, typename scalar_t>
+VKD_CPU_CLONES void backward_tile(const AttentionMapArgs& a, int64_t i) {
+  const MapProblem& pr = a.problem;
+  const int64_t per = tiles_per_sample(pr), p0 = (i % per) * L;
+  map_grad_tile<L, kPower>(pr, static_cast<const scalar_t*>(a.x), a.x_strides, a.map, a.map_strides,
+                           static_cast<scalar_t*>(a.grad_x), a.grad_x_strides, i / per, p0,
+                           int(std::min<int64_t>(L, pr.P - p0)));
+}
+
 template <Power kPower, typename scalar_t>
 void forward(const AttentionMapArgs& a) {
-  const MapProblem& pr = a.problem;
-  const int64_t tiles = (pr.P + L - 1) / L;
-  const auto* x = static_cast<const scalar_t*>(a.x);
 #pragma omp parallel for schedule(static)
-  for (int64_t i = 0; i < pr.N * tiles; ++i) {
-    const int64_t n = i / tiles, p0 = (i % tiles) * L;
-    map_tile<L, kPower>(pr, x, a.x_strides, a.map, a.map_strides, n, p0, int(std::min<int64_t>(L, pr.P - p0)));
-  }
+  for (int64_t i = 0; i < a.problem.N * tiles_per_sample(a.problem); ++i) forward_tile<kPower, scalar_t>(a, i);
 }
 
 template <Power kPower, typename scalar_t>
 void backward(const AttentionMapArgs& a) {
-  const MapProblem& pr = a.problem;
-  const int64_t tiles = (pr.P + L - 1) / L;
-  const auto* x = static_cast<const scalar_t*>(a.x);
-  auto* dx = static_cast<scalar_t*>(a.grad_x);
 #pragma omp parallel for schedule(static)
-  for (int64_t i = 0; i < pr.N * tiles; ++i) {
-    const int64_t n = i / tiles, p0 = (i % tiles) * L;
-    map_grad_tile<L, kPower>(pr, x, a.x_strides, a.map, a.map_strides, dx, a.grad_x_strides, n, p0,
-                             int(std::min<int64_t>(L, pr.P - p0)));
-  }
+  for (int64_t i = 0; i < a.problem.N * tiles_per_sample(a.problem); ++i) backward_tile<kPower, scalar_t>(a, i);
 }
 
 template <typename acc_t>

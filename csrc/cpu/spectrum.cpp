@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <vector>
 #include "../kernels.h"
+#include "clones.h"
 
 namespace vkd {
 using namespace spectrum;
@@ -51,15 +52,7 @@ void prefetch_item(const Items<L>& items, int64_t i, const Problem& pr, const sc
       __builtin_prefetch(reinterpret_cast<const char*>(base + t * st.t) + offset);
 }
 
-// The item loops are compiled for AVX-512, AVX2 + FMA and the baseline, picked at load
-// time for the CPU running them (the extension is built for the baseline x86-64, whose
-// 4-wide SSE would run a 16-lane tile in 4 steps; torch.compile's code is built for the
-// host). Everything they call is inline, so it is compiled with them.
-#if defined(__x86_64__) && defined(__linux__) && (defined(__GNUC__) || defined(__clang__))
-#define VKD_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define VKD_CPU_CLONES
-#endif
+// The item loops are compiled for AVX-512, AVX2 + FMA and the baseline (clones.h).
 
 // Sum of d over items [first, last) (and d itself where a.d is not null).
 template <int TM, typename scalar_t>
