@@ -63,8 +63,10 @@ VKD_HD void row_factors(const RowProblem& pr, const acc_t* sums, const acc_t* bs
   }
 }
 
-// Offset of element (row, 0) of a tensor with strides st.
+// Offset of element (row, 0) of a tensor with strides st (rows evenly spaced, as in a
+// contiguous tensor: one product instead of three divisions).
 VKD_HD int64_t row_offset(const RowProblem& pr, const RowStrides& st, int64_t row) {
+  if (st.c == pr.T * st.t && st.n == pr.C * st.c) return row * st.t;
   return row / (pr.C * pr.T) * st.n + row / pr.T % pr.C * st.c + row % pr.T * st.t;
 }
 
@@ -90,7 +92,8 @@ VKD_HD acc_t reduce_row(const scalar_t* x, int64_t xs, const scalar_t* y, int64_
   return acc;
 }
 
-// This lane's part of out[s] = x[s] a + b over one row (unit strides: a vectorizable loop).
+// This lane's part of out[s] = x[s] a + b over one row (unit strides: a vectorizable loop;
+// xs = 0, a row-constant x as attention_apply's spatial="mean" backward reads: a fill).
 template <int step, typename scalar_t, typename acc_t = typename Element<scalar_t>::acc_t>
 VKD_HD void affine_row(const scalar_t* x, int64_t xs, acc_t a, acc_t b, scalar_t* out, int64_t os, int64_t S,
                        int64_t s0) {
@@ -98,6 +101,10 @@ VKD_HD void affine_row(const scalar_t* x, int64_t xs, acc_t a, acc_t b, scalar_t
   if (xs == 1 && os == 1) {
     VKD_LANES
     for (int64_t s = s0; s < S; s += step) E::store(out + s, acc_t(E::load(x + s)) * a + b);
+  } else if (xs == 0 && os == 1) {
+    const acc_t v = acc_t(E::load(x)) * a + b;
+    VKD_LANES
+    for (int64_t s = s0; s < S; s += step) E::store(out + s, v);
   } else {
     VKD_LANES
     for (int64_t s = s0; s < S; s += step) E::store(out + s * os, acc_t(E::load(x + s * xs)) * a + b);
