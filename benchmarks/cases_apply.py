@@ -13,6 +13,9 @@ Providers:
   ``vkd``: the op against the op;
 - ``vkd-in-compile``: ``torch.compile`` of ``vkd`` (the custom op stays one opaque call,
   the consumer is compiled around it): what a compiled model that calls the op gets.
+
+The ``-> mean HW`` cases are the GKD classifier's consumer, F_fg averaged over (H, W):
+``vkd`` is ``attention_apply(..., spatial="mean")``, ``vkd-keep`` the full op then the mean.
 """
 from __future__ import annotations
 
@@ -28,9 +31,9 @@ OP = "apply"
 SHAPES = [(6, 1024, 8, 7, 7), (8, 2048, 8, 14, 14)]
 
 
-def _provider(backend):
+def _provider(backend, spatial="keep"):
     def run(F, lam):
-        return attention_apply(F, lam, backend=backend).square().sum()
+        return attention_apply(F, lam, spatial=spatial, backend=backend).square().sum()
     return run
 
 
@@ -42,19 +45,30 @@ def _compiled_op():
     return run
 
 
-def make_case(shape, device: str, dtype: torch.dtype = torch.float32) -> Case:
+def _gkd_consumer(backend, spatial):
+    """What GKD's classifier reads: F_fg averaged over (H, W), (N, C, T), then a square-sum."""
+    def run(F, lam):
+        out = attention_apply(F, lam, spatial=spatial, backend=backend)
+        return (out if spatial == "mean" else out.mean((3, 4))).square().sum()
+    return run
+
+
+def _inputs(shape, device, dtype):
     def make_inputs():
         gen = torch.Generator().manual_seed(0)
         F = torch.rand(shape, generator=gen, dtype=dtype).to(device).requires_grad_()
         lam = torch.rand(shape[:3], generator=gen, dtype=dtype).to(device).requires_grad_()
         return F, lam
+    return make_inputs
 
+
+def make_case(shape, device: str, dtype: torch.dtype = torch.float32) -> Case:
     eager = _provider("reference")
     size = torch.tensor([], dtype=dtype).element_size() * torch.Size(shape).numel()
     return Case(
         op=OP,
         label="F " + "x".join(map(str, shape)),
-        make_inputs=make_inputs,
+        make_inputs=_inputs(shape, device, dtype),
         providers={"vkd": lambda: _provider("auto"), "eager": lambda: eager,
                    "compile": lambda: torch.compile(eager, dynamic=False), "compile-op": _compiled_op,
                    "vkd-in-compile": lambda: torch.compile(_provider("auto"), dynamic=False)},
@@ -63,5 +77,24 @@ def make_case(shape, device: str, dtype: torch.dtype = torch.float32) -> Case:
     )
 
 
+def make_mean_case(shape, device: str, dtype: torch.dtype = torch.float32) -> Case:
+    """The GKD classifier's use: vkd = ``spatial="mean"`` (one read of F), against the
+    formula then ``.mean((3, 4))`` eager and compiled, and the full vkd op then the mean
+    (``vkd-keep``)."""
+    eager = _gkd_consumer("reference", "keep")
+    size = torch.tensor([], dtype=dtype).element_size() * torch.Size(shape).numel()
+    return Case(
+        op=OP,
+        label="F " + "x".join(map(str, shape)) + " -> mean HW",
+        make_inputs=_inputs(shape, device, dtype),
+        providers={"vkd": lambda: _gkd_consumer("auto", "mean"), "eager": lambda: eager,
+                   "compile": lambda: torch.compile(eager, dynamic=False),
+                   "vkd-keep": lambda: _gkd_consumer("auto", "keep")},
+        # forward reads F; backward writes dF
+        min_bytes={"forward": size, "backward": size, "full": 2 * size},
+    )
+
+
 def cases(device: str, quick: bool = False) -> List[Case]:
-    return [make_case(shape, device) for shape in (SHAPES[:1] if quick else SHAPES)]
+    shapes = SHAPES[:1] if quick else SHAPES
+    return [make_case(shape, device) for shape in shapes] + [make_mean_case(shape, device) for shape in shapes]

@@ -106,6 +106,14 @@ def call(fn: Callable, device: torch.device, *args, **kwargs):
     return fn(*args, **kwargs)
 
 
+def saved_for_backward(fn: Callable, *args, **kwargs):
+    """(fn(*args, **kwargs), the tensors autograd saved for backward while it ran)."""
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        out = fn(*args, **kwargs)
+    return out, saved
+
+
 def assert_close(got: torch.Tensor, expected: torch.Tensor, bound: float | torch.dtype, what: str = "") -> None:
     """Fails on a shape mismatch, a non-finite value (an unwritten, NaN-poisoned output),
     an all-zero expectation (a test that cannot fail) and a relative error above

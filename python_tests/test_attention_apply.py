@@ -1,9 +1,11 @@
 """attention_apply (docs/ops.md 3b): every fused backend against the float64 formula (values
 and both gradients), odd row lengths, both sum scopes, strided layouts, s2 == 0 groups,
 gradcheck, opcheck, torch.compile, bad input."""
+import itertools
+
 import pytest
 import torch
-from harness import ALL, FUSED, assert_close, call, compare, device_for, expect_device
+from harness import ALL, FUSED, assert_close, call, compare, device_for, expect_device, saved_for_backward
 from tolerances import tolerance
 
 from vkd_kernels import AttentionApply, attention_apply
@@ -40,6 +42,36 @@ def test_matches_formula(backend, device, dtype, spatial, per_sample):
 
 @numeric
 @pytest.mark.parametrize("backend", FUSED)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SPATIAL)
+@pytest.mark.parametrize("per_sample", (True, False))
+def test_spatial_mean_matches_formula(backend, device, dtype, shape, per_sample):
+    """spatial="mean" (k lam q / S from the row sums) against mean_s of the float64 formula."""
+    F, lam = inputs(device, 2, 3, 2, shape, dtype)
+    compare(lambda b, xs: attention_apply(*xs, per_sample=per_sample, spatial="mean", backend=b), (F, lam), backend,
+            device, bound=tolerance(dtype, "attention_apply"), names=("mean F_fg", "dF", "dlam"))
+
+
+@pytest.mark.parametrize("backend", FUSED)
+def test_spatial_mean_keeps_nothing_feature_sized(backend, device):
+    F, lam = inputs(device, 2, 8, 3, (4, 5), torch.float32)
+    out, saved = saved_for_backward(call, attention_apply, device, F, lam, spatial="mean", backend=backend)
+    assert out.shape == (2, 8, 3) and saved
+    assert max(t.untyped_storage().nbytes() for t in saved) < F.untyped_storage().nbytes() // 4
+
+
+@pytest.mark.parametrize("backend", FUSED)
+def test_spatial_mean_of_a_zero_denominator_is_zero(backend, device):
+    F, lam = inputs(device, 2, 3, 4, (2, 2))
+    lam = lam.detach().index_fill(0, torch.tensor([0], device=device), 0).requires_grad_()
+    out = call(attention_apply, device, F, lam, spatial="mean", backend=backend)
+    dF, dlam = torch.autograd.grad(out, (F, lam), torch.randn_like(out))
+    assert out[0].abs().max() == 0 and dF[0].abs().max() == 0
+    assert torch.isfinite(out).all() and torch.isfinite(dF).all() and torch.isfinite(dlam).all()
+
+
+@numeric
+@pytest.mark.parametrize("backend", FUSED)
 @pytest.mark.parametrize("per_sample", (True, False))
 def test_channels_last_3d_and_strided_layouts(backend, device, per_sample):
     f64 = dict(dtype=torch.float64, device=device)
@@ -57,6 +89,9 @@ def test_channels_last_3d_and_strided_layouts(backend, device, per_sample):
     for name, F in layouts.items():
         assert F.shape == base.shape and not F.is_contiguous(), name
         check_against_formula(backend, device, F.requires_grad_(), lam, per_sample, grad=grad)
+        compare(lambda b, xs: attention_apply(*xs, per_sample=per_sample, spatial="mean", backend=b), (F, lam),
+                backend, device, bound=tolerance(F.dtype, "attention_apply"), names=("mean F_fg", "dF", "dlam"),
+                what=name)
 
 
 @numeric
@@ -95,11 +130,12 @@ def test_per_sample_differs_from_batch_global():
 
 @pytest.mark.parametrize("backend", ALL)
 @pytest.mark.parametrize("per_sample", (True, False))
-def test_gradcheck_float64(backend, device, per_sample):
+@pytest.mark.parametrize("spatial", ("keep", "mean"))
+def test_gradcheck_float64(backend, device, per_sample, spatial):
     F, lam = inputs(device, 2, 2, 2, (3,))
     # fast_mode (a random projection) for Triton keeps the interpreter run short
     assert call(torch.autograd.gradcheck, device,
-                lambda a, b: attention_apply(a, b, per_sample=per_sample, backend=backend), (F, lam),
+                lambda a, b: attention_apply(a, b, per_sample=per_sample, spatial=spatial, backend=backend), (F, lam),
                 fast_mode=backend == "triton")
 
 
@@ -108,21 +144,22 @@ def test_opcheck(backend, device):
     F, lam = inputs(device, 2, 3, 2, (2, 3))
     q = torch.rand(2, 6, dtype=torch.float64, device=device)
     expect_device(device, F, lam, q)
-    for per_sample in (True, False):
-        torch.library.opcheck(torch.ops.vkd.attention_apply.default, (F, lam, per_sample, backend))
+    for per_sample, spatial in itertools.product((True, False), ("keep", "mean")):
+        torch.library.opcheck(torch.ops.vkd.attention_apply.default, (F, lam, per_sample, spatial, backend))
         sums = torch.rand(2 if per_sample else 1, 2, dtype=torch.float64, device=device)
+        grad = torch.randn(F.shape if spatial == "keep" else F.shape[:3], dtype=F.dtype, device=device)
         for need_F in (True, False):
             torch.library.opcheck(torch.ops.vkd.attention_apply_backward.default,
-                                  (torch.randn_like(F), F.detach(), lam.detach(), q, sums, per_sample, backend,
-                                   need_F))
+                                  (grad, F.detach(), lam.detach(), q, sums, per_sample, spatial, backend, need_F))
 
 
-def test_torch_compile_fullgraph():
+@pytest.mark.parametrize("spatial", ("keep", "mean"))
+def test_torch_compile_fullgraph(spatial):
     F, lam = inputs(device_for("auto"), 2, 3, 4, (3, 3), torch.float32)
-    compiled = torch.compile(lambda a, b: attention_apply(a * 2, b).square().sum(), fullgraph=True)
+    compiled = torch.compile(lambda a, b: attention_apply(a * 2, b, spatial=spatial).square().sum(), fullgraph=True)
     out = compiled(F, lam)
     got = torch.autograd.grad(out, (F, lam))
-    expected = attention_apply(F * 2, lam).square().sum()
+    expected = attention_apply(F * 2, lam, spatial=spatial).square().sum()
     assert_close(out.detach(), expected.detach(), torch.float32, "compiled")
     for name, g, e in zip(("dF", "dlam"), got, torch.autograd.grad(expected, (F, lam))):
         assert_close(g, e, torch.float32, f"compiled {name}")
@@ -143,7 +180,11 @@ BAD = [
                              backend="cpu"), ValueError, "lam contains NaN or inf"),
     (lambda: attention_apply(torch.ones(2, 4, 3), torch.ones(2, 4, 3), backend="cuda"), ValueError,
      "backend='cuda' cannot run attention_apply"),
+    (lambda: attention_apply(torch.ones(2, 4, 3), torch.ones(2, 4, 3), spatial="max"), ValueError, "spatial must be"),
+    (lambda: attention_apply(torch.ones(2, 4, 3, 2).index_fill(0, torch.tensor([1]), float("nan")),
+                             torch.ones(2, 4, 3), spatial="mean"), ValueError, "F contains NaN"),
     (lambda: AttentionApply(per_sample=1), TypeError, "per_sample must be a bool"),
+    (lambda: AttentionApply(spatial="sum"), ValueError, "spatial must be"),
     (lambda: AttentionApply(backend="gpu"), ValueError, "backend"),
 ]
 
@@ -157,9 +198,11 @@ def test_bad_input(case):
 
 @pytest.mark.parametrize("backend", ALL)
 @pytest.mark.parametrize("per_sample", (True, False))
-def test_module_is_the_function(backend, device, per_sample):
+@pytest.mark.parametrize("spatial", ("keep", "mean"))
+def test_module_is_the_function(backend, device, per_sample, spatial):
     F, lam = inputs(device, 2, 3, 4, (5,))
-    module = AttentionApply(per_sample=per_sample, backend=backend)
-    assert f"per_sample={per_sample}" in repr(module)
+    module = AttentionApply(per_sample=per_sample, spatial=spatial, backend=backend)
+    assert f"per_sample={per_sample}, spatial={spatial!r}" in repr(module)
     torch.testing.assert_close(call(module, device, F, lam),
-                               attention_apply(F, lam, per_sample=per_sample, backend=backend), rtol=0, atol=0)
+                               attention_apply(F, lam, per_sample=per_sample, spatial=spatial, backend=backend),
+                               rtol=0, atol=0)

@@ -3,7 +3,7 @@ against an independent float64 formula, gradients, registration, errors."""
 
 import pytest
 import torch
-from harness import ALL, FUSED, assert_close, call, compare, device_for
+from harness import ALL, FUSED, assert_close, call, compare, device_for, saved_for_backward
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tolerances import tolerance
@@ -154,14 +154,6 @@ def test_gradcheck_float64(backend, device, options):
     assert call(torch.autograd.gradcheck, device,
                 lambda a, b: attention_transfer_loss(a, b, backend=backend, **options), (fs, ft),
                 fast_mode=backend != "reference")
-
-
-def saved_for_backward(fn, *args, **kwargs):
-    """(fn(*args, **kwargs), the tensors autograd saved for backward while it ran)."""
-    saved = []
-    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
-        out = fn(*args, **kwargs)
-    return out, saved
 
 
 @pytest.mark.parametrize("backend", FUSED)

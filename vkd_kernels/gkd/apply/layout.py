@@ -6,6 +6,9 @@ import torch
 
 from ..._checks import check_float_tensor
 
+#: ``spatial`` of attention_apply: the full F_fg, or its mean over the spatial axes
+SPATIAL = ("keep", "mean")
+
 
 def rows_view(x: torch.Tensor) -> torch.Tensor:
     """x (N, C, T, *spatial) as (N, C, T, S), a view where the strides allow."""

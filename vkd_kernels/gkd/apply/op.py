@@ -20,10 +20,20 @@ Three launches each way (custom ops ``vkd::attention_apply`` and
 ``vkd::attention_apply_backward``; Triton, CUDA C++, CPU C++ with the math in
 csrc/common/apply.h): the kernels take k = s1 / s2 and G / s2 from the (B, 2) group
 sums themselves, so no torch op runs between them. Only F, lam, q and the group sums
-are kept for backward. Where s2 == 0 (e.g. lam or F all zero in a group) k and 1/s2
+are kept for backward (spatial "mean": not F). Where s2 == 0 (e.g. lam or F all zero in a group) k and 1/s2
 are taken as 0: that group's output and gradients are 0, never NaN.
+
+``spatial="mean"`` (mean_s F_fg, what GKD's classifier reads) is k lam_r q_r / S: the
+same passes with the affine on rows of one element, x = q / S, so F is read once and no
+F-sized output exists; backward, g (N, C, T) gives F_fg the gradient g_r / S at every
+position of row r, so m_r = q_r g_r / S needs no read of F, and the affine pass reads
+g / S broadcast over the row (stride 0) while it writes dF: one write, no read of F.
+Four launches each way (a division, and a product backward, on (N, C T) beside the
+three passes).
 """
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -31,7 +41,7 @@ from ... import _backend
 from ..._backend import BACKENDS
 from ..._checks import check_choice, finite_check_enabled, new_output, raise_if_not_finite
 from ..._math import accumulation_dtype
-from .layout import check_apply, rows_view
+from .layout import SPATIAL, check_apply, rows_view
 from .reference import attention_apply_reference
 
 
@@ -40,14 +50,14 @@ def _groups(F: torch.Tensor, per_sample: bool) -> int:
 
 
 @torch.library.custom_op("vkd::attention_apply", mutates_args=())
-def _apply_op(F: torch.Tensor, lam: torch.Tensor, per_sample: bool,
+def _apply_op(F: torch.Tensor, lam: torch.Tensor, per_sample: bool, spatial: str,
               backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(out (F.shape, contiguous), q (N, C T) row sums, sums (B, 2) = (s1, s2) per group),
-    q and sums in the accumulation dtype."""
+    """(out (F.shape, or (N, C, T) for spatial "mean"; contiguous), q (N, C T) row sums,
+    sums (B, 2) = (s1, s2) per group), q and sums in the accumulation dtype."""
     with _backend.device_guard(F.device):
         kernels = _backend.kernels(__package__, backend)
         rows = rows_view(F)
-        N, C, T, _ = rows.shape
+        N, C, T, S = rows.shape
         acc = accumulation_dtype(F.dtype)
         q = new_output((N, C * T), acc, F.device)
         sums = new_output((_groups(F, per_sample), 2), acc, F.device)
@@ -56,61 +66,77 @@ def _apply_op(F: torch.Tensor, lam: torch.Tensor, per_sample: bool,
         kernels.finish(q, lam_rows, sums)
         if finite_check_enabled(F.device):  # on the (B, 2) sums: NaN/inf in F or lam reach them
             raise_if_not_finite(sums, F=F, lam=lam)
+        if spatial == "mean":  # the affine pass on rows of one element, the row means q / S
+            out = new_output((N, C, T, 1), F.dtype, F.device)
+            kernels.affine((q / S).to(F.dtype).view(N, C, T, 1), lam_rows, sums, out)
+            return out.view(N, C, T), q, sums
         out = new_output(rows.shape, F.dtype, F.device)
         kernels.affine(rows, lam_rows, sums, out)
         return out.view(F.shape), q, sums
 
 
 @_apply_op.register_fake
-def _(F, lam, per_sample, backend):
+def _(F, lam, per_sample, spatial, backend):
     acc = accumulation_dtype(F.dtype)
-    return (F.new_empty(F.shape), F.new_empty((F.shape[0], lam[0].numel()), dtype=acc),
+    return (F.new_empty(F.shape if spatial == "keep" else F.shape[:3]),
+            F.new_empty((F.shape[0], lam[0].numel()), dtype=acc),
             F.new_empty((_groups(F, per_sample), 2), dtype=acc))
 
 
 @torch.library.custom_op("vkd::attention_apply_backward", mutates_args=())
 def _apply_backward_op(grad: torch.Tensor, F: torch.Tensor, lam: torch.Tensor, q: torch.Tensor,
-                       sums: torch.Tensor, per_sample: bool, backend: str,
+                       sums: torch.Tensor, per_sample: bool, spatial: str, backend: str,
                        need_F: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """(dF (F.shape, contiguous; empty unless need_F), dlam (N, C, T))."""
+    """(dF (F.shape, contiguous; empty unless need_F), dlam (N, C, T)). For spatial "mean"
+    grad is (N, C, T): the gradient of F_fg is grad / S at every position of a row, so
+    m = q grad / S and the affine pass reads grad / S broadcast over the row (stride 0)."""
     with _backend.device_guard(F.device):
         kernels = _backend.kernels(__package__, backend)
-        rows, g = rows_view(F), rows_view(grad)
         lam_rows = lam.reshape(-1)
-        m = new_output(q.shape, q.dtype, F.device)
+        N, C, T = F.shape[:3]
+        S = math.prod(F.shape[3:])
+        if spatial == "mean":  # F: its shape only (a stand-in, never read)
+            g_mean = grad.to(q.dtype).reshape(q.shape) / S
+            m = q * g_mean
+            g = g_mean.to(F.dtype).view(N, C, T, 1).expand(N, C, T, S)
+        else:
+            rows, g = rows_view(F), rows_view(grad)
+            m = new_output(q.shape, q.dtype, F.device)
+            kernels.reduce(rows, g, m)
         bsums = new_output(sums.shape, sums.dtype, F.device)
         d_lam = new_output(lam.shape, lam.dtype, F.device)
-        kernels.reduce(rows, g, m)
         kernels.finish(m, lam_rows, bsums)
-        d_F = new_output(rows.shape, F.dtype, F.device) if need_F else None
+        d_F = new_output((N, C, T, S), F.dtype, F.device) if need_F else None
         kernels.affine(g, lam_rows, sums, d_F, (bsums, m, q, d_lam.view(-1)))
         return (d_F.view(F.shape) if need_F else F.new_empty(0)), d_lam
 
 
 @_apply_backward_op.register_fake
-def _(grad, F, lam, q, sums, per_sample, backend, need_F):
+def _(grad, F, lam, q, sums, per_sample, spatial, backend, need_F):
     return F.new_empty(F.shape if need_F else (0,)), torch.empty_like(lam)
 
 
 def _setup_context(ctx, inputs, output):
-    F, lam, per_sample, backend = inputs
-    ctx.save_for_backward(F, lam, output[1], output[2])
+    F, lam, per_sample, spatial, backend = inputs
+    # spatial "mean": the backward needs F's shape only (one element, stride 0: freed with the forward)
+    kept = F if spatial == "keep" else F.new_empty(()).expand(F.shape)
+    ctx.save_for_backward(kept, lam, output[1], output[2])
     ctx.set_materialize_grads(False)  # no zeros for the gradients of the saved-only outputs
-    ctx.options = (per_sample, backend)
+    ctx.options = (per_sample, spatial, backend)
 
 
 def _autograd_backward(ctx, grad, _grad_q, _grad_sums):
     F, lam, q, sums = ctx.saved_tensors
     if grad is None:  # only the saved-only outputs reached the loss
-        return None, None, None, None
+        return None, None, None, None, None
     d_F, d_lam = _apply_backward_op(grad, F, lam, q, sums, *ctx.options, ctx.needs_input_grad[0])
-    return (d_F if ctx.needs_input_grad[0] else None), (d_lam if ctx.needs_input_grad[1] else None), None, None
+    return (d_F if ctx.needs_input_grad[0] else None), (d_lam if ctx.needs_input_grad[1] else None), None, None, None
 
 
 _apply_op.register_autograd(_autograd_backward, setup_context=_setup_context)
 
 
-def attention_apply(F: torch.Tensor, lam: torch.Tensor, *, per_sample: bool = True,
+def attention_apply(F: torch.Tensor, lam: torch.Tensor, *, per_sample: bool = True, spatial: str = "keep",
                     backend: str = "auto") -> torch.Tensor:
     """F_fg = F * lam * sum(F) / sum(F * lam) for F (N, C, T, *spatial), lam (N, C, T).
 
@@ -119,10 +145,16 @@ def attention_apply(F: torch.Tensor, lam: torch.Tensor, *, per_sample: bool = Tr
     evaluates the plain formula (which yields NaN where sum(F * lam) == 0); any other
     backend the fused form of the module docstring (0 there; "auto": Triton on CUDA,
     the C++ kernel on CPU). The output is contiguous.
+
+    ``spatial="mean"`` returns F_fg averaged over the spatial axes, (N, C, T), as the GKD
+    classifier consumes it: k lam_r q_r / S from the row sums (one read of F, no F-sized
+    output; the reference: the formula, then the mean).
     """
     check_choice("backend", backend, BACKENDS)
+    check_choice("spatial", spatial, SPATIAL)
     check_apply(F, lam, per_sample)
     chosen = _backend.resolve("attention_apply", backend, F.device)
     if chosen == "reference":
-        return attention_apply_reference(F, lam, per_sample)
-    return _apply_op(F, lam, per_sample, chosen)[0]
+        out = attention_apply_reference(F, lam, per_sample)
+        return out if spatial == "keep" or F.dim() == 3 else out.mean(tuple(range(3, F.dim())))
+    return _apply_op(F, lam, per_sample, spatial, chosen)[0]
