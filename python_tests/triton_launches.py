@@ -221,16 +221,18 @@ def attention_heads():
 
 def attention_applies():
     """attention_apply: its reduce (HAS_Y) and affine (HAS_B) kernels both ways
-    (forward and backward) per dtype."""
+    (forward and backward) per dtype, both spatial options (spatial="mean": the affine on
+    rows of one element forward, on a stride-0 gradient backward)."""
     import torch
 
     from vkd_kernels.gkd.apply import attention_apply
 
     for dtype in _dtypes():
         for F_grad in (True, False):
-            F = torch.randn(2, 8, 4, 6, 6, dtype=dtype, requires_grad=F_grad)
-            lam = torch.rand(2, 8, 4, dtype=dtype, requires_grad=True)
-            attention_apply(F, lam, backend="triton").sum().backward()
+            for spatial in ("keep", "mean"):
+                F = torch.randn(2, 8, 4, 6, 6, dtype=dtype, requires_grad=F_grad)
+                lam = torch.rand(2, 8, 4, dtype=dtype, requires_grad=True)
+                attention_apply(F, lam, spatial=spatial, backend="triton").sum().backward()
     lam = torch.rand(2, 8, 4, requires_grad=True)  # a gradient to lam only: no affine backward
     attention_apply(torch.randn(2, 8, 4, 6, 6).to(memory_format=torch.channels_last_3d), lam,
                     per_sample=False, backend="triton").sum().backward()
@@ -254,8 +256,9 @@ def attention_benchmarks():
         fs = torch.empty(shape_s, requires_grad=True)
         attention_transfer_loss(fs, torch.empty(shape_t), backend="triton").backward()
     for shape in APPLY_BENCH_SHAPES:
-        F, lam = torch.empty(shape, requires_grad=True), torch.empty(shape[:3], requires_grad=True)
-        attention_apply(F, lam, backend="triton").sum().backward()
+        for spatial in ("keep", "mean"):
+            F, lam = torch.empty(shape, requires_grad=True), torch.empty(shape[:3], requires_grad=True)
+            attention_apply(F, lam, spatial=spatial, backend="triton").sum().backward()
     for N, C1, C, T, L, G in HEAD_BENCH_SHAPES:
         params = [torch.zeros(s, requires_grad=True) for s in ((N, C1, T), (C, C1, 3), (C,), (C,), (C,), (T, L), (T,))]
         attention_head_tail(*params[:5], G, *params[5:], upsample_length=L, backend="triton").sum().backward()
