@@ -3,6 +3,7 @@ import csv
 import json
 import os
 import socket
+from concurrent.futures import Future
 
 import pytest
 import torch
@@ -120,6 +121,33 @@ def test_cli_reproduce_jobs_trains_side_by_side_to_the_same_weights(tmp_path, ca
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert invoke(tmp_path / "three", "--jobs", "2") == 2
     assert "--jobs" in capsys.readouterr().err and not (tmp_path / "three").exists()
+
+
+def test_run_all_with_jobs_starts_the_two_pass_methods_first(tmp_path, monkeypatch):
+    """GKD's runs (two passes per epoch) are submitted before the others, which keep their order."""
+    submitted = []
+
+    class Pool:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def submit(self, fn, cfg, run_dir, *args):
+            submitted.append(run_dir.name)
+            future = Future()
+            future.set_result(None)
+            return future
+
+    monkeypatch.setattr(cli, "ProcessPoolExecutor", Pool)
+    recipe = tiny_recipe()
+    runs = [(run_config(recipe, "student", method=m, seed=0), tmp_path / m) for m in ("ce", "gkd", "kd", "gkd_ad")]
+    cli._run_all(runs, False, False, 2)
+    assert submitted == ["gkd", "gkd_ad", "ce", "kd"]
 
 
 def test_cli_reproduce_reports_on_rank_0_only(tmp_path, capsys, monkeypatch):

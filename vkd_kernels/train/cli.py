@@ -154,14 +154,22 @@ def _finished(run_dir: Path) -> bool:
     return (run_dir / "summary.json").exists()
 
 
+def _passes(cfg: Dict) -> int:
+    """Passes over the data per epoch of a run's method (GKD's phases: 2; else 1)."""
+    from .methods import REGISTRY
+    return 2 if hasattr(REGISTRY[cfg["method"]][0], "phases") else 1
+
+
 def _run_all(runs: List[Tuple[Dict, Path]], resume: bool, progress: bool, jobs: int) -> None:
     """Train every (configuration, folder) of ``runs``: in this process with ``jobs`` 1,
-    else ``jobs`` at a time, each in a fresh (spawned) process; a run's result is the same
-    either way. The first failure stops the runs not yet started and is raised here."""
+    else ``jobs`` at a time, each in a fresh (spawned) process, the runs with more passes
+    per epoch first (so the longest do not start last and run alone); a run's result is
+    the same either way. The first failure stops the runs not yet started and is raised here."""
     if jobs == 1 or len(runs) <= 1:
         for cfg, run_dir in runs:
             _run(cfg, run_dir, resume, progress)
         return
+    runs = sorted(runs, key=lambda run: -_passes(run[0]))  # stable: the given order within a pass count
     context = multiprocessing.get_context("spawn")      # no fork of a process that holds torch's threads
     with ProcessPoolExecutor(min(jobs, len(runs)), mp_context=context, max_tasks_per_child=1,
                              initializer=setup_logging, initargs=(logging.getLevelName(log.level),)) as pool:
