@@ -131,15 +131,19 @@ def test_reproduce_pretrains_the_teacher_once_then_fine_tunes_both(tmp_path, cap
     assert "fitnet" not in rows and rows["kd"]["seeds"] == [0, 1] and not (out / "fitnet").exists()
 
 
-def test_committed_results_have_five_seeds_per_method_and_consistent_statistics():
-    path = REPRODUCTION / "results.json"
-    results = json.loads(path.read_text())
-    recipe = load_recipe("synthetic-headroom")
+@pytest.mark.parametrize("record", ["", "fresh-views"])
+def test_committed_results_have_five_seeds_per_method_and_consistent_statistics(record):
+    """The table (and the second design's record, reproduction/fresh-views: its own recipe,
+    kept in its results.json)."""
+    results = json.loads((REPRODUCTION / record / "results.json").read_text())
+    methods = results["recipe"]["reproduce"]["methods"]
+    if not record:
+        assert methods == load_recipe("synthetic-headroom")["reproduce"]["methods"]
     assert results["recipe"]["name"] == "synthetic-headroom" and results["threads"] == [1]
     rows = results["rows"]
     assert "teacher" in rows
     ce = dict(zip(rows["ce"]["seeds"], rows["ce"]["top1"]))
-    for method in recipe["reproduce"]["methods"]:
+    for method in methods:
         row = rows[method]
         assert len(row["top1"]) >= 5 and len(row["seeds"]) == len(set(row["seeds"])) == len(row["top1"])
         mean, std = report.mean_std(row["top1"])
@@ -150,12 +154,12 @@ def test_committed_results_have_five_seeds_per_method_and_consistent_statistics(
             assert row["vs_ce"]["wilcoxon_p"] == pytest.approx(again["wilcoxon_p"])
 
 
-@pytest.mark.parametrize("factor", [2, 4, 8])
-def test_committed_longer_schedules_change_nothing_but_the_epochs(factor):
+@pytest.mark.parametrize("record,factor", [("", 2), ("", 4), ("", 8)] + [("fresh-views", f) for f in (2, 4, 8, 16)])
+def test_committed_longer_schedules_change_nothing_but_the_epochs(record, factor):
     """... and how often they validate (1152 epochs: every 32; 4608: every 64)."""
-    table = json.loads((REPRODUCTION / "results.json").read_text())
+    table = json.loads((REPRODUCTION / record / "results.json").read_text())
     epochs = table["recipe"]["train"]["epochs"]
-    longer = json.loads((REPRODUCTION / "longer" / str(factor * epochs) / "results.json").read_text())
+    longer = json.loads((REPRODUCTION / record / "longer" / str(factor * epochs) / "results.json").read_text())
     changed = {"epochs": factor * epochs, "eval_interval": longer["recipe"]["train"]["eval_interval"]}
     assert longer["recipe"]["train"] == {**table["recipe"]["train"], **changed}
     for section in ("student", "teacher", "data", "methods"):
