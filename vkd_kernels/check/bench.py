@@ -92,6 +92,18 @@ def _apply() -> Headline:
                     {"forward": 2 * n + lam, "full": 5 * n + 3 * lam})
 
 
+def _apply_mean() -> Headline:
+    """attention_apply(spatial="mean") at the GKD shape: what GKD's classifier reads."""
+    shape = (6, 1024, 8, 7, 7)
+    n, lam = _nbytes([shape]), _nbytes([shape[:3]])
+    return Headline("attention_apply", "F " + "x".join(map(str, shape)) + " spatial mean",
+                    lambda d: [torch.rand(shape, device=d).requires_grad_(),
+                               torch.rand(shape[:3], device=d).requires_grad_()],
+                    lambda b, t: vkd_kernels.attention_apply(t[0], t[1], spatial="mean", backend=b),
+                    # forward reads F (and lam); backward writes dF (and reads / writes the (N, C, T) rows)
+                    {"forward": n + lam, "full": 2 * n + 5 * lam})
+
+
 def _head() -> Headline:
     N, C1, C, T, L, G = 6, 512, 1024, 8, 1024, 32
     shapes = [(N, C1, T), (C, C1, 3), (C,), (C,), (C,), (T, L), (T,)]
@@ -138,7 +150,7 @@ def _weights() -> Headline:
                     {"forward": bs + bt, "full": 3 * bs + bt})
 
 
-HEADLINES = (_spectrum, _transfer, _apply, _head, _weights)
+HEADLINES = (_spectrum, _transfer, _apply, _apply_mean, _head, _weights)
 
 
 def do_bench_ms(fn, grads=None, warmup_ms: float = 25, rep_ms: float = 100) -> Tuple[float, float, float]:

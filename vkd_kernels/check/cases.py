@@ -136,6 +136,10 @@ APPLY = [
     _apply("channels_last_3d batch-global", lambda g: [_rand(g, 3, 4, 6, 5, 6, memory_format=CL3D), _rand(g, 3, 4, 6)],
            per_sample=False),
     _apply("one spatial axis (2,3,5,11)", lambda g: [_rand(g, 2, 3, 5, 11), _rand(g, 2, 3, 5)]),
+    _apply("spatial mean (2,5,7,5,3)", lambda g: [_rand(g, 2, 5, 7, 5, 3), _rand(g, 2, 5, 7)], spatial="mean"),
+    _apply("spatial mean channels_last_3d batch-global",
+           lambda g: [_rand(g, 3, 4, 6, 5, 6, memory_format=CL3D), _rand(g, 3, 4, 6)], spatial="mean",
+           per_sample=False),
 ]
 
 
