@@ -296,7 +296,7 @@ def audit_headlines(ops: Optional[Sequence[str]] = None, run_kernels: bool = Fal
     """``op name -> Audit`` of one forward + backward (``backward(g)`` with a fixed
     ``g``: no consumer op, no ones_like) with backend="triton" at the headline shape of
     each op (vkd_kernels.check.bench.HEADLINES, the first shape of benchmarks/cases_*.py),
-    after one warm-up call."""
+    after one warm-up call; a further headline of the same op is ``"op (shape)"``."""
     from vkd_kernels.check.bench import HEADLINES
 
     audits = {}
@@ -311,7 +311,8 @@ def audit_headlines(ops: Optional[Sequence[str]] = None, run_kernels: bool = Fal
             if not grad:
                 grad.append(torch.ones_like(out))
             out.backward(grad[0])
-        audits[case.op] = audit(call, grad_to_none=[x for x in inputs if x.requires_grad], run_kernels=run_kernels)
+        key = case.op if case.op not in audits else f"{case.op} ({case.shape})"
+        audits[key] = audit(call, grad_to_none=[x for x in inputs if x.requires_grad], run_kernels=run_kernels)
     return audits
 
 

@@ -36,10 +36,22 @@ def _launches(audit) -> int:
     return audit.total + sum(audit.memsets.values()) + sum(audit.memcpys.values())
 
 
+APPLY_MEAN = "attention_apply (F 6x1024x8x7x7 spatial mean)"
+
+
 @needs_interpreter
 @pytest.mark.parametrize("op", ("attention_transfer_loss", "attention_apply"))
 def test_transfer_and_apply_launch_at_most_six_times(audits, op):
     assert _launches(audits[op]) <= 6, str(audits[op])
+
+
+@needs_interpreter
+def test_apply_spatial_mean_launches_at_most_six_plus_the_mean_it_replaces(audits):
+    """spatial="mean" is apply and its consumer (the mean over H, W and its broadcast
+    backward) in one: <= 6 + 2, four launches each way (the (N, C T) row means forward,
+    the product m backward, beside the three passes)."""
+    audit = audits[APPLY_MEAN]
+    assert _launches(audit) <= 8 and audit.total == 8, str(audit)
 
 
 @needs_interpreter
@@ -50,7 +62,7 @@ def test_head_tail_launches_its_gemms_and_at_most_six_more(audits):
 
 
 @needs_interpreter
-@pytest.mark.parametrize("op", ("attention_transfer_loss", "attention_apply", "attention_head_tail"))
+@pytest.mark.parametrize("op", ("attention_transfer_loss", "attention_apply", APPLY_MEAN, "attention_head_tail"))
 def test_no_host_sync_or_copy_after_the_first_call(audits, op):
     assert not audits[op].syncs and not audits[op].h2d, str(audits[op])
 
