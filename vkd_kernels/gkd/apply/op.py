@@ -20,8 +20,8 @@ Three launches each way (custom ops ``vkd::attention_apply`` and
 ``vkd::attention_apply_backward``; Triton, CUDA C++, CPU C++ with the math in
 csrc/common/apply.h): the kernels take k = s1 / s2 and G / s2 from the (B, 2) group
 sums themselves, so no torch op runs between them. Only F, lam, q and the group sums
-are kept for backward (spatial "mean": not F). Where s2 == 0 (e.g. lam or F all zero in a group) k and 1/s2
-are taken as 0: that group's output and gradients are 0, never NaN.
+are kept for backward (spatial "mean": not F). Where s2 == 0 (e.g. lam or F all zero
+in a group) k and 1/s2 are taken as 0: that group's output and gradients are 0, never NaN.
 
 ``spatial="mean"`` (mean_s F_fg, what GKD's classifier reads) is k lam_r q_r / S: the
 same passes with the affine on rows of one element, x = q / S, so F is read once and no
