@@ -99,6 +99,19 @@ def test_options_and_pooling(backend, device, mode, distance, reduction):
                   distance=distance, reduction=reduction)
 
 
+@numeric
+@pytest.mark.parametrize("backend", FUSED)
+@pytest.mark.parametrize("pooled", ("teacher", "student"))
+@pytest.mark.parametrize("mode", ("spatiotemporal", "per_frame"))
+@pytest.mark.parametrize("distance", ("mse", "l2"))
+def test_pooling_in_equal_bins(backend, device, pooled, mode, distance):
+    """Every axis halves (6, 8, 10) -> (3, 4, 5): the finish's equal-bin path (each raw
+    element in one bin), with the gradient of the pooled side too."""
+    small, large = (1, 3, 3, 4, 5), (1, 5, 6, 8, 10)
+    shapes = (small, large) if pooled == "teacher" else (large, small)
+    check_backend(backend, device, *features(device, *shapes), mode=mode, distance=distance)
+
+
 LAYOUTS = {
     "channels_last_3d": lambda x: x.detach().to(memory_format=torch.channels_last_3d).requires_grad_(x.requires_grad),
     "non_contiguous": lambda x: x.detach().transpose(3, 4).contiguous().transpose(3, 4).requires_grad_(x.requires_grad),

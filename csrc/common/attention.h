@@ -137,6 +137,11 @@ struct PoolSide {
   int32_t bin[3];  // the longest pooling bin per axis (1 where sizes are equal)
   int32_t K, P;    // splits of the partial maps (N, K, P), P = T H W
   VKD_HD bool pooled() const { return bin[0] * bin[1] * bin[2] != 1; }
+  // Every axis splits into equal bins (in = out bin, e.g. 14 -> 7): bin o of an axis is
+  // [o bin, (o + 1) bin), and every raw element lies in exactly one bin.
+  VKD_HD bool exact(const int32_t* out) const {
+    return in[0] == out[0] * bin[0] && in[1] == out[1] * bin[1] && in[2] == out[2] * bin[2];
+  }
 };
 
 struct TransferGeometry {
@@ -153,13 +158,22 @@ struct TransferGeometry {
 VKD_HD int32_t bin_start(int32_t o, int32_t in, int32_t out) { return o * in / out; }
 VKD_HD int32_t bin_end(int32_t o, int32_t in, int32_t out) { return ((o + 1) * in + out - 1) / out; }
 
+// The raw range [b, e) per axis of pooled flat index o (equal bins: no division by the sizes).
+VKD_HD void bin_range(const PoolSide& side, const int32_t* out, int32_t o, int32_t* b, int32_t* e) {
+  const int32_t oo[3] = {o / (out[1] * out[2]), o / out[2] % out[1], o % out[2]};
+  const bool exact = side.exact(out);
+  for (int x = 0; x < 3; ++x) {
+    b[x] = exact ? oo[x] * side.bin[x] : bin_start(oo[x], side.in[x], out[x]);
+    e[x] = exact ? b[x] + side.bin[x] : bin_end(oo[x], side.in[x], out[x]);
+  }
+}
+
 // The pooled raw map a (one sample, P contiguous) at pooled flat index o.
 template <typename acc_t>
 VKD_HD acc_t pooled(const acc_t* a, const PoolSide& side, const int32_t* out, int32_t o) {
   if (!side.pooled()) return a[o];
-  const int32_t oo[3] = {o / (out[1] * out[2]), o / out[2] % out[1], o % out[2]};
   int32_t b[3], e[3];
-  for (int x = 0; x < 3; ++x) b[x] = bin_start(oo[x], side.in[x], out[x]), e[x] = bin_end(oo[x], side.in[x], out[x]);
+  bin_range(side, out, o, b, e);
   acc_t sum = 0;
   for (int32_t t = b[0]; t < e[0]; ++t)
     for (int32_t h = b[1]; h < e[1]; ++h)
@@ -170,9 +184,10 @@ VKD_HD acc_t pooled(const acc_t* a, const PoolSide& side, const int32_t* out, in
 // 1 / |bin o| of a pooled side: what dL/d pool(a)[o] spreads to each raw element of bin o.
 template <typename acc_t>
 VKD_HD acc_t bin_share(const PoolSide& side, const int32_t* out, int32_t o) {
-  const int32_t oo[3] = {o / (out[1] * out[2]), o / out[2] % out[1], o % out[2]};
-  int32_t count = 1;
-  for (int x = 0; x < 3; ++x) count *= bin_end(oo[x], side.in[x], out[x]) - bin_start(oo[x], side.in[x], out[x]);
+  if (side.exact(out)) return reciprocal(acc_t(side.bin[0] * side.bin[1] * side.bin[2]));
+  int32_t b[3], e[3], count = 1;
+  bin_range(side, out, o, b, e);
+  for (int x = 0; x < 3; ++x) count *= e[x] - b[x];
   return reciprocal(acc_t(count));
 }
 
@@ -192,6 +207,25 @@ VKD_HD acc_t unpooled(const acc_t* s, const PoolSide& side, const int32_t* out, 
     for (int32_t h = o0[1]; h < o1[1]; ++h)
       for (int32_t w = o0[2]; w < o1[2]; ++w) sum += s[(t * out[1] + h) * out[2] + w];
   return sum;
+}
+
+// Pooling backward of one sample: da[i] = unpooled(s, i) for the P raw elements. Equal
+// bins hold each raw element once: each bin o writes its elements s[o] (0 + s[o], the
+// one-term sum of the general path, so the values are the same to the bit).
+template <typename acc_t, typename Block>
+VKD_HD void unpool(const acc_t* s, const PoolSide& side, const int32_t* out, acc_t* da, const Block& block) {
+  if (!side.exact(out)) {
+    for (int32_t i = block.lane; i < side.P; i += block.step) da[i] = unpooled(s, side, out, i);
+    return;
+  }
+  for (int32_t o = block.lane; o < out[0] * out[1] * out[2]; o += block.step) {
+    int32_t b[3], e[3];
+    bin_range(side, out, o, b, e);
+    const acc_t v = acc_t(0) + s[o];
+    for (int32_t t = b[0]; t < e[0]; ++t)
+      for (int32_t h = b[1]; h < e[1]; ++h)
+        for (int32_t w = b[2]; w < e[2]; ++w) da[(t * side.in[1] + h) * side.in[2] + w] = v;
+  }
 }
 
 // parts[n, 0, :] = sum_k parts[n, k, :], k in order.
@@ -296,10 +330,8 @@ VKD_HD void transfer_backward_sample(const TransferGeometry& g, const acc_t* par
   }
   if (!pool_s && !pool_t) return;
   block.sync();
-  if (pool_s)
-    for (int32_t i = block.lane; i < g.s.P; i += block.step) da_s[n * g.s.P + i] = unpooled(ds, g.s, g.out, i);
-  if (pool_t)
-    for (int32_t i = block.lane; i < g.t.P; i += block.step) da_t[n * g.t.P + i] = unpooled(dt, g.t, g.out, i);
+  if (pool_s) unpool(ds, g.s, g.out, da_s + n * g.s.P, block);
+  if (pool_t) unpool(dt, g.t, g.out, da_t + n * g.t.P, block);
 }
 
 
