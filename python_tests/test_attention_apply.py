@@ -23,21 +23,14 @@ def inputs(device, N, C, T, spatial, dtype=torch.float64):
     return F, lam
 
 
-def check_against_formula(backend, device, F, lam, per_sample, grad=None):
+def check_against_formula(backend, device, F, lam, per_sample, grad=None, spatial="keep", what=""):
     """Output and the gradients of the inputs requiring grad of ``backend`` vs the float64
-    formula on the same inputs (harness.compare)."""
-    compare(lambda b, xs: attention_apply(*xs, per_sample=per_sample, backend=b), (F, lam), backend, device,
-            bound=tolerance(F.dtype, "attention_apply"), grad=grad,
-            names=("F_fg",) + tuple(n for n, x in (("dF", F), ("dlam", lam)) if x.requires_grad))
-
-
-@numeric
-@pytest.mark.parametrize("backend", FUSED)
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("spatial", SPATIAL)
-@pytest.mark.parametrize("per_sample", (True, False))
-def test_matches_formula(backend, device, dtype, spatial, per_sample):
-    check_against_formula(backend, device, *inputs(device, 2, 3, 2, spatial, dtype), per_sample)
+    formula on the same inputs (harness.compare); spatial="mean": vs its mean over the
+    spatial axes (k lam q / S from the row sums)."""
+    compare(lambda b, xs: attention_apply(*xs, per_sample=per_sample, spatial=spatial, backend=b), (F, lam), backend,
+            device, bound=tolerance(F.dtype, "attention_apply"), grad=grad, what=what,
+            names=(("F_fg" if spatial == "keep" else "mean F_fg"),)
+            + tuple(n for n, x in (("dF", F), ("dlam", lam)) if x.requires_grad))
 
 
 @numeric
@@ -45,11 +38,9 @@ def test_matches_formula(backend, device, dtype, spatial, per_sample):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", SPATIAL)
 @pytest.mark.parametrize("per_sample", (True, False))
-def test_spatial_mean_matches_formula(backend, device, dtype, shape, per_sample):
-    """spatial="mean" (k lam q / S from the row sums) against mean_s of the float64 formula."""
-    F, lam = inputs(device, 2, 3, 2, shape, dtype)
-    compare(lambda b, xs: attention_apply(*xs, per_sample=per_sample, spatial="mean", backend=b), (F, lam), backend,
-            device, bound=tolerance(dtype, "attention_apply"), names=("mean F_fg", "dF", "dlam"))
+@pytest.mark.parametrize("spatial", ("keep", "mean"))
+def test_matches_formula(backend, device, dtype, shape, per_sample, spatial):
+    check_against_formula(backend, device, *inputs(device, 2, 3, 2, shape, dtype), per_sample, spatial=spatial)
 
 
 @pytest.mark.parametrize("backend", FUSED)
@@ -89,9 +80,7 @@ def test_channels_last_3d_and_strided_layouts(backend, device, per_sample):
     for name, F in layouts.items():
         assert F.shape == base.shape and not F.is_contiguous(), name
         check_against_formula(backend, device, F.requires_grad_(), lam, per_sample, grad=grad)
-        compare(lambda b, xs: attention_apply(*xs, per_sample=per_sample, spatial="mean", backend=b), (F, lam),
-                backend, device, bound=tolerance(F.dtype, "attention_apply"), names=("mean F_fg", "dF", "dlam"),
-                what=name)
+        check_against_formula(backend, device, F, lam, per_sample, spatial="mean", what=name)
 
 
 @numeric

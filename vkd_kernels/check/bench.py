@@ -15,6 +15,7 @@ of 512 MiB, read + write) measured the same way in the same run.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from dataclasses import asdict, dataclass
@@ -81,27 +82,20 @@ def _transfer() -> Headline:
                     {"forward": bs + bt, "full": 3 * bs + bt})
 
 
-def _apply() -> Headline:
+def _apply(spatial: str = "keep") -> Headline:
+    """attention_apply at the GKD shape; spatial="mean": what GKD's classifier reads."""
     shape = (6, 1024, 8, 7, 7)
     n, lam = _nbytes([shape]), _nbytes([shape[:3]])
-    return Headline("attention_apply", "F " + "x".join(map(str, shape)),
+    # keep: forward reads F (and lam), writes out; backward reads F and g, writes dF (and dlam).
+    # mean: forward reads F (and lam); backward writes dF (and reads / writes the (N, C, T) rows)
+    min_bytes = ({"forward": 2 * n + lam, "full": 5 * n + 3 * lam} if spatial == "keep"
+                 else {"forward": n + lam, "full": 2 * n + 5 * lam})
+    label = "F " + "x".join(map(str, shape)) + ("" if spatial == "keep" else " spatial mean")
+    return Headline("attention_apply", label,
                     lambda d: [torch.rand(shape, device=d).requires_grad_(),
                                torch.rand(shape[:3], device=d).requires_grad_()],
-                    lambda b, t: vkd_kernels.attention_apply(t[0], t[1], backend=b),
-                    # forward reads F (and lam), writes out; backward reads F and g, writes dF (and dlam)
-                    {"forward": 2 * n + lam, "full": 5 * n + 3 * lam})
-
-
-def _apply_mean() -> Headline:
-    """attention_apply(spatial="mean") at the GKD shape: what GKD's classifier reads."""
-    shape = (6, 1024, 8, 7, 7)
-    n, lam = _nbytes([shape]), _nbytes([shape[:3]])
-    return Headline("attention_apply", "F " + "x".join(map(str, shape)) + " spatial mean",
-                    lambda d: [torch.rand(shape, device=d).requires_grad_(),
-                               torch.rand(shape[:3], device=d).requires_grad_()],
-                    lambda b, t: vkd_kernels.attention_apply(t[0], t[1], spatial="mean", backend=b),
-                    # forward reads F (and lam); backward writes dF (and reads / writes the (N, C, T) rows)
-                    {"forward": n + lam, "full": 2 * n + 5 * lam})
+                    lambda b, t: vkd_kernels.attention_apply(t[0], t[1], spatial=spatial, backend=b),
+                    min_bytes)
 
 
 def _head() -> Headline:
@@ -150,7 +144,7 @@ def _weights() -> Headline:
                     {"forward": bs + bt, "full": 3 * bs + bt})
 
 
-HEADLINES = (_spectrum, _transfer, _apply, _apply_mean, _head, _weights)
+HEADLINES = (_spectrum, _transfer, _apply, functools.partial(_apply, "mean"), _head, _weights)
 
 
 def do_bench_ms(fn, grads=None, warmup_ms: float = 25, rep_ms: float = 100) -> Tuple[float, float, float]:
