@@ -324,7 +324,7 @@ PYBIND11_MODULE(_C, m) {
         [](const std::string& device, int pass, int64_t N, int64_t C, int64_t T, int64_t S, int64_t B, int dtype,
            uintptr_t x, std::array<int64_t, 4> xs, uintptr_t y, std::array<int64_t, 4> ys, uintptr_t rows,
            uintptr_t lam, uintptr_t sums, uintptr_t bsums, uintptr_t m, uintptr_t q, uintptr_t dlam, uintptr_t out,
-           std::array<int64_t, 4> os, uintptr_t stream) {
+           std::array<int64_t, 4> os, double scale, uintptr_t stream) {
           if (N < 1 || C < 1 || T < 1 || S < 1 || B < 1 || (N * C * T) % B != 0)
             throw std::invalid_argument("vkd: attention_apply sizes must be >= 1 and B must divide the rows");
           const bool missing = pass == 0 ? rows == 0 : pass == 1 ? (rows == 0 || lam == 0 || sums == 0)
@@ -336,7 +336,7 @@ PYBIND11_MODULE(_C, m) {
           vkd::ApplyArgs args{{N, C, T, S, B}, vkd::DType(dtype), ptr<const void>(x), {xs[0], xs[1], xs[2], xs[3]},
                               ptr<const void>(y), {ys[0], ys[1], ys[2], ys[3]}, ptr<void>(rows), ptr<const void>(lam),
                               ptr<void>(sums), ptr<const void>(bsums), ptr<const void>(m), ptr<const void>(q),
-                              ptr<void>(dlam), ptr<void>(out), {os[0], os[1], os[2], os[3]}, t.stream(stream)};
+                              ptr<void>(dlam), ptr<void>(out), {os[0], os[1], os[2], os[3]}, scale, t.stream(stream)};
           dispatch(t, [&](auto d) {
             constexpr vkd::Device D = decltype(d)::value;
             pass == 0 ? vkd::apply_reduce<D>(args) : pass == 1 ? vkd::apply_finish<D>(args) : vkd::apply_affine<D>(args);
@@ -345,5 +345,5 @@ PYBIND11_MODULE(_C, m) {
         py::arg("device"), py::arg("pass_"), py::arg("N"), py::arg("C"), py::arg("T"), py::arg("S"), py::arg("B"),
         py::arg("dtype"), py::arg("x"), py::arg("x_strides"), py::arg("y"), py::arg("y_strides"), py::arg("rows"),
         py::arg("lam"), py::arg("sums"), py::arg("bsums"), py::arg("m"), py::arg("q"), py::arg("dlam"),
-        py::arg("out"), py::arg("out_strides"), py::arg("stream"));
+        py::arg("out"), py::arg("out_strides"), py::arg("scale"), py::arg("stream"));
 }

@@ -179,6 +179,7 @@ struct ApplyArgs {
   void* sums;                                    // finish output (B, 2); affine input
   const void* bsums; const void* m; const void* q; void* dlam;  // affine backward only
   void* out; apply::RowStrides out_strides;      // affine output
+  double scale;                                  // affine: factor of out and dlam (1; 1 / S for spatial mean)
   Stream stream;
 };
 

@@ -4,7 +4,7 @@
 // Three passes each way (vkd_kernels/gkd/apply/op.py):
 //   reduce   q_i = sum_s x[i, s] (y == null) or m_i = sum_s x[i, s] y[i, s]   (accumulation dtype)
 //   finish   per group b of Rg rows: (sum_i v_i, sum_i lam_i v_i) for v = q or m
-//   affine   out[i, s] = x[i, s] a_i + b_i with the row factors of row_factors()
+//   affine   out[i, s] = x[i, s] a_i + b_i with the row factors of row_factors() (times a scale)
 // forward: q = reduce(F), (s1, s2) = finish(q), out = affine(F, k lam, 0); backward:
 // m = reduce(F, g), (., G) = finish(m), dF = affine(g, k lam, (G / s2)(1 - k lam)),
 // dlam = k (m - (G / s2) q). Each lane handles s = s0, s0 + step, ...
@@ -49,18 +49,21 @@ VKD_HD void group_sums(const acc_t* v, const scalar_t* lam, int64_t begin, int64
 
 // The affine factors of row i: a = k lam_i, b = (G / s2)(1 - a) (0 forward: bsums null),
 // and, backward, dlam_i = k (m_i - (G / s2) q_i). k = s1 / s2, 1/s2 taken as 0 where s2 = 0.
+// All three are multiplied by scale: 1, or 1 / S where spatial "mean" passes the row sums q
+// forward and g (N, C, T) backward, so that no pass divides them first (an exact no-op at 1).
 template <typename scalar_t, typename acc_t>
 VKD_HD void row_factors(const RowProblem& pr, const acc_t* sums, const acc_t* bsums, const scalar_t* lam,
-                        const acc_t* m, const acc_t* q, int64_t i, acc_t& a, acc_t& b, acc_t& dlam) {
+                        const acc_t* m, const acc_t* q, acc_t scale, int64_t i, acc_t& a, acc_t& b, acc_t& dlam) {
   const int64_t g = i / pr.group_rows();
   const acc_t inv_s2 = safe_inverse(sums[2 * g + 1]), k = sums[2 * g] * inv_s2;
   a = k * acc_t(Element<scalar_t>::load(lam + i));
   b = dlam = acc_t(0);
   if (bsums) {
     const acc_t g_over_s2 = bsums[2 * g + 1] * inv_s2;
-    b = g_over_s2 * (acc_t(1) - a);
-    dlam = k * (m[i] - g_over_s2 * q[i]);
+    b = g_over_s2 * (acc_t(1) - a) * scale;
+    dlam = k * (m[i] - g_over_s2 * q[i]) * scale;
   }
+  a *= scale;
 }
 
 // Offset of element (row, 0) of a tensor with strides st (rows evenly spaced, as in a

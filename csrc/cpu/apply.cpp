@@ -46,8 +46,8 @@ void affine(const ApplyArgs& args) {
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < pr.rows(); ++i) {
     acc_t a, b, dl;
-    row_factors(pr, sums, bsums, lam, static_cast<const acc_t*>(args.m), static_cast<const acc_t*>(args.q), i, a, b,
-                dl);
+    row_factors(pr, sums, bsums, lam, static_cast<const acc_t*>(args.m), static_cast<const acc_t*>(args.q),
+                acc_t(args.scale), i, a, b, dl);
     if (bsums) Element<scalar_t>::store(dlam + i, dl);
     if (out)
       affine_row<1>(x + row_offset(pr, args.x_strides, i), args.x_strides.s, a, b,

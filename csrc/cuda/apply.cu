@@ -73,8 +73,8 @@ __global__ void affine_kernel(ApplyArgs args) {
   auto* dlam = static_cast<scalar_t*>(args.dlam);
   for_each_warp_row(pr.rows(), [&](int64_t i, int lane) {
     acc_t a, b, dl;
-    row_factors(pr, sums, bsums, lam, static_cast<const acc_t*>(args.m), static_cast<const acc_t*>(args.q), i, a, b,
-                dl);
+    row_factors(pr, sums, bsums, lam, static_cast<const acc_t*>(args.m), static_cast<const acc_t*>(args.q),
+                acc_t(args.scale), i, a, b, dl);
     if (bsums && lane == 0) Element<scalar_t>::store(dlam + i, dl);
     if (out)
       affine_row<kWarp>(x + row_offset(pr, args.x_strides, i), args.x_strides.s, a, b,

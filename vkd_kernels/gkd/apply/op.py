@@ -24,12 +24,13 @@ are kept for backward (spatial "mean": not F). Where s2 == 0 (e.g. lam or F all 
 in a group) k and 1/s2 are taken as 0: that group's output and gradients are 0, never NaN.
 
 ``spatial="mean"`` (mean_s F_fg, what GKD's classifier reads) is k lam_r q_r / S: the
-same passes with the affine on rows of one element, x = q / S, so F is read once and no
-F-sized output exists; backward, g (N, C, T) gives F_fg the gradient g_r / S at every
-position of row r, so m_r = q_r g_r / S needs no read of F, and the affine pass reads
-g / S broadcast over the row (stride 0) while it writes dF: one write, no read of F.
-Four launches each way (a division, and a product backward, on (N, C T) beside the
-three passes).
+same passes with the affine on rows of one element, x = q with the affine's scale 1 / S,
+so F is read once and no F-sized output exists; backward, g (N, C, T) gives F_fg the
+gradient g_r / S at every position of row r, so m_r = q_r g_r / S needs no read of F (one
+product on (N, C T) in place of the reduce pass), and the affine pass reads g broadcast
+over the row (stride 0), scaled by 1 / S, while it writes dF: one write, no read of F.
+Three launches each way (forward four for float16 / bfloat16 F: q / S is cast to F's dtype
+first, as q itself may exceed its range).
 """
 from __future__ import annotations
 
@@ -66,9 +67,11 @@ def _apply_op(F: torch.Tensor, lam: torch.Tensor, per_sample: bool, spatial: str
         kernels.finish(q, lam_rows, sums)
         if finite_check_enabled(F.device):  # on the (B, 2) sums: NaN/inf in F or lam reach them
             raise_if_not_finite(sums, F=F, lam=lam)
-        if spatial == "mean":  # the affine pass on rows of one element, the row means q / S
+        if spatial == "mean":  # the affine pass on rows of one element: the row sums q, scaled by 1 / S
+            # (an F of lower precision than q gets the row means, cast: q itself may exceed F's range)
+            x, scale = (q, 1.0 / S) if q.dtype == F.dtype else ((q / S).to(F.dtype), 1.0)
             out = new_output((N, C, T, 1), F.dtype, F.device)
-            kernels.affine((q / S).to(F.dtype).view(N, C, T, 1), lam_rows, sums, out)
+            kernels.affine(x.view(N, C, T, 1), lam_rows, sums, out, scale=scale)
             return out.view(N, C, T), q, sums
         out = new_output(rows.shape, F.dtype, F.device)
         kernels.affine(rows, lam_rows, sums, out)
@@ -88,26 +91,26 @@ def _apply_backward_op(grad: torch.Tensor, F: torch.Tensor, lam: torch.Tensor, q
                        sums: torch.Tensor, per_sample: bool, spatial: str, backend: str,
                        need_F: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """(dF (F.shape, contiguous; empty unless need_F), dlam (N, C, T)). For spatial "mean"
-    grad is (N, C, T): the gradient of F_fg is grad / S at every position of a row, so
-    m = q grad / S and the affine pass reads grad / S broadcast over the row (stride 0)."""
+    grad is (N, C, T): the gradient of F_fg is grad / S at every position of a row, so the
+    passes run on m' = q grad (m = m' / S) and on grad broadcast over the row (stride 0),
+    and the affine pass scales dF and dlam, both linear in (m, g), by 1 / S."""
     with _backend.device_guard(F.device):
         kernels = _backend.kernels(__package__, backend)
         lam_rows = lam.reshape(-1)
         N, C, T = F.shape[:3]
         S = math.prod(F.shape[3:])
         if spatial == "mean":  # F: its shape only (a stand-in, never read)
-            g_mean = grad.to(q.dtype).reshape(q.shape) / S
-            m = q * g_mean
-            g = g_mean.to(F.dtype).view(N, C, T, 1).expand(N, C, T, S)
+            m, scale = q * grad.reshape(q.shape), 1.0 / S  # in q's dtype (type promotion)
+            g = grad.view(N, C, T, 1).expand(N, C, T, S)
         else:
-            rows, g = rows_view(F), rows_view(grad)
+            rows, g, scale = rows_view(F), rows_view(grad), 1.0
             m = new_output(q.shape, q.dtype, F.device)
             kernels.reduce(rows, g, m)
         bsums = new_output(sums.shape, sums.dtype, F.device)
         d_lam = new_output(lam.shape, lam.dtype, F.device)
         kernels.finish(m, lam_rows, bsums)
         d_F = new_output((N, C, T, S), F.dtype, F.device) if need_F else None
-        kernels.affine(g, lam_rows, sums, d_F, (bsums, m, q, d_lam.view(-1)))
+        kernels.affine(g, lam_rows, sums, d_F, (bsums, m, q, d_lam.view(-1)), scale=scale)
         return (d_F.view(F.shape) if need_F else F.new_empty(0)), d_lam
 
 

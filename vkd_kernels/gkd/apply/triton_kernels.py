@@ -6,7 +6,8 @@ rows of (N, C, T, S) strided tensors:
   sums v (q forward, m backward): one program per group, rows in order (deterministic);
 - ``affine`` writes the output from the rows and the group sums: forward
   out = F k lam_r; backward dF = g k lam_r + (G / s2)(1 - k lam_r) and (the programs of
-  the first S block) dlam_r = k (m_r - (G / s2) q_r); BLOCK_R rows x BLOCK_S positions.
+  the first S block) dlam_r = k (m_r - (G / s2) q_r), all times a scale (1, or 1 / S for
+  spatial "mean"); BLOCK_R rows x BLOCK_S positions.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..._triton_jit import scalar as _scalar
 from ..._triton_specs import TRITON_TYPES, check_grid
 
 
@@ -95,6 +97,7 @@ def _apply_affine(
     dlam_ptr,                  # backward only: (R,) output dL/dlam
     out_ptr,                   # (N, C, T, S) strided output (unused unless NEED_OUT)
     C, T, S, R, Rg,
+    scale: tl.float64,         # factor of out and dlam: 1, or 1 / S (spatial "mean" on the row sums)
     x_sn, x_sc, x_st, x_ss,
     o_sn, o_sc, o_st, o_ss,
     BACKWARD: tl.constexpr, NEED_OUT: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_S: tl.constexpr,
@@ -111,21 +114,22 @@ def _apply_affine(
     group = tl.where(rmask, r // Rg, 0)
     inv_s2 = _safe_inverse(tl.load(sums_ptr + 2 * group + 1, mask=rmask, other=0.0))
     k = tl.load(sums_ptr + 2 * group, mask=rmask, other=0.0) * inv_s2
+    scale = _scalar(scale, IS_FP64)
     alpha = k * tl.load(lam_ptr + r, mask=rmask, other=0.0).to(dtype)
     if BACKWARD:
         g_over_s2 = tl.load(bsums_ptr + 2 * group + 1, mask=rmask, other=0.0) * inv_s2
         if pid % s_blocks == 0:
             m = tl.load(m_ptr + r, mask=rmask, other=0.0)
             q = tl.load(q_ptr + r, mask=rmask, other=0.0)
-            tl.store(dlam_ptr + r, (k * (m - g_over_s2 * q)).to(dlam_ptr.dtype.element_ty), mask=rmask)
+            tl.store(dlam_ptr + r, (k * (m - g_over_s2 * q) * scale).to(dlam_ptr.dtype.element_ty), mask=rmask)
     if NEED_OUT:
         mask = rmask[:, None] & (s[None, :] < S)
         n, c, t = _row_index(r, C, T)
         x = tl.load(x_ptr + _row_offsets(n, c, t, x_sn, x_sc, x_st)[:, None] + s[None, :] * x_ss, mask=mask,
                     other=0.0)
-        out = x.to(dtype) * alpha[:, None]
+        out = x.to(dtype) * (alpha * scale)[:, None]
         if BACKWARD:
-            out += (g_over_s2 * (1.0 - alpha))[:, None]
+            out += (g_over_s2 * (1.0 - alpha) * scale)[:, None]
         tl.store(out_ptr + _row_offsets(n, c, t, o_sn, o_sc, o_st)[:, None] + s[None, :] * o_ss,
                  out.to(out_ptr.dtype.element_ty), mask=mask)
 
@@ -159,9 +163,9 @@ def finish(v: torch.Tensor, lam: torch.Tensor, sums: torch.Tensor) -> None:
                                     num_warps=FINISH_WARPS)
 
 
-def affine(x: torch.Tensor, lam: torch.Tensor, sums: torch.Tensor, out, backward=None) -> None:
-    """Forward (backward None): out = x k lam. Backward, backward = (bsums, m, q, dlam):
-    out = x k lam + (G / s2)(1 - k lam) (skipped when out is None) and dlam."""
+def affine(x: torch.Tensor, lam: torch.Tensor, sums: torch.Tensor, out, backward=None, scale: float = 1.0) -> None:
+    """Forward (backward None): out = scale x k lam. Backward, backward = (bsums, m, q, dlam):
+    out = scale (x k lam + (G / s2)(1 - k lam)) (skipped when out is None) and dlam (times scale)."""
     N, C, T, S = x.shape
     R, B = N * C * T, sums.shape[0]
     c = apply_constexprs(x.dtype)
@@ -169,7 +173,7 @@ def affine(x: torch.Tensor, lam: torch.Tensor, sums: torch.Tensor, out, backward
     grid = check_grid((triton.cdiv(R, c["BLOCK_R"]) * s_blocks,))
     bsums, m, q, dlam = backward if backward is not None else (sums, sums, sums, lam)
     target = out if out is not None else x
-    _apply_affine[grid](x, lam, sums, bsums, m, q, dlam, target, C, T, S if out is not None else 1, R, R // B,
+    _apply_affine[grid](x, lam, sums, bsums, m, q, dlam, target, C, T, S if out is not None else 1, R, R // B, scale,
                         *x.stride(), *target.stride(), BACKWARD=backward is not None, NEED_OUT=out is not None,
                         **c, num_warps=4)
 
