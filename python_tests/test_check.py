@@ -63,8 +63,8 @@ def test_a_wrong_value_fails_only_that_backend(tmp_path, monkeypatch):
     from vkd_kernels.gkd.apply import native
     original = native.affine
 
-    def wrong(x, lam, sums, out, backward=None):  # every output and dF 5% too large
-        original(x, lam, sums, out, backward)
+    def wrong(x, lam, sums, out, backward=None, scale=1.0):  # every output and dF 5% too large
+        original(x, lam, sums, out, backward, scale)
         if out is not None:
             out.mul_(1.05)
     monkeypatch.setattr(native, "affine", wrong)
