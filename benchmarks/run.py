@@ -15,8 +15,6 @@ import csv
 import datetime
 import gc
 import importlib
-import os
-import re
 import sys
 from pathlib import Path
 from typing import Callable, Dict, List
@@ -27,6 +25,8 @@ sys.path.insert(0, str(HERE))
 import harness  # noqa: E402
 import torch  # noqa: E402
 from harness import MODES, Case  # noqa: E402
+
+from vkd_kernels.check.cli import device_slug  # noqa: E402
 
 COLUMNS = ["device", "torch", "date", "op", "shape", "provider", "mode", "cuda_graph", "median_ms", "p20_ms",
            "p80_ms", "peak_mb", "kept_mb", "kept_beyond_inputs_mb", "ops_full", "kernels_full", "launches", "memcpys",
@@ -52,12 +52,9 @@ def op_notes(op: str, device: str, quick: bool) -> str:
 
 
 def device_info(device: str):
-    """(human-readable device name, filesystem slug)."""
-    if device == "cuda":
-        name = torch.cuda.get_device_name()
-        return name, re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
-    cores = os.cpu_count()
-    return f"cpu ({cores} cores, {torch.get_num_threads()} threads)", f"cpu-{cores}cores"
+    """(human-readable device name, filesystem slug): vkd_kernels.check's, and on the CPU the thread count."""
+    name, slug = device_slug(device)
+    return (name[:-1] + f", {torch.get_num_threads()} threads)" if device == "cpu" else name), slug
 
 
 def machine_limits(device: str, cuda_graph: bool = False, copy_bytes=None) -> Dict[str, float]:

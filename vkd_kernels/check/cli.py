@@ -67,12 +67,28 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def device_slug() -> tuple:
-    if torch.cuda.is_available():
+def cpu_model() -> str:
+    """This CPU's model name (/proc/cpuinfo on Linux, else platform.processor())."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown model"
+
+
+def device_slug(device: str = "") -> tuple:
+    """(device name, results folder) of ``device`` ("cuda" / "cpu"; default: cuda when present).
+    A GPU is its name, slugified; a CPU 'cpu (<model>, <N> cores, <ISA>)', the ISA that torch's
+    CPU kernels use (AVX512, AVX2, ...), in folder cpu-<N>cores: two machines of the same core
+    count share the folder, and the name in every report says which one measured it."""
+    if device == "cuda" or (not device and torch.cuda.is_available()):
         name = torch.cuda.get_device_name(0)
         return name, re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
     cores = os.cpu_count()
-    return f"cpu ({cores} cores)", f"cpu-{cores}cores"
+    return (f"cpu ({cpu_model()}, {cores} cores, {torch.backends.cpu.get_cpu_capability()})", f"cpu-{cores}cores")
 
 
 def environment(device_name: str) -> dict:
