@@ -239,13 +239,17 @@ VKD_HD void reduce_parts(acc_t* parts, const PoolSide& side, const Block& block)
   }
 }
 
-// (||b_s||, ||b_t||) of frame f.
+// (||b_s||, ||b_t||) of frame f. With keep_s / keep_t, the pooled b_s / b_t are also
+// stored at their index o there (each lane at the indices it visits, as the later
+// passes over the frame visit them), so those passes read them back instead of pooling again.
 template <typename acc_t, typename Block>
 VKD_HD void frame_norms(const TransferGeometry& g, const acc_t* as, const acc_t* at, int32_t f, const Block& block,
-                        acc_t& ns, acc_t& nt) {
+                        acc_t& ns, acc_t& nt, acc_t* keep_s = nullptr, acc_t* keep_t = nullptr) {
   acc_t s2 = 0, t2 = 0;
   for (int32_t o = f * g.QF() + block.lane; o < (f + 1) * g.QF(); o += block.step) {
     const acc_t bs = pooled(as, g.s, g.out, o), bt = pooled(at, g.t, g.out, o);
+    if (keep_s) keep_s[o] = bs;
+    if (keep_t) keep_t[o] = bt;
     s2 += bs * bs;
     t2 += bt * bt;
   }
@@ -306,13 +310,17 @@ VKD_HD void transfer_backward_sample(const TransferGeometry& g, const acc_t* par
     const acc_t norm = root(sample_distance(g, as, at, static_cast<acc_t*>(nullptr), block));
     coef = norm > acc_t(0) ? divide(gn, norm) : acc_t(0);
   }
+  // A pooled side's scratch first holds its pooled map (frame_norms), then dL/d pool(a):
+  // the map is pooled once, not once per pass.
+  const acc_t* bs = pool_s ? ds : as;
+  const acc_t* bt = pool_t ? dt : at;
   for (int32_t f = 0; f < g.frames; ++f) {
     acc_t ns, nt;
-    frame_norms(g, as, at, f, block, ns, nt);
+    frame_norms(g, as, at, f, block, ns, nt, pool_s ? ds : nullptr, pool_t ? dt : nullptr);
     const acc_t rs = reciprocal(clamp_norm(ns)), rt = reciprocal(clamp_norm(nt));
     acc_t us = 0, vs = 0;
     for (int32_t o = f * g.QF() + block.lane; o < (f + 1) * g.QF(); o += block.step) {
-      const acc_t u = pooled(as, g.s, g.out, o) * rs, v = pooled(at, g.t, g.out, o) * rt;
+      const acc_t u = bs[o] * rs, v = (pool_t ? bt[o] : pooled(at, g.t, g.out, o)) * rt;
       const acc_t gd = (g.none ? acc_t(2) * gs[o * g_so] : coef) * (u - v);
       us += u * gd;
       vs += v * gd;
@@ -322,7 +330,7 @@ VKD_HD void transfer_backward_sample(const TransferGeometry& g, const acc_t* par
     if (!(ns >= acc_t(kNormEps))) us = 0;
     if (!(nt >= acc_t(kNormEps))) vs = 0;
     for (int32_t o = f * g.QF() + block.lane; o < (f + 1) * g.QF(); o += block.step) {
-      const acc_t u = pooled(as, g.s, g.out, o) * rs, v = pooled(at, g.t, g.out, o) * rt;
+      const acc_t u = bs[o] * rs, v = (pool_t ? bt[o] : pooled(at, g.t, g.out, o)) * rt;
       const acc_t gd = (g.none ? acc_t(2) * gs[o * g_so] : coef) * (u - v);
       ds[o] = (gd - u * us) * rs * (pool_s ? bin_share<acc_t>(g.s, g.out, o) : acc_t(1));
       if (dt) dt[o] = (v * vs - gd) * rt * (pool_t ? bin_share<acc_t>(g.t, g.out, o) : acc_t(1));
