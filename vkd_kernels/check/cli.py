@@ -7,7 +7,9 @@ import logging
 import os
 import platform
 import re
+import signal
 import sys
+import threading
 import time
 import zlib
 from typing import Dict, List, Optional
@@ -137,6 +139,7 @@ class Run:
         self.phases: Dict[str, float] = {}
         self.broken: Optional[str] = None     # the CUDA context stopped working
         self.no_graphs: Optional[str] = None  # why no further capture can be attempted
+        self.stopped: Optional[str] = None    # SIGTERM or Ctrl-C: what was done so far is reported
 
     def add(self, check: Check) -> None:
         self.checks.append(check)
@@ -210,6 +213,10 @@ def check_all(run: Run, selected, backends: Dict[str, torch.device], dtypes, gpu
         log.info("checked %s (%s)", case.label, ", ".join((["plain"] if plain else []) + gpu_modes))
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = parser().parse_args(argv)
     started = time.perf_counter()
@@ -220,6 +227,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     # without a GPU the cuda backend is listed too, so that the report says why it did not run
     wanted = args.backends or (["triton", "cuda"] if cuda else ["cpu", "triton", "cuda"])
     saved_poison = os.environ.get("VKD_POISON_OUTPUTS")
+    # a run stopped at a time limit (timeout's SIGTERM) still writes the report of what it checked
+    saved_term = (signal.signal(signal.SIGTERM, _interrupt)
+                  if threading.current_thread() is threading.main_thread() else None)
     os.environ["VKD_POISON_OUTPUTS"] = "0" if args.no_poison else "1"
     run = Run()
     try:
@@ -256,15 +266,21 @@ def main(argv: Optional[List[str]] = None) -> int:
                 pending = sanitize.Pending(tool, ops, [dtype_name(d) for d in dtypes])
 
         phase = time.perf_counter()
-        check_all(run, cases_module.select(ops, quick), backends, dtypes, gpu_modes)
+        try:
+            check_all(run, cases_module.select(ops, quick), backends, dtypes, gpu_modes)
+        except KeyboardInterrupt as stop:
+            run.stopped = f"stopped by {stop or 'Ctrl-C'} after {time.perf_counter() - started:.0f} s"
         run.phases["correctness"] = time.perf_counter() - phase
-        if run.broken:
+        if run.broken or run.stopped:
+            why = run.stopped or f"the CUDA context stopped working {run.broken}"
             run.add(Check("(all)", "(remaining)", "-", "-", "-", False,
-                          f"the CUDA context stopped working {run.broken}; the remaining checks and the benchmark "
-                          "did not run"))
+                          f"{why}; the remaining checks and the benchmark did not run"))
 
         sanitizer = []
-        if pending is not None:
+        if pending is not None and run.stopped:
+            pending.kill()
+            run.skip("compute-sanitizer", run.stopped)
+        elif pending is not None:
             phase = time.perf_counter()
             sanitizer = [s.as_dict() for s in pending.results()]
             for s in sanitizer:
@@ -278,8 +294,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             if not cuda:
                 run.skip("benchmark", "it times CUDA kernels and no GPU is visible (benchmarks/run.py measures the "
                                       "CPU path)")
-            elif run.broken:
-                run.skip("benchmark", "the CUDA context stopped working")
+            elif run.broken or run.stopped:
+                run.skip("benchmark", run.stopped or "the CUDA context stopped working")
             else:
                 from . import bench as bench_module
                 phase = time.perf_counter()
@@ -289,11 +305,14 @@ def main(argv: Optional[List[str]] = None) -> int:
                 except Exception as error:  # noqa: BLE001
                     bench = {"copy_gbps": None, "rows": [], "error": f"{type(error).__name__}: {error}"}
                     log.error("benchmark failed: %s", bench["error"])
+                except KeyboardInterrupt as stop:
+                    run.stopped = f"stopped by {stop or 'Ctrl-C'} during the benchmark"
+                    bench = {"copy_gbps": None, "rows": [], "error": run.stopped}
                 run.phases["benchmark"] = time.perf_counter() - phase
 
         # last: a kernel that ignores the inputs' device can leave a sticky illegal-address
         # error that ends every later CUDA call in this process
-        if cuda and not args.only_correctness and torch.cuda.device_count() > 1 and not run.broken:
+        if cuda and not args.only_correctness and torch.cuda.device_count() > 1 and not (run.broken or run.stopped):
             phase = time.perf_counter()
             cuda_backends = {b: d for b, d in backends.items() if d.type == "cuda"}
             check_all(run, cases_module.select(ops, quick), cuda_backends, dtypes, ["device1"], plain=False)
@@ -339,6 +358,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                         "first case of each op", data["seconds"])
         return exit_code
     finally:
+        if saved_term is not None:
+            signal.signal(signal.SIGTERM, saved_term)
         if saved_poison is None:
             os.environ.pop("VKD_POISON_OUTPUTS", None)
         else:

@@ -87,6 +87,13 @@ class Pending:
             process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=env)
             self.runs.append((tool, command, process, handle, log_path))
 
+    def kill(self) -> None:
+        """Stop the runs (the check was stopped before their results were wanted)."""
+        for _, _, process, handle, _ in self.runs:
+            process.kill()
+            process.wait()
+            handle.close()
+
     def results(self) -> List[SanitizerRun]:
         out = []
         for tool, command, process, handle, log_path in self.runs:
