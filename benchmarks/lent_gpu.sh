@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# A lent GPU's whole session in one command (device time is short: every stage is
+# bounded by what is left of BUDGET seconds, and each stage's results are saved as
+# it ends). In the repository root of a machine whose python3 has torch, triton,
+# nvcc, cmake, ninja, pybind11 and scikit-build-core:
+#   bash benchmarks/lent_gpu.sh [BUDGET_S=540]
+# 1. builds and installs vkd_kernels (CUDA kernels for this GPU's architecture only);
+# 2. python -m vkd_kernels.check --quick --bench --sanitize (every op, backend, dtype on
+#    each op's first case, side stream, sync-debug, CUDA graph, compute-sanitizer, the
+#    headline timings);
+# 3. benchmarks/run.py --quick (headline shape per op vs eager and torch.compile);
+# 4. python -m vkd_kernels.check --no-quick --only-correctness (every case) with the rest.
+# Everything lands in $OUT/results.tgz (vkd-results/: env.txt, build.log, check-*/,
+# bench/<gpu>/, *.log); the last lines printed are the summaries.
+set -uo pipefail
+BUDGET=${1:-540}
+OUT=${OUT:-/tmp/vkd-gpu-out}
+RES=/tmp/vkd-results
+ROOT=$(pwd)
+START=$(date +%s)
+left() { echo $((BUDGET - ($(date +%s) - START))); }
+save() { tar czf "$OUT/results.tgz" -C /tmp vkd-results; }
+stage() { echo "== $1 at $(($(date +%s) - START)) s, $(left) s left"; }
+mkdir -p "$OUT" "$RES"
+export PYTHONUNBUFFERED=1 CMAKE_BUILD_PARALLEL_LEVEL=$(nproc)
+ARCH=$(python3 -c "import torch; print(''.join(map(str, torch.cuda.get_device_capability())))")
+export CMAKE_ARGS="-DCMAKE_CUDA_ARCHITECTURES=$ARCH"
+{ nvidia-smi; python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
+  nvcc --version | tail -2; command -v compute-sanitizer; } > "$RES/env.txt" 2>&1
+stage "build (sm_$ARCH)"
+timeout "$(left)" python3 -m pip install --no-build-isolation --no-deps --no-index . > "$RES/build.log" 2>&1 \
+  || { tail -40 "$RES/build.log"; save; exit 1; }
+save
+cd /tmp   # import the installed package, not the source tree (which has no _C)
+stage "check --quick --bench --sanitize"
+timeout "$(($(left) * 2 / 5))" python3 -m vkd_kernels.check --quick --bench --sanitize \
+  --out "$RES/check-quick" > "$RES/check-quick.log" 2>&1
+echo "exit $?"; save
+stage "benchmarks --quick"
+timeout "$(($(left) * 3 / 5))" python3 "$ROOT/benchmarks/run.py" --quick --device cuda --out "$RES/bench" \
+  > "$RES/bench.log" 2>&1
+echo "exit $?"; save
+stage "check --no-quick --only-correctness"
+timeout "$(($(left) - 15))" python3 -m vkd_kernels.check --no-quick --only-correctness \
+  --out "$RES/check-full" > "$RES/check-full.log" 2>&1
+echo "exit $?"; save
+stage "summaries"
+grep -h "FAIL\|checks,\|error\|Error" "$RES"/check-*.log | cut -c1-300 | tail -40
+grep -h "^|" "$RES"/bench/*/*.md 2>/dev/null | cut -c1-200 | tail -40
