@@ -292,13 +292,13 @@ def test_opcheck(backend, device):
     expect_device(device, weights, dist)
     kernels = [1, 2, 3, 1, 3, 3]
     # pairs: group 0 against the distribution, group 1 alone (spectra only: teachers empty)
-    torch.library.opcheck(_spectra_op, (weights[1:2], [dist], kernels[:3], [0], [-1], "dct", False, "js", "sum",
+    torch.library.opcheck(_spectra_op.op, (weights[1:2], [dist], kernels[:3], [0], [-1], "dct", False, "js", "sum",
                                         1e-12, backend))
-    torch.library.opcheck(_spectra_op, (weights, [], kernels, [1, 0, 1], [], "fft", True, "none", "mean", 1e-12,
+    torch.library.opcheck(_spectra_op.op, (weights, [], kernels, [1, 0, 1], [], "fft", True, "none", "mean", 1e-12,
                                         backend))
     _, p, S = _spectra_op(weights, [], kernels, [1, 0, 1], [], "fft", True, "none", "mean", 1e-12, backend)
     grad = torch.randn_like(p)
-    torch.library.opcheck(_spectra_backward_op, (grad, p, S, [w.detach() for w in weights[::2]], kernels, [1, 0, 1],
+    torch.library.opcheck(_spectra_backward_op.op, (grad, p, S, [w.detach() for w in weights[::2]], kernels, [1, 0, 1],
                                                  [4 * 3, 3 * 2, 2 * 2], [0, 2], [], 0, [], "fft", True, "none",
                                                  "mean", 1e-12, backend),
                           test_utils=("test_schema", "test_faketensor"))

@@ -27,11 +27,12 @@ import torch
 from .. import _backend
 from .._checks import check_choice, finite_check_enabled, new_output, raise_if_not_finite
 from .._math import accumulation_dtype
+from .._ops import custom_op
 from .layout import MODES, Geometry, check_exponent, check_feature, check_transfer, map_shape, view_ncp
 from .reference import normalize, raw_map_reference, transfer_distance
 
 
-@torch.library.custom_op("vkd::attention_raw_map", mutates_args=())
+@custom_op("vkd::attention_raw_map")
 def _raw_map_op(x: torch.Tensor, p: float, channel_dim: int, backend: str, name: str) -> torch.Tensor:
     with _backend.device_guard(x.device):
         x3 = view_ncp(x, channel_dim)
@@ -58,7 +59,7 @@ def _map_backward(grad: torch.Tensor, x: torch.Tensor, p: float, channel_dim: in
     return dx.view(x.movedim(channel_dim, 1).shape).movedim(1, channel_dim)
 
 
-@torch.library.custom_op("vkd::attention_raw_map_backward", mutates_args=())
+@custom_op("vkd::attention_raw_map_backward")
 def _raw_map_backward_op(grad: torch.Tensor, x: torch.Tensor, p: float, channel_dim: int,
                          backend: str) -> torch.Tensor:
     with _backend.device_guard(x.device):
@@ -89,7 +90,7 @@ def _geometry(fs, ft, cs, ct, mode, distance, reduction) -> Geometry:
     return Geometry(fs.shape[0], map_shape(fs, cs)[1:], map_shape(ft, ct)[1:], mode, distance, reduction)
 
 
-@torch.library.custom_op("vkd::attention_transfer", mutates_args=())
+@custom_op("vkd::attention_transfer")
 def _transfer_op(fs: torch.Tensor, ft: torch.Tensor, p: float, cs: int, ct: int, mode: str, distance: str,
                  reduction: str, backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(per-sample loss terms (N,) or d^2 (N, *size) for mse "none", parts_s, parts_t)."""
@@ -120,7 +121,7 @@ def _(fs, ft, p, cs, ct, mode, distance, reduction, backend):
     return (fs.new_empty(geometry.out_shape(), dtype=acc), *parts)
 
 
-@torch.library.custom_op("vkd::attention_transfer_backward", mutates_args=())
+@custom_op("vkd::attention_transfer_backward")
 def _transfer_backward_op(grad: torch.Tensor, fs: torch.Tensor, ft: torch.Tensor, parts_s: torch.Tensor,
                           parts_t: torch.Tensor, p: float, cs: int, ct: int, mode: str, distance: str,
                           reduction: str, backend: str, need_s: bool,

@@ -12,6 +12,7 @@ import torch
 
 from .. import _backend
 from .._checks import finite_check_enabled, new_output, raise_if_not_finite
+from .._ops import custom_op
 from .layout import MAX_FUSED_T, SpectrumProblem, accumulation_dtype, effective_weights, make_problem
 from .reference import temporal_spectrum_loss_reference
 
@@ -23,7 +24,7 @@ def _problem(student, teacher, time_dim, num_segments, spectrum, norm, spatial, 
                         norm=norm, spatial=spatial, reduction=reduction, eps=eps)
 
 
-@torch.library.custom_op("vkd::temporal_spectrum_loss", mutates_args=())
+@custom_op("vkd::temporal_spectrum_loss")
 def _forward_op(student: torch.Tensor, teacher: torch.Tensor, weights: torch.Tensor, time_dim: int,
                 num_segments: Optional[int], spectrum: str, norm: str, spatial: str, reduction: str,
                 eps: float, backend: str) -> torch.Tensor:
@@ -51,7 +52,7 @@ def _(student, teacher, weights, time_dim, num_segments, spectrum, norm, spatial
     return student.new_empty(shape)
 
 
-@torch.library.custom_op("vkd::temporal_spectrum_loss_backward", mutates_args=())
+@custom_op("vkd::temporal_spectrum_loss_backward")
 def _backward_op(grad: torch.Tensor, student: torch.Tensor, teacher: torch.Tensor, weights: torch.Tensor,
                  time_dim: int, num_segments: Optional[int], spectrum: str, norm: str, spatial: str,
                  reduction: str, eps: float, backend: str, need_student: bool,

@@ -29,6 +29,7 @@ from .._checks import (
     new_output,
     raise_if_not_finite,
 )
+from .._ops import custom_op
 from .layout import (
     DISTANCE_CODES,
     DISTANCES,
@@ -64,7 +65,7 @@ def _spec(kernels, groups, rows, teachers, num_dists, transform, drop_dc, backen
                 needed=tuple(needed), dists_needed=tuple(dists_needed))
 
 
-@torch.library.custom_op("vkd::weight_spectra", mutates_args=())
+@custom_op("vkd::weight_spectra")
 def _spectra_op(weights: List[torch.Tensor], dists: List[torch.Tensor], kernels: List[int], groups: List[int],
                 teachers: List[int], transform: str, drop_dc: bool, distance: str, reduction: str, eps: float,
                 backend: str) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -101,7 +102,7 @@ def _(weights, dists, kernels, groups, teachers, transform, drop_dc, distance, r
     return loss, weights[0].new_empty((rows, Pmax), dtype=acc), weights[0].new_empty((rows,), dtype=acc)
 
 
-@torch.library.custom_op("vkd::weight_spectra_backward", mutates_args=())
+@custom_op("vkd::weight_spectra_backward")
 def _spectra_backward_op(grad: torch.Tensor, p: torch.Tensor, S: torch.Tensor, weights: List[torch.Tensor],
                          kernels: List[int], groups: List[int], rows: List[int], needed: List[int],
                          teachers: List[int], num_dists: int, dists_needed: List[int], transform: str,

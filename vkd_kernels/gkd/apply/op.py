@@ -42,6 +42,7 @@ from ... import _backend
 from ..._backend import BACKENDS
 from ..._checks import check_choice, finite_check_enabled, new_output, raise_if_not_finite
 from ..._math import accumulation_dtype
+from ..._ops import custom_op
 from .layout import SPATIAL, check_apply, rows_view
 from .reference import attention_apply_reference
 
@@ -50,7 +51,7 @@ def _groups(F: torch.Tensor, per_sample: bool) -> int:
     return F.shape[0] if per_sample else 1
 
 
-@torch.library.custom_op("vkd::attention_apply", mutates_args=())
+@custom_op("vkd::attention_apply")
 def _apply_op(F: torch.Tensor, lam: torch.Tensor, per_sample: bool, spatial: str,
               backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(out (F.shape, or (N, C, T) for spatial "mean"; contiguous), q (N, C T) row sums,
@@ -86,7 +87,7 @@ def _(F, lam, per_sample, spatial, backend):
             F.new_empty((_groups(F, per_sample), 2), dtype=acc))
 
 
-@torch.library.custom_op("vkd::attention_apply_backward", mutates_args=())
+@custom_op("vkd::attention_apply_backward")
 def _apply_backward_op(grad: torch.Tensor, F: torch.Tensor, lam: torch.Tensor, q: torch.Tensor,
                        sums: torch.Tensor, per_sample: bool, spatial: str, backend: str,
                        need_F: bool) -> tuple[torch.Tensor, torch.Tensor]:

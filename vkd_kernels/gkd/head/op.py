@@ -45,6 +45,7 @@ from ... import _backend
 from ..._backend import BACKENDS
 from ..._checks import check_choice, new_output
 from ..._math import accumulation_dtype
+from ..._ops import custom_op
 from .layout import check_tail, index_limit, num_classes, selection
 from .reference import tail_reference
 
@@ -53,7 +54,7 @@ def _norm_size(C: int, groups: int, L: int) -> float:
     return float((C // groups) * L)
 
 
-@torch.library.custom_op("vkd::head_tail", mutates_args=())
+@custom_op("vkd::head_tail")
 def _tail_op(y: torch.Tensor, conv_weight: torch.Tensor, conv_bias: Optional[torch.Tensor],
              gn_weight: Optional[torch.Tensor], gn_bias: Optional[torch.Tensor], groups: int,
              linear_weight: torch.Tensor, linear_bias: Optional[torch.Tensor], L: int, eps: float,
@@ -88,7 +89,7 @@ def _(y, conv_weight, conv_bias, gn_weight, gn_bias, groups, linear_weight, line
             y.new_empty((N, groups, 2), dtype=accumulation_dtype(y.dtype)), y.new_empty((TP, J)))
 
 
-@torch.library.custom_op("vkd::head_tail_backward", mutates_args=())
+@custom_op("vkd::head_tail_backward")
 def _tail_backward_op(dlam: torch.Tensor, y: torch.Tensor, conv_bias: Optional[torch.Tensor],
                       gn_weight: Optional[torch.Tensor], gn_bias: Optional[torch.Tensor], lam: torch.Tensor,
                       Wc: torch.Tensor, Z: torch.Tensor, H: torch.Tensor, stats: torch.Tensor, A: torch.Tensor,

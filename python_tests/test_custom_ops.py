@@ -1,0 +1,181 @@
+"""The eager fast path of the custom ops (vkd_kernels/_ops.py): a plain eager call runs
+the op's Python body directly (autograd through the same setup_context / backward), and
+anything that traces, profiles or intercepts goes through the registered vkd:: op; both
+paths give the same loss and the same gradients, and no gradient where none is needed."""
+from __future__ import annotations
+
+import pytest
+import torch
+from harness import FUSED, expect_device
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import vkd_kernels
+from vkd_kernels import _ops
+from vkd_kernels.attention import op as attention_module
+from vkd_kernels.gkd.apply import op as apply_module
+from vkd_kernels.gkd.head import op as head_module
+from vkd_kernels.spectrum import op as spectrum_module
+from vkd_kernels.weights import op as weights_module
+
+MODULES = (attention_module, apply_module, head_module, spectrum_module, weights_module)
+
+
+def custom_ops():
+    return [v for m in MODULES for v in vars(m).values() if isinstance(v, _ops.CustomOp)]
+
+
+@pytest.fixture
+def op_calls(monkeypatch):
+    """Names of the vkd:: ops called through the dispatcher while the test runs."""
+    called = []
+    for custom in custom_ops():
+        def spy(*args, _op=custom.op):
+            called.append(_op._qualname)
+            return _op(*args)
+        monkeypatch.setattr(custom, "op", spy)
+    return called
+
+
+def test_every_fused_op_is_a_custom_op():
+    names = sorted(c.op._qualname for c in custom_ops())
+    assert len(names) == 12 and all(n.startswith("vkd::") for n in names), names
+
+
+# (name, inputs on device, call(inputs, backend)): one forward + backward per op family
+def _spectrum(device):
+    return [torch.randn(2, 3, 6, 5, device=device, dtype=torch.float64, requires_grad=True),
+            torch.randn(2, 3, 6, 5, device=device, dtype=torch.float64)]
+
+
+def _attention(device):
+    return [torch.randn(2, 3, 4, 5, device=device, dtype=torch.float64, requires_grad=True),
+            torch.randn(2, 6, 4, 5, device=device, dtype=torch.float64)]
+
+
+def _weights(device):
+    return [torch.randn(4, 3, 3, 3, device=device, dtype=torch.float64, requires_grad=True),
+            torch.randn(5, 2, 3, 3, device=device, dtype=torch.float64),          # no grad: a teacher in the list
+            torch.randn(6, 4, 3, 3, device=device, dtype=torch.float64, requires_grad=True),
+            torch.randn(8, 6, 3, 3, device=device, dtype=torch.float64)]
+
+
+CASES = {
+    "spectrum": (_spectrum, lambda x, b: vkd_kernels.temporal_spectrum_loss(x[0], x[1], backend=b)),
+    "attention": (_attention, lambda x, b: vkd_kernels.attention_transfer_loss(x[0], x[1], backend=b)),
+    "weights": (_weights, lambda x, b: vkd_kernels.weight_spectrum_distance([x[0], [x[1]]], [x[2], [x[3]]],
+                                                                           backend=b)),
+}
+
+
+def _loss_and_grads(case, inputs, backend):
+    loss = CASES[case][1](inputs, backend)
+    leaves = [x for x in inputs if x.requires_grad]
+    return loss.detach(), torch.autograd.grad(loss, leaves)
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("backend", FUSED)
+def test_plain_eager_runs_the_body_and_agrees_with_the_op(case, backend, device, op_calls, monkeypatch):
+    inputs = CASES[case][0](device)
+    expect_device(device, inputs)
+    fast = _loss_and_grads(case, inputs, backend)
+    assert op_calls == [], f"plain eager went through the dispatcher: {op_calls}"
+    monkeypatch.setattr(_ops, "_plain_eager", lambda args: False)
+    slow = _loss_and_grads(case, inputs, backend)
+    assert len(op_calls) == 2, op_calls          # the forward op and the backward op
+    torch.testing.assert_close(fast, slow, rtol=0, atol=0)
+    assert all(x.grad is None for x in inputs)
+    assert not any(x.requires_grad for x in fast[1]), "a gradient needs no graph of its own"
+
+
+@pytest.mark.parametrize("backend", FUSED)
+def test_the_profiler_sees_the_ops(backend, device, op_calls):
+    inputs = _attention(device)
+    expect_device(device, inputs)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        _loss_and_grads("attention", inputs, backend)
+    assert op_calls == ["vkd::attention_transfer", "vkd::attention_transfer_backward"]
+    names = {e.name for e in prof.events()}
+    assert {"vkd::attention_transfer", "vkd::attention_transfer_backward"} <= names, sorted(names)[:40]
+
+
+def test_no_grad_needed_runs_the_body_without_autograd(op_calls):
+    x, y = _attention("cpu")
+    with torch.no_grad():
+        loss = vkd_kernels.attention_transfer_loss(x, y, backend="reference" if vkd_kernels.EXT_ERROR else "cpu")
+    assert op_calls == [] and loss.grad_fn is None
+
+
+class _Passthrough(TorchDispatchMode):
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        return func(*args, **(kwargs or {}))
+
+
+def test_what_takes_the_op_path():
+    x = torch.ones(2)
+    assert _ops._plain_eager((x, [x, x], 3, "s"))
+    assert _ops._plain_eager((torch.nn.Parameter(x),))
+    with FakeTensorMode():
+        assert not _ops._plain_eager((x,))
+    with _Passthrough():
+        assert not _ops._plain_eager((x,))
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]):
+        assert not _ops._plain_eager((x,))
+    seen = []
+    torch.func.grad(lambda t: seen.append(_ops._plain_eager((t,))) or t.sum())(x)
+    assert seen == [False]
+
+    class Sub(torch.Tensor):
+        pass
+    assert not _ops._plain_eager((x.as_subclass(Sub),))
+    assert not _ops._plain_eager(([x, x.as_subclass(Sub)],))
+
+
+def test_compile_goes_through_the_op(op_calls):
+    x, y = _attention("cpu")
+    backend = "reference" if vkd_kernels.EXT_ERROR else "cpu"
+    compiled = torch.compile(lambda a, b: vkd_kernels.attention_transfer_loss(a, b, backend=backend),
+                             fullgraph=True, backend="eager")
+    torch.testing.assert_close(compiled(x, y), vkd_kernels.attention_transfer_loss(x, y, backend=backend))
+    assert "vkd::attention_transfer" in op_calls
+
+
+@_ops.custom_op("vkd_test::weighted_sum")
+def _weighted_sum(xs: list[torch.Tensor], w: torch.Tensor, scale: float) -> torch.Tensor:
+    return sum(x.sum() for x in xs) * w.sum() * scale
+
+
+_weighted_sum.register_fake(lambda xs, w, scale: w.new_empty(()))
+_seen_needs = []
+
+
+def _setup(ctx, inputs, output):
+    xs, w, scale = inputs
+    ctx.save_for_backward(w, *xs)
+    ctx.scale = scale
+
+
+def _backward(ctx, grad):
+    _seen_needs.append(ctx.needs_input_grad)
+    w, *xs = ctx.saved_tensors
+    total = sum(x.sum() for x in xs)
+    return ([grad * w.sum() * ctx.scale * torch.ones_like(x) for x in xs], grad * total * ctx.scale
+            * torch.ones_like(w), None)
+
+
+_weighted_sum.register_autograd(_backward, setup_context=_setup)
+
+
+def test_a_list_argument_reads_as_the_op_would(monkeypatch):
+    """A list of tensors is flattened into the Function's inputs, and its backward still
+    sees needs_input_grad per argument, as torch.library's wrapper passes it."""
+    xs = [torch.randn(3, requires_grad=True), torch.randn(2), torch.randn(4, requires_grad=True)]
+    w = torch.randn(5, requires_grad=True)
+    got = []
+    for plain in (True, False):
+        monkeypatch.setattr(_ops, "_plain_eager", lambda args, plain=plain: plain)
+        got.append(torch.autograd.grad(_weighted_sum(xs, w, 0.5), [xs[0], xs[2], w]))
+    torch.testing.assert_close(got[0], got[1], rtol=0, atol=0)
+    assert _seen_needs[0] == _seen_needs[1], _seen_needs
+    assert list(_seen_needs[0][0]) == [True, False, True] and _seen_needs[0][1:] == (True, False)

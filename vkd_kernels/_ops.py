@@ -1,0 +1,128 @@
+"""The custom ops of every fused op, with an eager fast path.
+
+Each fused op runs inside ``torch.library.custom_op``s (forward and backward): opaque
+nodes to torch.compile and export, checked by ``torch.library.opcheck``, named in the
+profiler. Called through the dispatcher, an op with a Python body costs ~40-50 us of host
+time per call on a 2-core CPU (the dispatcher, schema default filling, redispatch):
+more than a GPU launch, and at small shapes more than the kernels it runs.
+
+:func:`custom_op` returns a :class:`CustomOp`: the registered op, plus a call path that in
+plain eager mode runs the same Python body directly, its autograd formula (the same
+``setup_context`` and ``backward`` registered on the op) applied by an
+``autograd.Function``. Everything else goes through the op: torch.compile / export
+tracing, fake or subclass tensors, functorch transforms, a dispatch or function mode, and
+the profiler (so launch counts and traces see the ``vkd::`` ops as before).
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+from torch.utils import _pytree as pytree
+
+_PLAIN_TYPES = (torch.Tensor, torch.nn.Parameter)
+
+
+def _plain_eager(args) -> bool:
+    """True when a call with these arguments can skip the dispatcher: nothing is tracing,
+    transforming, profiling or intercepting ops, and every tensor is a plain one."""
+    if torch.compiler.is_compiling() or torch.autograd._profiler_enabled():
+        return False
+    # (private torch state, read in this one place: dispatch / function modes such as
+    # FakeTensorMode, and functorch's grad / vmap levels)
+    if torch._C._len_torch_dispatch_stack() or torch._C._is_torch_function_mode_enabled():
+        return False
+    if torch._C._functorch.peek_interpreter_stack() is not None:
+        return False
+    return all(type(x) in _PLAIN_TYPES for x in _tensors(args))
+
+
+class CustomOp:
+    """A ``torch.library.custom_op`` (``.op``) called directly in plain eager mode.
+
+    ``register_fake`` and ``register_autograd`` register on the op, as on the op itself;
+    calls take positional arguments, as the op's schema lists them.
+    """
+
+    def __init__(self, name: str, fn: Callable):
+        self.op = torch.library.custom_op(name, mutates_args=())(fn)
+        self.fn = fn
+        self._function: Optional[type] = None
+
+    def register_fake(self, fn: Callable) -> Callable:
+        return self.op.register_fake(fn)
+
+    def register_autograd(self, backward: Callable, *, setup_context: Callable) -> None:
+        self.op.register_autograd(backward, setup_context=setup_context)
+        self._function = _autograd_function(self.fn, backward, setup_context)
+
+    def __call__(self, *args):
+        if not _plain_eager(args):
+            return self.op(*args)
+        if self._function is not None and torch.is_grad_enabled() and _any_requires_grad(args):
+            leaves, spec = pytree.tree_flatten(args, is_leaf=_not_tensor_list)
+            return self._function.apply(*leaves, spec)
+        return self.fn(*args)
+
+
+def _not_tensor_list(tree) -> bool:
+    """A pytree leaf for the autograd Function: anything but a tuple or a list of tensors
+    (a list of tensors is flattened into inputs; a list of ints stays one argument)."""
+    return not isinstance(tree, tuple) and not (isinstance(tree, list) and all(isinstance(x, torch.Tensor)
+                                                                                for x in tree))
+
+
+def _not_optional_tensor_list(tree) -> bool:
+    return not isinstance(tree, tuple) and not (isinstance(tree, list) and all(
+        x is None or isinstance(x, torch.Tensor) for x in tree))
+
+
+def _tensors(args):
+    for arg in args:
+        if isinstance(arg, torch.Tensor):
+            yield arg
+        elif isinstance(arg, (list, tuple)):
+            yield from (x for x in arg if isinstance(x, torch.Tensor))
+
+
+def _any_requires_grad(args) -> bool:
+    return any(x.requires_grad for x in _tensors(args))
+
+
+def _autograd_function(fn: Callable, backward: Callable, setup_context: Callable) -> type:
+    """An autograd.Function applying the op's Python body ``fn`` with the op's
+    ``setup_context`` and ``backward``, as the op's own autograd wrapper does: a list of
+    tensors is flattened into inputs of their own, the argument structure comes last
+    (so ``needs_input_grad`` reads per leaf in ``setup_context``, per argument in
+    ``backward``)."""
+
+    class Function(torch.autograd.Function):
+        @staticmethod
+        def forward(*inputs):
+            return fn(*pytree.tree_unflatten(list(inputs[:-1]), inputs[-1]))
+
+        @staticmethod
+        def setup_context(ctx, inputs, output):
+            ctx.args_spec = inputs[-1]
+            setup_context(ctx, pytree.tree_unflatten(list(inputs[:-1]), inputs[-1]), output)
+
+        @staticmethod
+        def backward(ctx, *grads):
+            flat_needs = ctx.needs_input_grad
+            try:
+                ctx.needs_input_grad = pytree.tree_unflatten(list(flat_needs[:-1]), ctx.args_spec)
+                per_argument = backward(ctx, *grads)
+            finally:
+                ctx.needs_input_grad = flat_needs
+            if not isinstance(per_argument, tuple):
+                per_argument = (per_argument,)
+            flat, _ = pytree.tree_flatten(per_argument, is_leaf=_not_optional_tensor_list)
+            return (*flat, None)
+
+    Function.__name__ = Function.__qualname__ = f"{fn.__name__}_function"
+    return Function
+
+
+def custom_op(name: str) -> Callable[[Callable], CustomOp]:
+    """Decorator: ``@custom_op("vkd::name")`` on the op's Python body (no mutated arguments)."""
+    return lambda fn: CustomOp(name, fn)
