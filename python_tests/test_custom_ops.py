@@ -141,6 +141,53 @@ def test_compile_goes_through_the_op(op_calls):
     assert "vkd::attention_transfer" in op_calls
 
 
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("backend", FUSED)
+def test_forward_mode_ad_is_refused_not_zeroed(case, backend, device):
+    """The ops have no forward-mode formula: a tangent through one raises (it would be a
+    silent zero), while forward AD of the reference and of constants around it still works."""
+    import torch.autograd.forward_ad as fwAD
+    inputs = [x.detach() for x in CASES[case][0](device)]
+    expect_device(device, inputs)
+    call = CASES[case][1]
+    tangent = torch.randn_like(inputs[0])
+
+    def loss_of_first(b):
+        return lambda first: call([first, *inputs[1:]], b)
+    with pytest.raises(NotImplementedError, match="forward-mode derivative.*backend='reference'"):
+        torch.func.jvp(loss_of_first(backend), (inputs[0],), (tangent,))
+    with pytest.raises(NotImplementedError, match="forward-mode"):
+        torch.func.jacfwd(loss_of_first(backend))(inputs[0])
+    with fwAD.dual_level(), pytest.raises(NotImplementedError, match="forward-mode"):
+        call([fwAD.make_dual(inputs[0], tangent), *inputs[1:]], backend)
+    with fwAD.dual_level():  # no input of the op carries a tangent: it runs
+        call(inputs, backend)
+    value, jvp = torch.func.jvp(lambda t: t.sum() + call(inputs, backend), (inputs[0],), (tangent,))
+    torch.testing.assert_close(jvp, tangent.sum())
+    reference, eps = loss_of_first("reference"), 1e-6   # the advice of the message works
+    _, jvp = torch.func.jvp(reference, (inputs[0],), (tangent,))
+    central = (reference(inputs[0] + eps * tangent) - reference(inputs[0] - eps * tangent)) / (2 * eps)
+    torch.testing.assert_close(jvp, central)
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("backend", FUSED)
+def test_a_second_derivative_raises_on_both_paths(case, backend, device, monkeypatch):
+    """create_graph=True: the gradient is a node of the backward op, and differentiating it
+    raises (no second-order formula), in plain eager as through the dispatcher; never a
+    gradient without a graph whose second derivative would silently be zero."""
+    original = _ops._plain_eager
+    for path in (original, lambda args: False):
+        monkeypatch.setattr(_ops, "_plain_eager", path)
+        inputs = CASES[case][0](device)
+        expect_device(device, inputs)
+        first = inputs[0]
+        (grad,) = torch.autograd.grad(CASES[case][1](inputs, backend), first, create_graph=True)
+        assert grad.requires_grad
+        with pytest.raises(RuntimeError, match="vkd.*_backward"):
+            torch.autograd.grad(grad.square().sum(), first)
+
+
 @_ops.custom_op("vkd_test::weighted_sum")
 def _weighted_sum(xs: list[torch.Tensor], w: torch.Tensor, scale: float) -> torch.Tensor:
     return sum(x.sum() for x in xs) * w.sum() * scale

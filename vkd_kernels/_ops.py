@@ -12,12 +12,16 @@ plain eager mode runs the same Python body directly, its autograd formula (the s
 ``autograd.Function``. Everything else goes through the op: torch.compile / export
 tracing, fake or subclass tensors, functorch transforms, a dispatch or function mode, and
 the profiler (so launch counts and traces see the ``vkd::`` ops as before).
+
+The ops have no forward-mode formula; neither path would propagate a tangent (it would
+come out zero), so a call whose inputs carry one raises NotImplementedError instead.
 """
 from __future__ import annotations
 
 from typing import Callable, Optional
 
 import torch
+from torch.autograd import forward_ad
 from torch.utils import _pytree as pytree
 
 _PLAIN_TYPES = (torch.Tensor, torch.nn.Parameter)
@@ -35,6 +39,24 @@ def _plain_eager(args) -> bool:
     if torch._C._functorch.peek_interpreter_stack() is not None:
         return False
     return all(type(x) in _PLAIN_TYPES for x in _tensors(args))
+
+
+def _carries_tangent(args) -> bool:
+    """True when an input is under forward-mode differentiation: a dual tensor of
+    ``torch.autograd.forward_ad``, or a tensor wrapped by a transform while a
+    ``torch.func.jvp`` level is active (jacfwd, hessian). Both set a forward-AD level, so
+    outside them this is one comparison."""
+    if forward_ad._current_level < 0:
+        return False
+    tensors = list(_tensors(args))
+    if any(forward_ad.unpack_dual(x).tangent is not None for x in tensors):
+        return True
+    if torch._C._functorch.peek_interpreter_stack() is None:
+        return False
+    from torch._C._functorch import TransformType, is_functorch_wrapped_tensor
+    from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
+    return (any(i.key() == TransformType.Jvp for i in retrieve_all_functorch_interpreters())
+            and any(is_functorch_wrapped_tensor(x) for x in tensors))
 
 
 class CustomOp:
@@ -57,9 +79,18 @@ class CustomOp:
         self._function = _autograd_function(self.fn, backward, setup_context)
 
     def __call__(self, *args):
+        if not torch.compiler.is_compiling() and _carries_tangent(args):
+            raise NotImplementedError(
+                f"{self.op._qualname} has no forward-mode derivative (torch.func.jvp / jacfwd, "
+                "torch.autograd.forward_ad), and a tangent through it would silently be zero; "
+                "call the loss with backend='reference' (torch ops) to differentiate it forward")
         if not _plain_eager(args):
             return self.op(*args)
-        if self._function is not None and torch.is_grad_enabled() and _any_requires_grad(args):
+        if torch.is_grad_enabled() and _any_requires_grad(args):
+            if self._function is None:
+                # An op without a derivative (a backward op under create_graph=True): the
+                # op's autograd kernel makes differentiating it raise, not give zero.
+                return self.op(*args)
             leaves, spec = pytree.tree_flatten(args, is_leaf=_not_tensor_list)
             return self._function.apply(*leaves, spec)
         return self.fn(*args)
