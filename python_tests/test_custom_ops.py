@@ -4,6 +4,8 @@ anything that traces, profiles or intercepts goes through the registered vkd:: o
 paths give the same loss and the same gradients, and no gradient where none is needed."""
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from harness import FUSED, expect_device
@@ -130,6 +132,22 @@ def test_what_takes_the_op_path():
         pass
     assert not _ops._plain_eager((x.as_subclass(Sub),))
     assert not _ops._plain_eager(([x, x.as_subclass(Sub)],))
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("backend", FUSED)
+def test_jit_trace_records_the_op(case, backend, device):
+    """torch.jit.trace records dispatcher ops: the body's kernel launches would be missing
+    from the trace (which then returns uninitialised memory), so tracing takes the op path."""
+    make, call = CASES[case]
+    inputs = [x.detach() for x in make(device)]
+    expect_device(device, inputs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        traced = torch.jit.trace(lambda *xs: call(list(xs), backend), tuple(inputs))
+    assert "vkd::" in str(traced.graph)
+    fresh = [torch.randn_like(x) for x in make(device)]
+    torch.testing.assert_close(traced(*fresh), call(fresh, backend))
 
 
 def test_compile_goes_through_the_op(op_calls):

@@ -28,9 +28,11 @@ _PLAIN_TYPES = (torch.Tensor, torch.nn.Parameter)
 
 
 def _plain_eager(args) -> bool:
-    """True when a call with these arguments can skip the dispatcher: nothing is tracing,
-    transforming, profiling or intercepting ops, and every tensor is a plain one."""
-    if torch.compiler.is_compiling() or torch.autograd._profiler_enabled():
+    """True when a call with these arguments can skip the dispatcher: nothing is tracing
+    (torch.compile, export, torch.jit.trace: a trace records dispatcher ops, never the
+    kernels a body launches), transforming, profiling or intercepting ops, and every
+    tensor is a plain one."""
+    if torch.compiler.is_compiling() or torch.autograd._profiler_enabled() or torch.jit.is_tracing():
         return False
     # (private torch state, read in this one place: dispatch / function modes such as
     # FakeTensorMode, and functorch's grad / vmap levels)

@@ -211,7 +211,9 @@ def _group(name: str, item) -> List[torch.Tensor]:
 
 
 def _kernel(group: List[torch.Tensor]) -> tuple:
-    return tuple(group[0].shape[2:])
+    # ints, also under torch.jit.trace (whose sizes are traced values): the kernel size is
+    # a static parameter of the op, as in its schema's int list
+    return tuple(int(k) for k in group[0].shape[2:])
 
 
 def _check_options(transform, distance, drop_dc, reduction, eps, backend) -> None:
