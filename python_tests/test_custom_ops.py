@@ -62,11 +62,25 @@ def _weights(device):
             torch.randn(8, 6, 3, 3, device=device, dtype=torch.float64)]
 
 
+def _head(device):
+    N, C1, T, C, L, TP = 2, 8, 4, 16, 12, 6
+    shapes = [(N, C1, T), (C, C1, 3), (C,), (C,), (C,), (TP, L), (TP,)]
+    return [torch.randn(s, device=device, dtype=torch.float64, requires_grad=True) for s in shapes]
+
+
+def _head_loss(x, backend):
+    y, conv_weight, conv_bias, gn_weight, gn_bias, linear_weight, linear_bias = x
+    lam = vkd_kernels.gkd.attention_head_tail(y, conv_weight, conv_bias, gn_weight, gn_bias, 4, linear_weight,
+                                              linear_bias, upsample_length=12, backend=backend)
+    return lam.square().sum()
+
+
 CASES = {
     "spectrum": (_spectrum, lambda x, b: vkd_kernels.temporal_spectrum_loss(x[0], x[1], backend=b)),
     "attention": (_attention, lambda x, b: vkd_kernels.attention_transfer_loss(x[0], x[1], backend=b)),
     "weights": (_weights, lambda x, b: vkd_kernels.weight_spectrum_distance([x[0], [x[1]]], [x[2], [x[3]]],
                                                                            backend=b)),
+    "head": (_head, _head_loss),
 }
 
 
@@ -204,6 +218,22 @@ def test_a_second_derivative_raises_on_both_paths(case, backend, device, monkeyp
         assert grad.requires_grad
         with pytest.raises(RuntimeError, match="vkd.*_backward"):
             torch.autograd.grad(grad.square().sum(), first)
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("backend", FUSED)
+def test_autocast_leaves_the_ops_in_their_input_dtypes(case, backend, device, monkeypatch):
+    """Under autocast an op computes as without it (its body's GEMMs stay in the inputs'
+    dtype, which its kernels read), on both paths: same loss, same gradients, bitwise."""
+    inputs = [x.detach().float().requires_grad_(x.requires_grad) for x in CASES[case][0](device)]
+    expect_device(device, inputs)
+    expected = _loss_and_grads(case, inputs, backend)
+    original = _ops._plain_eager
+    for path in (original, lambda args: False):
+        monkeypatch.setattr(_ops, "_plain_eager", path)
+        with torch.autocast(torch.device(device).type):
+            got = _loss_and_grads(case, inputs, backend)
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)
 
 
 @_ops.custom_op("vkd_test::weighted_sum")

@@ -18,11 +18,17 @@ come out zero), so a call whose inputs carry one raises NotImplementedError inst
 """
 from __future__ import annotations
 
+import functools
 from typing import Callable, Optional
 
 import torch
 from torch.autograd import forward_ad
 from torch.utils import _pytree as pytree
+
+try:
+    from torch.library import infer_schema as _infer_schema
+except ImportError:  # torch 2.4
+    from torch._library.infer_schema import infer_schema as _infer_schema
 
 _PLAIN_TYPES = (torch.Tensor, torch.nn.Parameter)
 
@@ -41,6 +47,21 @@ def _plain_eager(args) -> bool:
     if torch._C._functorch.peek_interpreter_stack() is not None:
         return False
     return all(type(x) in _PLAIN_TYPES for x in _tensors(args))
+
+
+def _in_input_dtypes(fn: Callable) -> Callable:
+    """The op's body with autocast off: a fused op computes in its inputs' dtypes (float16 /
+    bfloat16 inputs in float32, as each op documents). Under autocast the GEMMs inside a
+    body (the head tail's, the weight-spectrum backward's) would return half-precision
+    buffers that its kernels then read as the inputs' dtype."""
+    @functools.wraps(fn)
+    def body(*args):
+        first = next(_tensors(args), None)
+        if first is None or not torch.is_autocast_enabled(first.device.type):
+            return fn(*args)
+        with torch.autocast(first.device.type, enabled=False):
+            return fn(*args)
+    return body
 
 
 def _carries_tangent(args) -> bool:
@@ -69,8 +90,9 @@ class CustomOp:
     """
 
     def __init__(self, name: str, fn: Callable):
-        self.op = torch.library.custom_op(name, mutates_args=())(fn)
-        self.fn = fn
+        self.fn = _in_input_dtypes(fn)
+        schema = _infer_schema(fn, mutates_args=())  # from fn's own annotations
+        self.op = torch.library.custom_op(name, mutates_args=(), schema=schema)(self.fn)
         self._function: Optional[type] = None
 
     def register_fake(self, fn: Callable) -> Callable:
