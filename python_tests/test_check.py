@@ -187,6 +187,24 @@ def test_the_gpu_modes_run_and_the_graph_check_rejects_a_stale_replay(monkeypatc
     assert not stale.passed and "out: relative error" in stale.error
 
 
+@pytest.mark.parametrize("case", [cases.HEAD[0], cases.WEIGHT_SPECTRUM[0]], ids=lambda c: c.op)
+def test_the_autocast_mode_holds_the_plain_bounds(case):
+    """Under CPU autocast (bfloat16) the head tail and the weight-spectrum backward, whose
+    bodies run GEMMs, meet the float32 bounds; a GEMM that autocast does round fails."""
+    cpu = torch.device("cpu")
+    assert runner.run_autocast(case, "cpu", torch.float32, cpu, runner.reference(case, torch.float32, cpu, 1)).passed
+
+    def call(backend, tensors):  # times 1.001 from a GEMM outside the op: bfloat16 makes it 1.0
+        like = dict(dtype=tensors[0].dtype, device=tensors[0].device)
+        factor = torch.mm(torch.full((1, 1), 1.001, **like), torch.ones(1, 1, **like))[0, 0]
+        return tuple(out * factor for out in runner.as_tuple(case.call(backend, tensors)))
+    scaled = cases.Case(case.op, case.name, case.names, case.grad, case.make, call)
+    ref = runner.reference(scaled, torch.float32, cpu, 1)
+    assert runner.run_plain(scaled, "cpu", torch.float32, cpu, ref).passed
+    rounded = runner.run_autocast(scaled, "cpu", torch.float32, cpu, ref)
+    assert not rounded.passed and "relative error" in rounded.error
+
+
 def test_the_sync_mode_is_reset_when_the_op_raises(monkeypatch):
     fake = FakeCuda(monkeypatch)
     case, cpu = cases.APPLY[0], torch.device("cpu")

@@ -245,9 +245,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         if args.only_correctness:
             pass
         elif not cuda:
-            run.skip("side-stream, sync-debug, CUDA-graph and second-device checks", "no GPU is visible")
+            run.skip("side-stream, sync-debug, CUDA-graph, autocast and second-device checks", "no GPU is visible")
         else:
-            gpu_modes = ["stream", "sync", "graph"]
+            gpu_modes = ["stream", "sync", "graph", "autocast"]
             if torch.cuda.device_count() <= 1:
                 run.skip("second-device check (cuda:1 while cuda:0 is current)", "only one GPU is visible")
 

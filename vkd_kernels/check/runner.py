@@ -11,7 +11,8 @@ Modes: ``plain`` (the current stream), ``stream`` (a side stream that first slee
 then writes the inputs: a kernel launched on another stream reads NaN), ``sync``
 (under ``torch.cuda.set_sync_debug_mode("error")`` after one warm-up call: any host
 sync raises), ``graph`` (forward + backward captured in a CUDA graph, replayed on
-new input values) and ``device1`` (inputs on cuda:1 while cuda:0 is current).
+new input values), ``autocast`` (under ``torch.autocast``: an op computes as without it)
+and ``device1`` (inputs on cuda:1 while cuda:0 is current).
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ import torch
 
 from .cases import Case
 
-MODES = ("plain", "stream", "sync", "graph", "device1")
+MODES = ("plain", "stream", "sync", "graph", "autocast", "device1")
 GPU_MODES = MODES[1:]
 
 # max |got - expected| / max |expected| allowed, per input dtype (expected: float64).
@@ -271,6 +272,16 @@ def allocator_usable(device) -> Optional[str]:
         return None
     except Exception as error:  # noqa: BLE001
         return f"{type(error).__name__}: {error}"
+
+
+def run_autocast(case, backend, dtype, device, ref) -> Check:
+    """Forward and backward under ``torch.autocast`` (float16 on CUDA, bfloat16 on the CPU):
+    the ops run their bodies with autocast off, so the plain bounds hold (a GEMM inside
+    an op turned half precision, or read as the wrong dtype, fails)."""
+    inputs = materialize(ref.values, case, device, dtype)
+    with torch.autocast(device.type):
+        got = evaluate(case, backend, inputs, _device_grads(ref, device))
+    return judge(case, backend, dtype, "autocast", got, ref)
 
 
 def run_device1(case, backend, dtype, device, ref) -> Check:
