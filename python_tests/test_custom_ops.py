@@ -236,6 +236,51 @@ def test_autocast_leaves_the_ops_in_their_input_dtypes(case, backend, device, mo
         torch.testing.assert_close(got, expected, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("backend", FUSED)
+def test_lazily_negated_inputs_agree_with_the_op(case, backend, device):
+    """x.conj().imag is a plain torch.Tensor whose memory holds -x (the neg bit): the
+    dispatcher resolves it, and so must the fast path (it takes the op path)."""
+    values = CASES[case][0](device)
+    expect_device(device, values)
+    first = torch.complex(torch.zeros_like(values[0]), -values[0].detach()).conj().imag.requires_grad_()
+    assert first.is_neg() and torch.equal(first, values[0])
+    got = _loss_and_grads(case, [first, *values[1:]], backend)
+    expected = _loss_and_grads(case, values, backend)
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("backend", FUSED)
+def test_batched_gradients_of_the_legacy_vmap_agree_with_a_loop(backend, device):
+    """autograd.grad(is_grads_batched=True) runs the backward on BatchedTensors of the
+    legacy vmap (no storage, no functorch level): they take the op path."""
+    x, y = _attention(device)
+    expect_device(device, [x, y])
+    loss = vkd_kernels.attention_transfer_loss(x, y, backend=backend, reduction="none")
+    seeds = torch.randn(3, *loss.shape, dtype=loss.dtype, device=device)
+    (batched,) = torch.autograd.grad(loss, x, seeds, is_grads_batched=True, retain_graph=True)
+    looped = torch.stack([torch.autograd.grad(loss, x, g, retain_graph=True)[0] for g in seeds])
+    torch.testing.assert_close(batched, looped)
+
+
+@pytest.mark.parametrize("backend", FUSED)
+def test_inference_mode_records_no_graph_even_with_grad_enabled(backend, device):
+    x, y = _attention(device)
+    expect_device(device, [x, y])
+    with torch.inference_mode(), torch.enable_grad():
+        loss = vkd_kernels.attention_transfer_loss(x, y, backend=backend)
+    assert not loss.requires_grad and loss.grad_fn is None
+
+
+@pytest.mark.parametrize("backend", FUSED)
+def test_graph_nodes_are_named_after_the_op(backend, device):
+    x, y = _attention(device)
+    expect_device(device, [x, y])
+    loss = vkd_kernels.attention_transfer_loss(x, y, backend=backend)
+    names = [type(f).__name__ for f, _ in loss.grad_fn.next_functions if f is not None] + [type(loss.grad_fn).__name__]
+    assert "vkd_attention_transferBackward" in names, names
+
+
 @_ops.custom_op("vkd_test::weighted_sum")
 def _weighted_sum(xs: list[torch.Tensor], w: torch.Tensor, scale: float) -> torch.Tensor:
     return sum(x.sum() for x in xs) * w.sum() * scale
@@ -260,6 +305,23 @@ def _backward(ctx, grad):
 
 
 _weighted_sum.register_autograd(_backward, setup_context=_setup)
+
+
+@_ops.custom_op("vkd_test::badly_shaped_backward")
+def _badly_shaped(xs: list[torch.Tensor]) -> torch.Tensor:
+    return sum(x.sum() for x in xs)
+
+
+_badly_shaped.register_fake(lambda xs: xs[0].new_empty(()))
+_badly_shaped.register_autograd(lambda ctx, grad: (None,), setup_context=lambda ctx, inputs, output: None)
+
+
+def test_a_backward_shaped_unlike_the_arguments_raises():
+    """A list argument's gradient is a list (of tensors or None): the fast path checks the
+    structure the backward returns, naming the op."""
+    xs = [torch.ones(2, requires_grad=True), torch.ones(3, requires_grad=True)]
+    with pytest.raises(RuntimeError, match="vkd_test::badly_shaped_backward"):
+        _badly_shaped(xs).backward()
 
 
 def test_a_list_argument_reads_as_the_op_would(monkeypatch):

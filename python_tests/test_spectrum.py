@@ -166,6 +166,18 @@ def test_teacher_without_grad_gets_none(backend, device):
     assert teacher.grad is None and torch.isfinite(student.grad).all() and student.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("backend", ALL)
+def test_a_first_call_under_inference_mode_leaves_training_working(backend, device):
+    """The cached bin weights made by a validation pass under inference_mode are not
+    inference tensors, so a later training call can save them for backward."""
+    T = 11  # a T no other test uses: the weights are made here first
+    student, teacher = inputs((2, 3, T, 4, 5), device, teacher_grad=False)
+    with torch.inference_mode():
+        call(temporal_spectrum_loss, device, student, teacher, backend=backend, drop_dc=True)
+    call(temporal_spectrum_loss, device, student, teacher, backend=backend, drop_dc=True).backward()
+    assert torch.isfinite(student.grad).all() and student.grad.abs().sum() > 0
+
+
 @numeric
 @pytest.mark.parametrize("backend", ALL)
 @pytest.mark.parametrize("spectrum, eps", [("magnitude", 1e-12), ("magnitude", 0.0), ("power", 1e-12),

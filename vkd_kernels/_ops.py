@@ -46,7 +46,17 @@ def _plain_eager(args) -> bool:
         return False
     if torch._C._functorch.peek_interpreter_stack() is not None:
         return False
-    return all(type(x) in _PLAIN_TYPES for x in _tensors(args))
+    return all(_plain_tensor(x) for x in _tensors(args))
+
+
+def _plain_tensor(x: torch.Tensor) -> bool:
+    """A tensor whose memory a kernel reads as it is: no subclass, strided, no lazy
+    negation / conjugation (a body would hand the raw memory to its kernels; the
+    dispatcher resolves them first), not a zero tensor, not a BatchedTensor of the
+    legacy vmap (``autograd.grad(is_grads_batched=True)``, ``jacobian(vectorize=True)``),
+    which has no storage and pushes no functorch level."""
+    return (type(x) in _PLAIN_TYPES and x.layout == torch.strided and not (x.is_neg() or x.is_conj())
+            and not x._is_zerotensor() and not torch._C._functorch.is_legacy_batchedtensor(x))
 
 
 def _in_input_dtypes(fn: Callable) -> Callable:
@@ -100,7 +110,7 @@ class CustomOp:
 
     def register_autograd(self, backward: Callable, *, setup_context: Callable) -> None:
         self.op.register_autograd(backward, setup_context=setup_context)
-        self._function = _autograd_function(self.fn, backward, setup_context)
+        self._function = _autograd_function(self.op._qualname, self.fn, backward, setup_context)
 
     def __call__(self, *args):
         if not torch.compiler.is_compiling() and _carries_tangent(args):
@@ -110,7 +120,8 @@ class CustomOp:
                 "call the loss with backend='reference' (torch ops) to differentiate it forward")
         if not _plain_eager(args):
             return self.op(*args)
-        if torch.is_grad_enabled() and _any_requires_grad(args):
+        # (under inference mode torch records no graph, even where grad mode is on)
+        if torch.is_grad_enabled() and not torch.is_inference_mode_enabled() and _any_requires_grad(args):
             if self._function is None:
                 # An op without a derivative (a backward op under create_graph=True): the
                 # op's autograd kernel makes differentiating it raise, not give zero.
@@ -144,38 +155,38 @@ def _any_requires_grad(args) -> bool:
     return any(x.requires_grad for x in _tensors(args))
 
 
-def _autograd_function(fn: Callable, backward: Callable, setup_context: Callable) -> type:
+def _autograd_function(name: str, fn: Callable, backward: Callable, setup_context: Callable) -> type:
     """An autograd.Function applying the op's Python body ``fn`` with the op's
     ``setup_context`` and ``backward``, as the op's own autograd wrapper does: a list of
     tensors is flattened into inputs of their own, the argument structure comes last
     (so ``needs_input_grad`` reads per leaf in ``setup_context``, per argument in
-    ``backward``)."""
+    ``backward``). Its graph nodes are named after the op (``vkd_<op>Backward``)."""
 
-    class Function(torch.autograd.Function):
-        @staticmethod
-        def forward(*inputs):
-            return fn(*pytree.tree_unflatten(list(inputs[:-1]), inputs[-1]))
+    def forward(*inputs):
+        return fn(*pytree.tree_unflatten(list(inputs[:-1]), inputs[-1]))
 
-        @staticmethod
-        def setup_context(ctx, inputs, output):
-            ctx.args_spec = inputs[-1]
-            setup_context(ctx, pytree.tree_unflatten(list(inputs[:-1]), inputs[-1]), output)
+    def setup(ctx, inputs, output):
+        ctx.args_spec = inputs[-1]
+        setup_context(ctx, pytree.tree_unflatten(list(inputs[:-1]), inputs[-1]), output)
 
-        @staticmethod
-        def backward(ctx, *grads):
-            flat_needs = ctx.needs_input_grad
-            try:
-                ctx.needs_input_grad = pytree.tree_unflatten(list(flat_needs[:-1]), ctx.args_spec)
-                per_argument = backward(ctx, *grads)
-            finally:
-                ctx.needs_input_grad = flat_needs
-            if not isinstance(per_argument, tuple):
-                per_argument = (per_argument,)
-            flat, _ = pytree.tree_flatten(per_argument, is_leaf=_not_optional_tensor_list)
-            return (*flat, None)
+    def backward_flat(ctx, *grads):
+        flat_needs = ctx.needs_input_grad
+        try:
+            ctx.needs_input_grad = pytree.tree_unflatten(list(flat_needs[:-1]), ctx.args_spec)
+            per_argument = backward(ctx, *grads)
+        finally:
+            ctx.needs_input_grad = flat_needs
+        if not isinstance(per_argument, tuple):
+            per_argument = (per_argument,)
+        flat, spec = pytree.tree_flatten(per_argument, is_leaf=_not_optional_tensor_list)
+        if spec != ctx.args_spec:
+            raise RuntimeError(f"the backward of {name} returned gradients shaped {spec}, not as its "
+                               f"arguments {ctx.args_spec}")
+        return (*flat, None)
 
-    Function.__name__ = Function.__qualname__ = f"{fn.__name__}_function"
-    return Function
+    return type(name.replace("::", "_"), (torch.autograd.Function,),
+                {"forward": staticmethod(forward), "setup_context": staticmethod(setup),
+                 "backward": staticmethod(backward_flat), "__doc__": f"{name} in plain eager mode"})
 
 
 def custom_op(name: str) -> Callable[[Callable], CustomOp]:

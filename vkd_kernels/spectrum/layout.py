@@ -175,7 +175,13 @@ def effective_weights(bin_weights: Union[None, torch.Tensor, Sequence[float]], d
     known by its identity and version (a new tensor or an in-place write makes them
     anew; a tensor already in the right form is used as it is), None and sequences by
     value. Under CUDA graph capture a tensor's weights are made inside the graph (its
-    replays see in-place writes) without the check, which would synchronise."""
+    replays see in-place writes) without the check, which would synchronise. Made outside
+    inference mode, so that weights first made under it serve a later training call."""
+    with torch.inference_mode(False):
+        return _weights(bin_weights, drop_dc, K, device, dtype)
+
+
+def _weights(bin_weights, drop_dc: bool, K: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     if isinstance(bin_weights, torch.Tensor):
         return _tensor_weights(bin_weights, drop_dc, K, device, dtype)
     values = None
