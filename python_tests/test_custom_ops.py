@@ -281,6 +281,33 @@ def test_graph_nodes_are_named_after_the_op(backend, device):
     assert "vkd_attention_transferBackward" in names, names
 
 
+OUTPUTS = {  # ops returning a tensor a user may modify in place: (inputs on device, call)
+    "apply keep": (lambda d: [torch.rand(2, 3, 4, 5, 5, device=d, dtype=torch.float64, requires_grad=True),
+                              torch.rand(2, 3, 4, device=d, dtype=torch.float64)],
+                   lambda x, b: vkd_kernels.gkd.attention_apply(x[0], x[1], backend=b)),
+    "apply mean": (lambda d: [torch.rand(2, 3, 4, 5, 5, device=d, dtype=torch.float64, requires_grad=True),
+                              torch.rand(2, 3, 4, device=d, dtype=torch.float64)],
+                   lambda x, b: vkd_kernels.gkd.attention_apply(x[0], x[1], spatial="mean", backend=b)),
+    "spectrum none": (_spectrum, lambda x, b: vkd_kernels.temporal_spectrum_loss(x[0], x[1], reduction="none",
+                                                                                 backend=b)),
+}
+
+
+@pytest.mark.parametrize("case", OUTPUTS)
+@pytest.mark.parametrize("backend", FUSED)
+def test_outputs_can_be_modified_in_place(case, backend, device):
+    """An output is not a view of a buffer made inside the op (autograd forbids modifying
+    those in place): out.mul_(2) then backward gives twice the gradient."""
+    make, call = OUTPUTS[case]
+    inputs = make(device)
+    expect_device(device, inputs)
+    (plain,) = torch.autograd.grad(call(inputs, backend).sum(), inputs[0])
+    out = call(inputs, backend)
+    out.mul_(2)
+    (doubled,) = torch.autograd.grad(out.sum(), inputs[0])
+    torch.testing.assert_close(doubled, 2 * plain)
+
+
 @_ops.custom_op("vkd_test::weighted_sum")
 def _weighted_sum(xs: list[torch.Tensor], w: torch.Tensor, scale: float) -> torch.Tensor:
     return sum(x.sum() for x in xs) * w.sum() * scale

@@ -32,9 +32,10 @@ def _forward_op(student: torch.Tensor, teacher: torch.Tensor, weights: torch.Ten
         pr = _problem(student, teacher, time_dim, num_segments, spectrum, norm, spatial, reduction, eps)
         xs, xt = pr.view(student), pr.view(teacher)
         if reduction == "none":
-            d = new_output((pr.B, pr.K, pr.G), student.dtype, student.device)
-            _backend.kernels(__package__, backend).forward(pr, xs, xt, weights, d)
-            out = d.view(pr.out_shape)
+            # allocated in the user's shape (the kernel writes its (B, K, G) view): an output that
+            # is not a view of a buffer made here can be modified in place under autograd
+            out = new_output(pr.out_shape, student.dtype, student.device)
+            _backend.kernels(__package__, backend).forward(pr, xs, xt, weights, out.view(pr.B, pr.K, pr.G))
         else:
             # the partial sums come scaled by 1/count for "mean": their sum is the loss
             sum_scale = 1.0 / pr.count if reduction == "mean" else 1.0

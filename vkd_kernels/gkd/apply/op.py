@@ -71,12 +71,14 @@ def _apply_op(F: torch.Tensor, lam: torch.Tensor, per_sample: bool, spatial: str
         if spatial == "mean":  # the affine pass on rows of one element: the row sums q, scaled by 1 / S
             # (an F of lower precision than q gets the row means, cast: q itself may exceed F's range)
             x, scale = (q, 1.0 / S) if q.dtype == F.dtype else ((q / S).to(F.dtype), 1.0)
-            out = new_output((N, C, T, 1), F.dtype, F.device)
-            kernels.affine(x.view(N, C, T, 1), lam_rows, sums, out, scale=scale)
-            return out.view(N, C, T), q, sums
-        out = new_output(rows.shape, F.dtype, F.device)
-        kernels.affine(rows, lam_rows, sums, out)
-        return out.view(F.shape), q, sums
+            out = new_output((N, C, T), F.dtype, F.device)
+            kernels.affine(x.view(N, C, T, 1), lam_rows, sums, out.view(N, C, T, 1), scale=scale)
+            return out, q, sums
+        # allocated in F's shape (the kernel writes its rows view): an output that is not a
+        # view of a buffer made here can be modified in place under autograd
+        out = new_output(F.shape, F.dtype, F.device)
+        kernels.affine(rows, lam_rows, sums, out.view(rows.shape))
+        return out, q, sums
 
 
 @_apply_op.register_fake
