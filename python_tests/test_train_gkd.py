@@ -65,6 +65,31 @@ def test_student_narrower_than_teacher_gets_an_adapter():
         assert set(terms) == ({"cvae", "gd"} if phase == "cvae" else {"ce", "rec", "ad"})
 
 
+def test_every_gkd_pass_runs_under_autocast():
+    """AMP (the trainer's amp on CUDA; here CPU autocast, bfloat16): the fused head returns
+    lambda in autocast's dtype as its layers would, attention_apply gets F and lambda in one
+    dtype, and each phase's loss and gradients are finite (it raised a dtype TypeError)."""
+    clips, labels = _batch()
+    method = build_method("gkd", build_model(STUDENT, 3), _teacher(clips), probe=clips[:2])
+    head = method.student.head
+    assert head.fused
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        feature = torch.rand(2, head.conv3d.in_channels, head.time_steps, *head.spatial_size)
+        fused = head(feature)
+        head.fused = False
+        unfused = head(feature)
+        head.fused = True
+        for phase in ("cvae", "net"):
+            method.set_phase(phase, 5)
+            loss, logits, terms = method(clips, labels)
+            loss.backward()
+            assert torch.isfinite(loss) and all(torch.isfinite(v) for v in terms.values())
+    assert fused.dtype == unfused.dtype == torch.bfloat16
+    torch.testing.assert_close(fused.float(), unfused.float(), rtol=0, atol=2e-2)
+    grads = [p.grad for p in method.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+
+
 def _state(module):
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
 

@@ -50,9 +50,16 @@ class GenerativeAttentionHead(nn.Module):
         if not self.fused:
             u = F.interpolate(y, size=self.upsample_length, mode="nearest")
             return torch.sigmoid(self.linear(F.relu(self.gn2(self.conv1d(u)))))
-        return attention_head_tail(y, self.conv1d.weight, self.conv1d.bias, self.gn2.weight, self.gn2.bias,
-                                   self.gn2.num_groups, self.linear.weight, self.linear.bias,
-                                   upsample_length=self.upsample_length, eps=self.gn2.eps)
+        params = (self.conv1d.weight, self.conv1d.bias, self.gn2.weight, self.gn2.bias, self.linear.weight,
+                  self.linear.bias)
+        device = y.device.type
+        if torch.is_autocast_enabled(device):  # as the layers would run: in autocast's dtype (the
+            dtype = torch.get_autocast_dtype(device)  # op then computes in float32, rounds once)
+            y, params = y.to(dtype), tuple(None if p is None else p.to(dtype) for p in params)
+        conv_weight, conv_bias, gn_weight, gn_bias, linear_weight, linear_bias = params
+        return attention_head_tail(y, conv_weight, conv_bias, gn_weight, gn_bias, self.gn2.num_groups,
+                                   linear_weight, linear_bias, upsample_length=self.upsample_length,
+                                   eps=self.gn2.eps)
 
     def extra_repr(self) -> str:
         return f"upsample_length={self.upsample_length}, fused={self.fused}"

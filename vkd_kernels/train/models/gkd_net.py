@@ -100,7 +100,8 @@ class GKDNet(nn.Module):
 
     def classify(self, feature: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
         """Logits (N, K) of F_fg = attention_apply(F, lambda): per-time logits averaged over T."""
-        fg = gkd.attention_apply(feature, lam, per_sample=self.per_sample)
+        # (under autocast the head's lambda may come out in another dtype than F)
+        fg = gkd.attention_apply(feature, lam.to(feature.dtype), per_sample=self.per_sample)
         return self.classifier(fg.mean((3, 4)).transpose(1, 2)).mean(1)
 
     def forward(self, clips: torch.Tensor) -> torch.Tensor:
