@@ -57,6 +57,8 @@ class Collab(Adapted):
         if not (spectrum or param):
             raise ValueError("collab needs spectrum=True or param=True")
         self.use_spectrum, self.use_param, self.uncertainty = spectrum, param, uncertainty
+        if not spectrum:  # the adapters stay (the same initialisation draws) but take no part:
+            self.adapters.requires_grad_(False)  # DDP then has no parameter without a gradient
         self.spectrum_loss = vkd_kernels.TemporalSpectrumLoss(**{"norm": "ortho", **(spectrum_options or {})})
         if param:
             self.param_loss = vkd_kernels.WeightSpectrumLoss(
