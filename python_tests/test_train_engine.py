@@ -244,3 +244,19 @@ def test_ddp_figures_equal_a_single_process_pass_over_the_same_data(tmp_path):
     top5 = 100 * sum(c["correct5"] for c in counts) / 15
     assert (row["val_top1"], row["val_top5"]) == (top1, top5)
     assert json.loads((tmp_path / "summary.json").read_text())["top1"] == top1
+
+
+def test_the_cuda_generator_is_saved_for_the_current_device(monkeypatch):
+    """One CUDA generator state, the current device's (every rank draws alike): a rank
+    restores it on its own device, with any number of visible devices; a checkpoint with
+    one state per device (older) restores its first."""
+    from vkd_kernels.train import engine
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device="cuda": torch.tensor([7], dtype=torch.uint8))
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device="cuda": restored.append(int(state)))
+    state = engine.rng_state()
+    engine.set_rng_state(state)
+    per_device = [torch.tensor([5], dtype=torch.uint8), torch.tensor([6], dtype=torch.uint8)]
+    engine.set_rng_state({**state, "cuda": per_device})
+    assert restored == [7, 5]

@@ -77,7 +77,10 @@ def rng_state() -> Dict:
     state = {"torch": torch.get_rng_state(), "python": random.getstate(),
              "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)]}
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        # the current device's generator: every rank seeds alike and draws alike, so rank 0's
+        # serves each rank's own device on resume (one per visible device would hand a rank
+        # rank 0's copy of its device, never advanced, and fail with fewer devices)
+        state["cuda"] = torch.cuda.get_rng_state()
     return state
 
 
@@ -87,7 +90,8 @@ def set_rng_state(state: Dict) -> None:
     np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     random.setstate(_tuples(state["python"]))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        cuda = state["cuda"]
+        torch.cuda.set_rng_state(cuda[0] if isinstance(cuda, (list, tuple)) else cuda)  # (a list: saved per device)
 
 
 def _tuples(x):
@@ -370,7 +374,8 @@ def _fit(cfg, t: TrainConfig, out: Path, ckpt, rank, world, device, stop_after, 
         for (_, optimizer, scheduler), state in zip(phases, ckpt["phases"]):
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(ckpt["scaler"])
+        if ckpt["scaler"]:  # empty when saved with AMP off (a CPU run resumed on CUDA starts a fresh scale)
+            scaler.load_state_dict(ckpt["scaler"])
         set_rng_state(ckpt["rng"])
         start_epoch, history, best = ckpt["epoch"] + 1, ckpt["history"], ckpt["best"]
         log.info("%s: resumed from %s after epoch %d", name, out / "last.pt", ckpt["epoch"] + 1)
