@@ -182,3 +182,17 @@ def test_loss_timing_is_opt_in():
     method.time_losses = True
     method(clips, labels)
     assert method.loss_seconds > 0.0
+
+
+@pytest.mark.parametrize("name", ["at", "collab"])
+def test_fused_loss_terms_are_float32_under_autocast(name):
+    """Under AMP the fused losses see float32 features, as autocast runs torch's losses: a
+    half-precision term (and the half gradient it receives, weight x loss scale) overflows
+    and caps GradScaler's scale."""
+    torch.manual_seed(0)
+    clips, labels = _batch()
+    method = build_method(name, build_model(STUDENT, 3), build_model(TEACHER, 3), probe=clips[:2])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _, _, terms = method(clips, labels)
+    fused = {"at": ["at"], "collab": ["spectrum", "param"]}[name]
+    assert all(terms[t].dtype == torch.float32 for t in fused), {k: v.dtype for k, v in terms.items()}

@@ -21,6 +21,8 @@ class AT(Method):
         self.mode = mode
 
     def terms(self, logits, t_logits, fs, ft, labels) -> Dict:
-        return {"at": sum(vkd_kernels.attention_transfer_loss(s, t if self.mutual else t.detach(), p=2,
-                                                             mode=self.mode, distance="mse")
+        # float32 features, as autocast runs torch's losses: under AMP a float16 loss (and the
+        # float16 gradient it receives, weight x loss scale) overflows and caps the scale
+        return {"at": sum(vkd_kernels.attention_transfer_loss(s.float(), (t if self.mutual else t.detach()).float(),
+                                                             p=2, mode=self.mode, distance="mse")
                           for s, t in zip(fs, ft))}

@@ -80,7 +80,8 @@ class Collab(Adapted):
         out = {"kd": kd_loss(logits, t_logits.detach(), self.temperature)}
         if self.use_spectrum:
             pairs = self.adapted(fs, ft)
-            out["spectrum"] = sum(self.spectrum_loss(s, t) for s, t in pairs) / len(pairs)
+            # float32 features, as autocast runs torch's losses (a float16 loss caps AMP's scale)
+            out["spectrum"] = sum(self.spectrum_loss(s.float(), t.float()) for s, t in pairs) / len(pairs)
         if self.use_param:
             out["param"] = self.param_loss()
         return out
