@@ -1,5 +1,6 @@
 """Trainer engine and CLI: exact resume after a kill, 2-process gloo DDP, end to end."""
 import csv
+import datetime
 import json
 import os
 import socket
@@ -61,7 +62,8 @@ def _ddp_worker(rank, port, out, cfg):
     torch.distributed.destroy_process_group()
 
 
-@pytest.mark.parametrize("method", ["kd", "collab_mutual"])   # collab_mutual: teacher, adapters, log-variances
+# collab_mutual: teacher, adapters, log-variances; collab_param: adapters it does not use
+@pytest.mark.parametrize("method", ["kd", "collab_mutual", "collab_param"])
 def test_ddp_two_gloo_processes(tmp_path, method):
     cfg = run_config(tiny_recipe("train.epochs=1"), "student", method=method)
     fit(run_config(tiny_recipe("teacher.train.epochs=1"), "teacher"), tmp_path / "t", progress=False)
@@ -244,6 +246,45 @@ def test_ddp_figures_equal_a_single_process_pass_over_the_same_data(tmp_path):
     top5 = 100 * sum(c["correct5"] for c in counts) / 15
     assert (row["val_top1"], row["val_top5"]) == (top1, top5)
     assert json.loads((tmp_path / "summary.json").read_text())["top1"] == top1
+
+
+def _unreadable_first_batch_worker(rank, port, out, cfg):
+    """Rank 1's first training batch has no readable sample (collate_skip gives clips None)."""
+    from vkd_kernels.train import engine
+    from vkd_kernels.train.data import Unreadable
+    calls, original = [], engine.collate_skip
+
+    def collate(batch):
+        calls.append(len(batch))
+        if rank == 1 and len(calls) == 1:
+            return None, None, [Unreadable(f"clip{i}", "corrupt") for i in range(len(batch))]
+        return original(batch)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    init = engine.dist.init_process_group  # a deadlock fails within a minute, not gloo's 30
+    engine.dist.init_process_group = lambda *a, **k: init(*a, **{**k, "timeout": datetime.timedelta(seconds=60)})
+    engine.collate_skip = collate
+    try:
+        engine.fit(cfg, out, progress=False, callback=lambda epoch, method, row: torch.save(
+            {"state": method.state_dict(), "row": row}, os.path.join(out, f"rank{rank}.pt")))
+    finally:
+        engine.collate_skip = original
+    torch.distributed.destroy_process_group()
+
+
+def test_ddp_steps_together_when_a_rank_has_no_readable_sample(tmp_path):
+    """A rank whose batch is all unreadable joins the step with a zero-weighted stand-in,
+    so the collectives pair up (it deadlocked) and the weights stay identical."""
+    cfg = run_config(tiny_recipe("train.epochs=1", "train.max_unreadable=0.5"), "student", method="ce")
+    (tmp_path / "ddp").mkdir()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_unreadable_first_batch_worker, args=(port, str(tmp_path / "ddp"), cfg), nprocs=2, join=True)
+    r0, r1 = (torch.load(tmp_path / "ddp" / f"rank{r}.pt", weights_only=False) for r in (0, 1))
+    assert all(torch.equal(r0["state"][k], r1["state"][k]) for k in r0["state"] if "running" not in k)
+    assert r0["row"]["skipped"] > 0
 
 
 def test_the_cuda_generator_is_saved_for_the_current_device(monkeypatch):

@@ -503,24 +503,31 @@ def _train_pass(trained, method, loader, optimizer, scheduler, scaler, t: TrainC
         from tqdm import tqdm
         iterator = tqdm(loader, desc=label, leave=False)
     began = time.perf_counter()
+    stand_in = None  # DDP: a batch for a step in which every sample of this rank's is unreadable
     for step, (clips, labels, unreadable) in enumerate(iterator, 1):
         bad += unreadable
         if world == 1 and len(bad) > limit:      # the epoch's share is exceeded already (DDP: at the pass end)
             raise _unreadable_error("training", len(bad), len(loader) * loader.batch_size, t.max_unreadable,
                                     [tuple(b) for b in bad])
+        joined = clips is None and world > 1
+        if joined:  # the other ranks step (their collectives wait for this one): step with weight 0
+            if stand_in is None:
+                probe = probe_batch(loader.dataset)
+                stand_in = probe, torch.zeros(len(probe), dtype=torch.long)
+            clips, labels = stand_in
         if clips is not None:
             clips, labels = clips.to(device, non_blocking=True), labels.to(device, non_blocking=True)
             with torch.autocast(device.type, torch.float16, enabled=amp):
                 loss, logits, terms = trained(clips, labels)
             optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
+            scaler.scale(loss * 0.0 if joined else loss).backward()
             if t.grad_clip is not None:
                 scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(params, t.grad_clip)
             scaler.step(optimizer)
             scaler.update()
             method.after_step()
-            n = len(labels)
+            n = 0 if joined else len(labels)
             seen += n
             terms = {"loss": loss.detach(), **terms, "acc": (logits.detach().argmax(1) == labels).float().mean() * 100}
             for k, v in terms.items():        # on the device: no synchronisation per step
