@@ -8,8 +8,9 @@
 # 2. python -m vkd_kernels.check --quick --bench --sanitize (every op, backend, dtype on
 #    each op's first case, side stream, sync-debug, CUDA graph, compute-sanitizer, the
 #    headline timings);
-# 3. benchmarks/run.py --quick (headline shape per op vs eager and torch.compile);
-# 4. python -m vkd_kernels.check --no-quick --only-correctness (every case) with the rest.
+# 3. a tiny trainer run of every method family (AMP on CUDA; when PyYAML and tqdm are there);
+# 4. benchmarks/run.py --quick (headline shape per op vs eager and torch.compile);
+# 5. python -m vkd_kernels.check --no-quick --only-correctness (every case) with the rest.
 # Everything lands in $OUT/results.tgz (vkd-results/: env.txt, build.log, check-*/,
 # bench/<gpu>/, *.log); the last lines printed are the summaries.
 set -uo pipefail
@@ -36,6 +37,18 @@ stage "check --quick --bench --sanitize"
 timeout "$(($(left) * 2 / 5))" python3 -m vkd_kernels.check --quick --bench --sanitize \
   --out "$RES/check-quick" > "$RES/check-quick.log" 2>&1
 echo "exit $?"; save
+stage "trainer smoke run (AMP on CUDA, every method family, tiny)"
+if python3 -c "import yaml, tqdm" 2>/dev/null; then
+  timeout "$(( $(left) / 4 < 150 ? $(left) / 4 : 150 ))" python3 -c "from vkd_kernels.train.entry import main; main()" \
+    reproduce --recipe synthetic-full --seeds 0 --set data.train.num_clips=24 --set data.val.num_clips=12 \
+    --set data.size=16 --set teacher.model.width=4 --set teacher.train.epochs=1 --set student.model.width=2 \
+    --set train.epochs=1 --set train.batch_size=8 --methods ce kd at fitnet collab collab_param gkd \
+    --out "$RES/train-smoke" > "$RES/train-smoke.log" 2>&1
+  echo "exit $?"; tail -14 "$RES/train-smoke.log"
+else
+  echo "skipped: the train extra (PyYAML, tqdm) is not installed here" | tee "$RES/train-smoke.log"
+fi
+save
 stage "benchmarks --quick"
 timeout "$(($(left) * 3 / 5))" python3 "$ROOT/benchmarks/run.py" --quick --device cuda --out "$RES/bench" \
   > "$RES/bench.log" 2>&1
