@@ -244,3 +244,47 @@ def test_a_host_sync_fails_the_graph_check_without_a_capture(monkeypatch):
     graph = [c for c in run.checks if c.mode == "graph"]
     assert len(graph) == 1 and not graph[0].passed and "not captured" in graph[0].error
     assert "synchronizing" in graph[0].error
+
+
+def _fake_gpu_run(monkeypatch):
+    """cli.main as on a GPU machine, the correctness phase done at once (no GPU needed)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(cli, "backend_device", lambda name, cuda: torch.device("cpu"))
+    monkeypatch.setattr(cli, "unusable", lambda name, device: None)
+    monkeypatch.setattr(cli, "check_all", lambda *a, **k: None)
+    monkeypatch.setattr(cli, "device_slug", lambda device="": ("FAKE GPU", "fake-gpu"))
+
+
+@pytest.mark.parametrize("failure", [RuntimeError("CUDA error: an illegal memory access"),
+                                     KeyboardInterrupt("SIGTERM")])
+def test_a_failed_benchmark_is_reported_not_fatal(failure, tmp_path, monkeypatch):
+    from vkd_kernels.check import bench
+
+    def fail(*args, **kwargs):
+        raise failure
+    _fake_gpu_run(monkeypatch)
+    monkeypatch.setattr(bench, "run", fail)
+    assert cli.main(["--quick", "--bench", "--ops", "attention_map", "--out", str(tmp_path)]) == 1
+    md = (tmp_path / "check.md").read_text()
+    assert "not measured" in md or "SIGTERM" in md
+
+
+def test_sigterm_while_waiting_for_compute_sanitizer_still_writes_the_report(tmp_path, monkeypatch):
+    """timeout's SIGTERM (here: a KeyboardInterrupt from the wait) kills the sanitizer runs,
+    and the report says where the check stopped; the tools' logs are under --out."""
+    from vkd_kernels.check import sanitize
+    _fake_gpu_run(monkeypatch)
+    tool = tmp_path / "compute-sanitizer"
+    tool.write_text('#!/bin/sh\n[ "$1" = "--help" ] && exit 0\nsleep 60\n')  # a slow child
+    tool.chmod(0o755)
+    monkeypatch.setattr(sanitize, "find", lambda: str(tool))
+
+    def interrupted(self):
+        raise KeyboardInterrupt("SIGTERM")
+    monkeypatch.setattr(sanitize.Pending, "results", interrupted)
+    out = tmp_path / "out"
+    assert cli.main(["--quick", "--sanitize", "--ops", "attention_map", "--out", str(out)]) == 1
+    report = json.loads((out / "check.json").read_text())
+    assert any("waiting for compute-sanitizer" in (c["error"] or "") for c in report["checks"])
+    assert (out / "sanitizer" / "memcheck.log").exists()

@@ -48,6 +48,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--sanitize", action="store_true",
                    help="also run the cuda backend's quick cases under compute-sanitizer memcheck, racecheck and "
                         "initcheck (child processes, in parallel; CUDA and compute-sanitizer needed)")
+    p.add_argument("--sanitize-timeout", type=float, default=None, metavar="S",
+                   help="seconds the compute-sanitizer runs may take from their start (default 240)")
     p.add_argument("--backends", nargs="+", choices=FUSED, metavar="BACKEND",
                    help="fused backends to check: triton, cuda, cpu (default: triton cuda on a GPU; cpu triton without "
                         "one, where triton runs under TRITON_INTERPRET=1 on CPU tensors and cuda is reported skipped)")
@@ -263,7 +265,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                 run.skip("compute-sanitizer", "not found (PATH, CUDA_HOME, CUDA_PATH, /usr/local/cuda, nvidia wheel)")
             else:
                 log.info("compute-sanitizer %s: memcheck, racecheck, initcheck started", tool)
-                pending = sanitize.Pending(tool, ops, [dtype_name(d) for d in dtypes])
+                pending = sanitize.Pending(tool, ops, [dtype_name(d) for d in dtypes],
+                                           timeout_s=args.sanitize_timeout or sanitize.TIMEOUT_S,
+                                           workdir=os.path.join(args.out, "sanitizer") if args.out else None)
 
         phase = time.perf_counter()
         try:
@@ -282,7 +286,14 @@ def main(argv: Optional[List[str]] = None) -> int:
             run.skip("compute-sanitizer", run.stopped)
         elif pending is not None:
             phase = time.perf_counter()
-            sanitizer = [s.as_dict() for s in pending.results()]
+            try:
+                sanitizer = [s.as_dict() for s in pending.results()]
+            except KeyboardInterrupt as stop:  # still write the report, and say so
+                pending.kill()
+                run.stopped = f"stopped by {stop or 'Ctrl-C'} waiting for compute-sanitizer"
+                run.skip("compute-sanitizer", run.stopped)
+                run.add(Check("(all)", "(remaining)", "-", "-", "-", False,
+                              f"{run.stopped}; the sanitizer results and the benchmark are missing"))
             for s in sanitizer:
                 (log.info if s["passed"] else log.error)("compute-sanitizer %s: %s", s["tool"],
                                                          "pass" if s["passed"] else s["error"])

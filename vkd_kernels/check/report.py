@@ -70,7 +70,9 @@ def markdown(data: dict) -> str:
     bench = data.get("bench")
     if bench:
         lines += ["## Benchmark (float32, triton.testing.do_bench, L2 flushed)", "",
-                  f"Device copy bandwidth (dst.copy_(src), 512 MiB, read + write): {bench['copy_gbps']:.0f} GB/s.",
+                  "Device copy bandwidth (dst.copy_(src), 512 MiB, read + write): "
+                  + (f"{bench['copy_gbps']:.0f} GB/s." if bench.get("copy_gbps") is not None else "not measured.")
+                  + (f" The benchmark failed: {bench['error']}" if bench.get("error") else ""),
                   "", "| op | shape | provider | mode | median ms | p20 | p80 | min MB | GB/s | % copy |",
                   "|---|---|---|---|---|---|---|---|---|---|"]
         for r in bench["rows"]:

@@ -67,11 +67,16 @@ def _supports_kernel_filter(sanitizer: str) -> bool:
 class Pending:
     """The three tool runs, started now, collected by :meth:`results`."""
 
-    def __init__(self, sanitizer: str, ops: List[str], dtypes: List[str]):
-        self.started = time.perf_counter()
+    def __init__(self, sanitizer: str, ops: List[str], dtypes: List[str], timeout_s: float = TIMEOUT_S,
+                 workdir: Optional[str] = None):
+        """``timeout_s``: for all three, from now; ``workdir``: where their logs and reports go
+        (default: a fresh temporary folder)."""
+        self.started, self.timeout_s = time.perf_counter(), timeout_s
         self.runs = []
         kernel_filter = _supports_kernel_filter(sanitizer)
-        self.workdir = tempfile.mkdtemp(prefix="vkd-check-sanitize-")
+        if workdir is not None:
+            os.makedirs(workdir, exist_ok=True)
+        self.workdir = workdir or tempfile.mkdtemp(prefix="vkd-check-sanitize-")
         env = dict(os.environ, PYTORCH_NO_CUDA_MEMORY_CACHING="1")
         for tool in TOOLS:
             command = [sanitizer, "--tool", tool, "--error-exitcode", str(ERROR_EXIT)]
@@ -97,7 +102,7 @@ class Pending:
     def results(self) -> List[SanitizerRun]:
         out = []
         for tool, command, process, handle, log_path in self.runs:
-            remaining = max(1.0, TIMEOUT_S - (time.perf_counter() - self.started))
+            remaining = max(1.0, self.timeout_s - (time.perf_counter() - self.started))
             try:
                 code = process.wait(timeout=remaining)
             except subprocess.TimeoutExpired:
@@ -110,7 +115,7 @@ class Pending:
                 text = f.read()
             run = SanitizerRun(tool, code == 0, round(seconds, 1), code, " ".join(command))
             if code is None:
-                run.error = f"timed out after {TIMEOUT_S} s; log {log_path}"
+                run.error = f"timed out after {self.timeout_s:.0f} s; log {log_path}"
             elif code != 0:
                 run.error = _excerpt(text, code) + f" (log {log_path})"
             out.append(run)
