@@ -78,28 +78,45 @@ def bench_case(case: Case, device: str, *, warmup: int, reps: int, limits: Dict[
     for provider, factory in case.providers.items():
         if providers and provider not in providers:
             continue
-        fn = factory()
-        timed_fn = harness.graphed(fn, inputs) if cuda_graph else fn
-        # timed first: the warm-up compiles (torch.compile), which the counts must not see
-        times = {mode: harness.time_mode(timed_fn, inputs, mode, warmup=warmup, reps=reps, budget_s=budget_s)
-                 for mode in MODES}
-        counts = {mode: harness.count_ops(fn, inputs, mode) for mode in MODES}
-        peaks = {mode: harness.peak_mb(fn, inputs, mode) for mode in MODES}
-        kept, beyond = harness.kept_for_backward(fn, inputs)
-        for mode in MODES:
-            (median, p20, p80), c, nbytes = times[mode], counts[mode], case.min_bytes.get(mode)
-            launches = c["ops"] if c["kernels"] is None else c["kernels"]
-            every = None if launches is None else launches + (c["memcpys"] or 0) + (c["memsets"] or 0)
-            roof = harness.roofline_ms(nbytes, limits["copy_gbps"], every, limits["launch_us"])
-            rows.append(dict(op=case.op, shape=case.label, provider=provider, mode=mode, cuda_graph=cuda_graph,
-                             median_ms=median, p20_ms=p20, p80_ms=p80, peak_mb=peaks[mode], kept_mb=kept,
-                             kept_beyond_inputs_mb=beyond, ops_full=counts["full"]["ops"],
-                             kernels_full=counts["full"]["kernels"], launches=launches, memcpys=c["memcpys"],
-                             memsets=c["memsets"], min_bytes=nbytes,
-                             gbps=None if nbytes is None else nbytes / (median * 1e-3) / 1e9,
-                             roofline_ms=roof, of_roofline=None if roof is None else roof / median, **limits))
-        del fn, timed_fn
+        try:
+            rows += _bench_provider(case, provider, factory, inputs, device, warmup=warmup, reps=reps,
+                                    limits=limits, cuda_graph=cuda_graph, budget_s=budget_s)
+        except Exception as error:  # noqa: BLE001 - one failing provider (a compile error, a CUDA error) is reported
+            message = f"{case.op} {case.label} {provider}: {type(error).__name__}: {str(error).splitlines()[0][:300]}"
+            print(f"FAILED {message}", file=sys.stderr)
+            FAILURES.append(message)
         gc.collect()
+    return rows
+
+
+FAILURES: List[str] = []  # "op shape provider: error" of the providers that raised, in this process
+
+
+def _bench_provider(case: Case, provider: str, factory, inputs, device: str, *, warmup: int, reps: int,
+                    limits: Dict[str, float], cuda_graph: bool, budget_s: float) -> List[dict]:
+    """The rows of one provider (bench_case)."""
+    rows = []
+    fn = factory()
+    timed_fn = harness.graphed(fn, inputs) if cuda_graph else fn
+    # timed first: the warm-up compiles (torch.compile), which the counts must not see
+    times = {mode: harness.time_mode(timed_fn, inputs, mode, warmup=warmup, reps=reps, budget_s=budget_s)
+             for mode in MODES}
+    counts = {mode: harness.count_ops(fn, inputs, mode) for mode in MODES}
+    peaks = {mode: harness.peak_mb(fn, inputs, mode) for mode in MODES}
+    kept, beyond = harness.kept_for_backward(fn, inputs)
+    for mode in MODES:
+        (median, p20, p80), c, nbytes = times[mode], counts[mode], case.min_bytes.get(mode)
+        launches = c["ops"] if c["kernels"] is None else c["kernels"]
+        every = None if launches is None else launches + (c["memcpys"] or 0) + (c["memsets"] or 0)
+        roof = harness.roofline_ms(nbytes, limits["copy_gbps"], every, limits["launch_us"])
+        rows.append(dict(op=case.op, shape=case.label, provider=provider, mode=mode, cuda_graph=cuda_graph,
+                         median_ms=median, p20_ms=p20, p80_ms=p80, peak_mb=peaks[mode], kept_mb=kept,
+                         kept_beyond_inputs_mb=beyond, ops_full=counts["full"]["ops"],
+                         kernels_full=counts["full"]["kernels"], launches=launches, memcpys=c["memcpys"],
+                         memsets=c["memsets"], min_bytes=nbytes,
+                         gbps=None if nbytes is None else nbytes / (median * 1e-3) / 1e9,
+                         roofline_ms=roof, of_roofline=None if roof is None else roof / median, **limits))
+    del fn, timed_fn
     return rows
 
 
@@ -163,8 +180,13 @@ def markdown(rows: List[dict], header: str) -> str:
 
 
 def plot(rows: List[dict], title: str, path: Path) -> None:
-    """Grouped bars of the median ``full`` time per shape and provider (log scale)."""
-    import matplotlib
+    """Grouped bars of the median ``full`` time per shape and provider (log scale); without
+    matplotlib (the bench extra) a line says so and the CSV and markdown stand alone."""
+    try:
+        import matplotlib
+    except ImportError:
+        print(f"no plot {path.name}: matplotlib is not installed (pip install 'vkd-kernels[bench]')")
+        return
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -241,6 +263,9 @@ def main(argv=None) -> None:
         header = (f"## {op} on {device_name} (torch {meta['torch']}, {meta['date']}{', quick' if args.quick else ''}"
                   f"{', CUDA graphs' if args.cuda_graph else ''})")
         table = markdown(rows, header) + op_notes(op, args.device, args.quick)
+        failed = [f for f in FAILURES if f.startswith(f"{op} ")]
+        if failed:
+            table += "\nFailed (no rows): " + "; ".join(failed) + "\n"
         (out_dir / f"{op}{suffix}.md").write_text(table)
         plot(rows, header.lstrip("# "), out_dir / f"{op}{suffix}.png")
         print(table)

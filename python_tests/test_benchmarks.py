@@ -152,3 +152,19 @@ def test_weight_gram_microbenchmark(capsys):
     for bad in (["--shape", "4", "4"], ["--shape", "4", "0", "3"], ["--repeats", "0"]):
         with pytest.raises(SystemExit):
             gram.main(bad)
+
+
+def test_a_failing_provider_is_reported_and_the_others_still_run(bench, monkeypatch):
+    """A provider that raises (a compile or CUDA error on a first GPU run) costs its own rows
+    only: the other providers are measured and the failure is listed for the report."""
+    harness, run, cases = bench
+    limits = run.machine_limits("cpu", copy_bytes=8 * 2 ** 20)
+    case = cases.make_case((2, 3, 8, 4, 4), "cpu")
+
+    def broken():
+        raise RuntimeError("CompilationError: ...")
+    case.providers["vkd"] = broken
+    monkeypatch.setattr(run, "FAILURES", [])
+    rows = run.bench_case(case, "cpu", warmup=1, reps=3, limits=limits, providers=["vkd", "eager"], budget_s=0.01)
+    assert {r["provider"] for r in rows} == {"eager"}
+    assert len(run.FAILURES) == 1 and "vkd: RuntimeError: CompilationError" in run.FAILURES[0]
