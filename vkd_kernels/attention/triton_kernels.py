@@ -156,8 +156,19 @@ def _pooled(a_ptr, base, o, mask, Ti, Hi, Wi, To, Ho, Wo, KT, KH, KW, IS_FP64: t
     """Adaptive average pool of the raw map a[base + (t Hi + h) Wi + w] at pooled flat
     indices o [BLOCK] (KT, KH, KW: the longest bin per axis; 1 where sizes are equal)."""
     dtype = tl.float64 if IS_FP64 else tl.float32
+    # one return (an early return inside the runtime branch fails to compile on Triton 3.6:
+    # "failed to legalize unresolved materialization")
     if KT * KH * KW == 1:  # bins of 1 on every axis: this side is not pooled (folded when the K are 1)
-        return tl.load(a_ptr + base + o, mask=mask, other=0.0).to(dtype)
+        out = tl.load(a_ptr + base + o, mask=mask, other=0.0).to(dtype)
+    else:
+        out = _pooled_bins(a_ptr, base, o, mask, Ti, Hi, Wi, To, Ho, Wo, KT, KH, KW, IS_FP64)
+    return out
+
+
+@triton.jit
+def _pooled_bins(a_ptr, base, o, mask, Ti, Hi, Wi, To, Ho, Wo, KT, KH, KW, IS_FP64: tl.constexpr):
+    """_pooled where some bin is longer than 1."""
+    dtype = tl.float64 if IS_FP64 else tl.float32
     ot, oh, ow = o // (Ho * Wo), o // Wo % Ho, o % Wo
     t0, t1 = _window(ot, Ti, To)
     h0, h1 = _window(oh, Hi, Ho)
