@@ -195,3 +195,13 @@ def test_module_is_the_function(backend, device, per_sample, spatial):
     torch.testing.assert_close(call(module, device, F, lam),
                                attention_apply(F, lam, per_sample=per_sample, spatial=spatial, backend=backend),
                                rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("backend", FUSED)
+def test_a_strided_lam_is_read_by_its_strides(backend, device):
+    """lam = big[..., 0] (strides (24, 8, 2)): its flat rows are a stride-2 view, which the
+    kernels, reading lam[r] at r, must not take as contiguous."""
+    F = torch.rand(2, 3, 4, 5, 5, device=device, dtype=torch.float64)
+    lam = torch.rand(2, 3, 4, 2, device=device, dtype=torch.float64)[..., 0]
+    expect_device(device, [F, lam])
+    torch.testing.assert_close(attention_apply(F, lam, backend=backend), attention_apply(F, lam, backend="reference"))

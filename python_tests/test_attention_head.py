@@ -201,3 +201,20 @@ def test_bad_input(case):
     call, error, message = BAD[case]
     with pytest.raises(error, match=message):
         call(tail_inputs("cpu", 2, 3, 4, 5, 9))
+
+
+@pytest.mark.parametrize("backend", FUSED)
+def test_strided_one_dimensional_parameters_are_read_by_their_strides(backend, device):
+    """Biases and GroupNorm affine parameters given as strided views (every other element
+    of a longer tensor): the kernels, reading them at [c], get contiguous copies."""
+    N, C1, T, C, L, TP = 2, 8, 4, 16, 12, 6
+    g = torch.Generator().manual_seed(0)
+    y, conv_weight, linear_weight = (torch.randn(s, generator=g, dtype=torch.float64).to(device)
+                                     for s in ((N, C1, T), (C, C1, 3), (TP, L)))
+    conv_bias, gn_weight, gn_bias = (torch.randn(2 * C, generator=g, dtype=torch.float64).to(device)[::2]
+                                     for _ in range(3))
+    linear_bias = torch.randn(2 * TP, generator=g, dtype=torch.float64).to(device)[::2]
+    expect_device(device, [y, conv_bias, linear_bias])
+    args = (y, conv_weight, conv_bias, gn_weight, gn_bias, 4, linear_weight, linear_bias)
+    torch.testing.assert_close(attention_head_tail(*args, upsample_length=L, backend=backend),
+                               attention_head_tail(*args, upsample_length=L, backend="reference"))

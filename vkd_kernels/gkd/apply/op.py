@@ -63,7 +63,7 @@ def _apply_op(F: torch.Tensor, lam: torch.Tensor, per_sample: bool, spatial: str
         acc = accumulation_dtype(F.dtype)
         q = new_output((N, C * T), acc, F.device)
         sums = new_output((_groups(F, per_sample), 2), acc, F.device)
-        lam_rows = lam.reshape(-1)
+        lam_rows = lam.reshape(-1).contiguous()  # the kernels read lam[r] at r: a strided view is copied
         kernels.reduce(rows, None, q)
         kernels.finish(q, lam_rows, sums)
         if finite_check_enabled(F.device):  # on the (B, 2) sums: NaN/inf in F or lam reach them
@@ -99,7 +99,7 @@ def _apply_backward_op(grad: torch.Tensor, F: torch.Tensor, lam: torch.Tensor, q
     and the affine pass scales dF and dlam, both linear in (m, g), by 1 / S."""
     with _backend.device_guard(F.device):
         kernels = _backend.kernels(__package__, backend)
-        lam_rows = lam.reshape(-1)
+        lam_rows = lam.reshape(-1).contiguous()  # the kernels read lam[r] at r: a strided view is copied
         N, C, T = F.shape[:3]
         S = math.prod(F.shape[3:])
         if spatial == "mean":  # F: its shape only (a stand-in, never read)

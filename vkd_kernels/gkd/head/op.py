@@ -187,6 +187,9 @@ def tail_compact(y, conv_weight, conv_bias, gn_weight, gn_bias, gn_groups, linea
         return tail_compact(*upcast, gn_groups, linear_weight.float(),
                             None if linear_bias is None else linear_bias.float(), upsample_length, eps,
                             backend).to(y.dtype)
+    # the kernels read the 1-D parameters at [c]: a strided view is copied (a no-op otherwise)
+    conv_bias, gn_weight, gn_bias, linear_bias = (None if t is None else t.contiguous()
+                                                  for t in (conv_bias, gn_weight, gn_bias, linear_bias))
     return _tail_op(y, conv_weight, conv_bias, gn_weight, gn_bias, gn_groups, linear_weight, linear_bias,
                     upsample_length, eps, backend)[0]
 
