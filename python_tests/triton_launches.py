@@ -60,7 +60,8 @@ def _install_recorder(calls: list, scenario: list) -> None:
         # as JITFunction.run: the options it adds, then its binder and _pack_args
         kwargs["debug"] = kwargs.get("debug", self.debug) or knobs.runtime.debug
         kwargs["instrumentation_mode"] = knobs.compilation.instrumentation_mode
-        kwargs["fpsan_homomorphic_casts"] = knobs.compilation.fpsan_homomorphic_casts
+        if hasattr(knobs.compilation, "fpsan_homomorphic_casts"):  # (Triton 3.6 has no such option)
+            kwargs["fpsan_homomorphic_casts"] = knobs.compilation.fpsan_homomorphic_casts
         if self not in binders:
             binders[self] = create_function_from_signature(self.signature, self.params, backend)
         bound_args, specialization, options = binders[self](*args, **kwargs)
