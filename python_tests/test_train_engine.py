@@ -62,6 +62,15 @@ def _ddp_worker(rank, port, out, cfg):
     torch.distributed.destroy_process_group()
 
 
+def _spawn_ranks(worker, out, cfg):
+    """Two gloo ranks of ``worker(rank, port, out, cfg)``; (rank0.pt, rank1.pt) they saved."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(worker, args=(port, str(out), cfg), nprocs=2, join=True)
+    return tuple(torch.load(out / f"rank{r}.pt", weights_only=False) for r in (0, 1))
+
+
 # collab_mutual: teacher, adapters, log-variances; collab_param: adapters it does not use
 @pytest.mark.parametrize("method", ["kd", "collab_mutual", "collab_param"])
 def test_ddp_two_gloo_processes(tmp_path, method):
@@ -69,11 +78,7 @@ def test_ddp_two_gloo_processes(tmp_path, method):
     fit(run_config(tiny_recipe("teacher.train.epochs=1"), "teacher"), tmp_path / "t", progress=False)
     cfg["teacher"] = str(tmp_path / "t" / "model.pt")
     (tmp_path / "ddp").mkdir()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(_ddp_worker, args=(port, str(tmp_path / "ddp"), cfg), nprocs=2, join=True)
-    r0, r1 = (torch.load(tmp_path / "ddp" / f"rank{r}.pt", weights_only=False) for r in (0, 1))
+    r0, r1 = _spawn_ranks(_ddp_worker, tmp_path / "ddp", cfg)
     # each rank trained on its own half of the data, yet DDP kept the weights identical, and
     # the logged figures are those of both halves on every rank
     assert _figures(r0["row"]) == _figures(r1["row"])
@@ -249,28 +254,20 @@ def test_ddp_figures_equal_a_single_process_pass_over_the_same_data(tmp_path):
 
 
 def _unreadable_first_batch_worker(rank, port, out, cfg):
-    """Rank 1's first training batch has no readable sample (collate_skip gives clips None)."""
+    """_ddp_worker, rank 1's first training batch without a readable sample (collate_skip
+    gives clips None); a deadlock fails within a minute, not gloo's 30."""
     from vkd_kernels.train import engine
     from vkd_kernels.train.data import Unreadable
-    calls, original = [], engine.collate_skip
+    calls, original, init = [], engine.collate_skip, engine.dist.init_process_group
 
     def collate(batch):
         calls.append(len(batch))
         if rank == 1 and len(calls) == 1:
             return None, None, [Unreadable(f"clip{i}", "corrupt") for i in range(len(batch))]
         return original(batch)
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank),
-                      LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
-    init = engine.dist.init_process_group  # a deadlock fails within a minute, not gloo's 30
-    engine.dist.init_process_group = lambda *a, **k: init(*a, **{**k, "timeout": datetime.timedelta(seconds=60)})
     engine.collate_skip = collate
-    try:
-        engine.fit(cfg, out, progress=False, callback=lambda epoch, method, row: torch.save(
-            {"state": method.state_dict(), "row": row}, os.path.join(out, f"rank{rank}.pt")))
-    finally:
-        engine.collate_skip = original
-    torch.distributed.destroy_process_group()
+    engine.dist.init_process_group = lambda *a, **k: init(*a, **{**k, "timeout": datetime.timedelta(seconds=60)})
+    _ddp_worker(rank, port, out, cfg)
 
 
 def test_ddp_steps_together_when_a_rank_has_no_readable_sample(tmp_path):
@@ -278,11 +275,7 @@ def test_ddp_steps_together_when_a_rank_has_no_readable_sample(tmp_path):
     so the collectives pair up (it deadlocked) and the weights stay identical."""
     cfg = run_config(tiny_recipe("train.epochs=1", "train.max_unreadable=0.5"), "student", method="ce")
     (tmp_path / "ddp").mkdir()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(_unreadable_first_batch_worker, args=(port, str(tmp_path / "ddp"), cfg), nprocs=2, join=True)
-    r0, r1 = (torch.load(tmp_path / "ddp" / f"rank{r}.pt", weights_only=False) for r in (0, 1))
+    r0, r1 = _spawn_ranks(_unreadable_first_batch_worker, tmp_path / "ddp", cfg)
     assert all(torch.equal(r0["state"][k], r1["state"][k]) for k in r0["state"] if "running" not in k)
     assert r0["row"]["skipped"] > 0
 
