@@ -79,7 +79,7 @@ def bench_case(case: Case, device: str, *, warmup: int, reps: int, limits: Dict[
         if providers and provider not in providers:
             continue
         try:
-            rows += _bench_provider(case, provider, factory, inputs, device, warmup=warmup, reps=reps,
+            rows += _bench_provider(case, provider, factory, inputs, warmup=warmup, reps=reps,
                                     limits=limits, cuda_graph=cuda_graph, budget_s=budget_s)
         except Exception as error:  # noqa: BLE001 - one failing provider (a compile error, a CUDA error) is reported
             message = f"{case.op} {case.label} {provider}: {type(error).__name__}: {str(error).splitlines()[0][:300]}"
@@ -92,7 +92,7 @@ def bench_case(case: Case, device: str, *, warmup: int, reps: int, limits: Dict[
 FAILURES: List[str] = []  # "op shape provider: error" of the providers that raised, in this process
 
 
-def _bench_provider(case: Case, provider: str, factory, inputs, device: str, *, warmup: int, reps: int,
+def _bench_provider(case: Case, provider: str, factory, inputs, *, warmup: int, reps: int,
                     limits: Dict[str, float], cuda_graph: bool, budget_s: float) -> List[dict]:
     """The rows of one provider (bench_case)."""
     rows = []
