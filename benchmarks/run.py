@@ -82,7 +82,8 @@ def bench_case(case: Case, device: str, *, warmup: int, reps: int, limits: Dict[
             rows += _bench_provider(case, provider, factory, inputs, warmup=warmup, reps=reps,
                                     limits=limits, cuda_graph=cuda_graph, budget_s=budget_s)
         except Exception as error:  # noqa: BLE001 - one failing provider (a compile error, a CUDA error) is reported
-            message = f"{case.op} {case.label} {provider}: {type(error).__name__}: {str(error).splitlines()[0][:300]}"
+            first_line = (str(error).splitlines() or [""])[0][:300]
+            message = f"{case.op} {case.label} {provider}: {type(error).__name__}: {first_line}"
             print(f"FAILED {message}", file=sys.stderr)
             FAILURES.append(message)
         gc.collect()
